@@ -1,0 +1,1 @@
+"""Drivers that chain Shrinkflow's steps into one MLflow run with nested step runs."""

@@ -1,0 +1,73 @@
+"""Config dataclasses → argparse parsers, so a step's CLI and help text cannot drift from its config.
+
+Every step declares a frozen dataclass whose fields carry their help text in
+``field(metadata={"help": ...})``. ``build_parser`` turns it into an argparse parser with
+kebab-case flags; ``parse_config`` returns the dataclass. The MLproject passes every field through
+(``tests/test_project_spec.py`` checks that MLproject, parser and dataclass agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, get_type_hints
+
+__all__ = ["ShrinkflowError", "build_parser", "config_to_params", "flag_name", "parse_bool", "parse_config"]
+
+
+class ShrinkflowError(ValueError):
+    """Bad user input: reported as one line, with the valid choices, and a non-zero exit."""
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _field_types(config_cls: type) -> dict[str, type]:
+    return get_type_hints(config_cls)
+
+
+def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """One flag per dataclass field; the field's type converts the string MLflow passes."""
+    parser = argparse.ArgumentParser(
+        description=description or config_cls.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    types = _field_types(config_cls)
+    for field in dataclasses.fields(config_cls):
+        kind = types[field.name]
+        convert = parse_bool if kind is bool else kind
+        required = field.default is dataclasses.MISSING
+        parser.add_argument(
+            flag_name(field.name),
+            dest=field.name,
+            type=convert,
+            required=required,
+            default=None if required else field.default,
+            help=field.metadata.get("help", ""),
+            metavar=kind.__name__.upper(),
+        )
+    return parser
+
+
+def parse_config(config_cls: type, argv: list[str] | None = None) -> Any:
+    namespace = build_parser(config_cls).parse_args(argv)
+    return config_cls(**vars(namespace))
+
+
+def config_to_params(config: Any) -> dict[str, Any]:
+    """Flat dict of a config, for ``mlflow.log_params``."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,205 @@
+"""Built-in and user datasets, each with a fixed, seeded, stratified train/val/test split.
+
+A dataset is named by one string:
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), pixels
+  scaled to [0, 1], shape (1, 8, 8). Split 70/10/20 (train/val/test), stratified.
+- ``mnist1d``: MNIST-1D (Greydanus & Kobak) generated locally with ``mnist1d.data.make_dataset``
+  (never the downloading ``get_dataset``): the package's own 4,000/1,000 train/test split, of
+  which a stratified 10% of train becomes val; shape (1, 40).
+- ``path/to/file.csv`` or ``.parquet``: a table with a label column; every other column must be
+  numeric. Features are standardized with the train split's mean and std. Split 70/10/20.
+- ``package.module:function``: a function returning either ``(X, y)`` (split here, 70/10/20) or
+  a mapping with keys ``train``, ``val``, ``test`` of ``(X, y)`` pairs.
+
+The split seed is fixed (``SPLIT_SEED``), independent of the training seed, so every run on a
+dataset is scored on the same test examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steps._config import ShrinkflowError
+from steps._imports import is_import_spec, load_callable
+
+__all__ = ["BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "load_dataset"]
+
+SPLIT_SEED = 0
+SPLITS = ("train", "val", "test")
+BUILTIN_DATASETS = ("digits", "mnist1d")
+_TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+_VAL_FRACTION = 0.1
+_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Features as float32 tensors of shape (N, *input_shape), labels as int64 class indices."""
+
+    name: str
+    source: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in SPLITS:
+            raise ShrinkflowError(f"unknown split {name!r}: choose one of {', '.join(SPLITS)}")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def digest(self, split: str) -> str:
+        x, y = self.split(split)
+        sha = hashlib.sha256(x.numpy().tobytes())
+        sha.update(y.numpy().tobytes())
+        return sha.hexdigest()[:16]
+
+
+def dataset_choices() -> str:
+    return f"{', '.join(BUILTIN_DATASETS)}, a .csv/.parquet file, or package.module:function"
+
+
+def load_dataset(spec: str, label_column: str = "label") -> DataSplits:
+    """Load and split the dataset that ``spec`` names; raise ShrinkflowError on bad input."""
+    if spec == "digits":
+        return _load_digits()
+    if spec == "mnist1d":
+        return _load_mnist1d()
+    if spec.lower().endswith(_TABLE_SUFFIXES):
+        return _load_table(spec, label_column)
+    if is_import_spec(spec):
+        return _load_user_function(spec)
+    raise ShrinkflowError(f"unknown dataset {spec!r}: choose {dataset_choices()}")
+
+
+def _stratified_split(y: np.ndarray, fractions: tuple[float, float]) -> tuple[np.ndarray, ...]:
+    """Indices of train/val/test, stratified by class, shuffled with the fixed split seed."""
+    from sklearn.model_selection import train_test_split
+
+    val_fraction, test_fraction = fractions
+    index = np.arange(len(y))
+    rest, test = (
+        (index, index[:0])
+        if test_fraction == 0
+        else train_test_split(index, test_size=test_fraction, stratify=y, random_state=SPLIT_SEED)
+    )
+    train, val = train_test_split(
+        rest, test_size=val_fraction / (1 - test_fraction), stratify=y[rest], random_state=SPLIT_SEED
+    )
+    return train, val, test
+
+
+def _as_splits(name, source, x, y, index, class_names) -> DataSplits:
+    tensors = {}
+    for split, rows in zip(SPLITS, index, strict=True):
+        tensors[f"x_{split}"] = torch.as_tensor(np.ascontiguousarray(x[rows]), dtype=torch.float32)
+        tensors[f"y_{split}"] = torch.as_tensor(y[rows], dtype=torch.int64)
+    return DataSplits(name=name, source=source, class_names=tuple(class_names), **tensors)
+
+
+@functools.cache
+def _load_digits() -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8), pixels in [0, 1]
+    y = bunch.target.astype(np.int64)
+    index = _stratified_split(y, (_VAL_FRACTION, _TEST_FRACTION))
+    return _as_splits("digits", "sklearn.datasets.load_digits", x, y, index, [str(c) for c in range(10)])
+
+
+@functools.cache
+def _load_mnist1d() -> DataSplits:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset reseeds numpy's global RNG; keep the caller's state intact.
+    state = np.random.get_state()
+    try:
+        raw = make_dataset(get_dataset_args())  # generated locally: 4,000 train / 1,000 test
+    finally:
+        np.random.set_state(state)
+    x_all = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)[:, None]  # (N, 1, 40)
+    y_all = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)
+    n_train = len(raw["y"])
+    from sklearn.model_selection import train_test_split
+
+    train, val = train_test_split(
+        np.arange(n_train), test_size=_VAL_FRACTION, stratify=raw["y"], random_state=SPLIT_SEED
+    )
+    test = np.arange(n_train, len(y_all))
+    return _as_splits(
+        "mnist1d", "mnist1d.data.make_dataset", x_all, y_all, (train, val, test), [str(c) for c in range(10)]
+    )
+
+
+def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    classes, codes = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise ShrinkflowError(f"the labels hold {len(classes)} class; a classifier needs at least 2")
+    return codes.astype(np.int64), [str(c) for c in classes]
+
+
+def _load_table(spec: str, label_column: str) -> DataSplits:
+    import pandas as pd
+
+    path = Path(spec)
+    if not path.is_file():
+        raise ShrinkflowError(f"dataset file {spec!r} does not exist")
+    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    if label_column not in frame.columns:
+        raise ShrinkflowError(
+            f"dataset {spec!r} has no label column {label_column!r}: "
+            f"its columns are {', '.join(map(str, frame.columns))} (set label_column)"
+        )
+    features = frame.drop(columns=[label_column])
+    non_numeric = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if non_numeric or features.shape[1] == 0:
+        raise ShrinkflowError(
+            f"dataset {spec!r}: every column but the label must be numeric; "
+            f"non-numeric: {', '.join(non_numeric) or 'none'}"
+        )
+    y, class_names = _encode_labels(frame[label_column].to_numpy())
+    x = features.to_numpy(dtype=np.float32)
+    index = _stratified_split(y, (_VAL_FRACTION, _TEST_FRACTION))
+    mean = x[index[0]].mean(axis=0)
+    std = x[index[0]].std(axis=0)
+    x = (x - mean) / np.where(std > 0, std, 1.0)  # train-split statistics only
+    return _as_splits(path.stem, str(path.resolve()), x, y, index, class_names)
+
+
+def _load_user_function(spec: str) -> DataSplits:
+    loaded = load_callable(spec, "dataset function")()
+    if isinstance(loaded, Mapping):
+        missing = [s for s in SPLITS if s not in loaded]
+        if missing:
+            raise ShrinkflowError(f"dataset function {spec!r} returned a mapping without {', '.join(missing)}")
+        parts = [tuple(np.asarray(a) for a in loaded[s]) for s in SPLITS]
+        x = np.concatenate([p[0] for p in parts]).astype(np.float32)
+        y, class_names = _encode_labels(np.concatenate([p[1] for p in parts]))
+        bounds = np.cumsum([0] + [len(p[1]) for p in parts])
+        index = tuple(np.arange(bounds[i], bounds[i + 1]) for i in range(3))
+    elif isinstance(loaded, tuple) and len(loaded) == 2:
+        x = np.asarray(loaded[0], dtype=np.float32)
+        y, class_names = _encode_labels(np.asarray(loaded[1]))
+        index = _stratified_split(y, (_VAL_FRACTION, _TEST_FRACTION))
+    else:
+        raise ShrinkflowError(f"dataset function {spec!r} must return (X, y) or a mapping of train/val/test to (X, y)")
+    return _as_splits(spec, spec, x, y, index, class_names)

@@ -1,0 +1,22 @@
+"""The common shell of every step's ``main()``: one clear error line and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from steps._config import ShrinkflowError
+
+__all__ = ["EXIT_BAD_INPUT", "run_main"]
+
+EXIT_BAD_INPUT = 2
+
+
+def run_main(step: Callable[[], str]) -> None:
+    """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2."""
+    try:
+        run_id = step()
+    except ShrinkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    print(run_id, flush=True)

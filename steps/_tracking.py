@@ -1,0 +1,122 @@
+"""The one place that talks to MLflow about runs, models and datasets.
+
+Models are logged as MLflow "models from code" (``steps/_pyfunc_model.py``) with the checkpoint
+folder as their artifact, a signature and an input example; in MLflow 3 they live at
+``models:/<model_id>`` and are found from a run id through the run's logged-model outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from torch import nn
+
+from steps._checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from steps._config import ShrinkflowError
+from steps._data import DataSplits
+
+__all__ = ["load_model", "log_dataset", "log_model", "step_run"]
+
+_STEPS_DIR = Path(__file__).resolve().parent
+# MLflow draws a progress bar per artifact download: noise for files of a few hundred KB.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+_MODEL_NAME = "model"
+
+
+@contextlib.contextmanager
+def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under ``mlflow run``, resume) the step's run; nested inside an active run.
+
+    An exception inside marks the run FAILED, Ctrl-C marks it KILLED: no run stays RUNNING.
+    """
+    with mlflow.start_run(nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tag("shrinkflow.step", step)
+        mlflow.log_params(params)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
+
+
+def log_dataset(data: DataSplits, split: str) -> None:
+    """Record one split of ``data`` as a run input (name, digest, source)."""
+    x, y = data.split(split)
+    with warnings.catch_warnings():
+        # a plain path is "interpretable in multiple ways" (all of them local files)
+        warnings.filterwarnings("ignore", message="The specified dataset source", category=UserWarning)
+        source = data.source if Path(data.source).is_file() else CodeDatasetSource({"generator": data.source})
+        dataset = mlflow.data.from_numpy(
+            x.numpy(), targets=y.numpy(), source=source, name=f"{data.name}-{split}", digest=data.digest(split)
+        )
+    context = {"train": "training", "val": "validation", "test": "testing"}[split]
+    mlflow.log_input(dataset, context=context)
+
+
+def _pip_requirements() -> list[str]:
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+
+
+def log_model(model: nn.Module, description: dict[str, Any], example: torch.Tensor) -> tuple[str, int]:
+    """Log ``model`` with its description; return (model_id, bytes of the checkpoint on disk)."""
+    example_np = example.detach().cpu().numpy()
+    with torch.no_grad():
+        output = model.cpu().eval()(example.cpu()).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_checkpoint(model, description, Path(tmp) / "checkpoint")
+        size = checkpoint_bytes(folder)
+        info = mlflow.pyfunc.log_model(
+            name=_MODEL_NAME,
+            python_model=str(_STEPS_DIR / "_pyfunc_model.py"),
+            artifacts={"checkpoint": str(folder)},
+            code_paths=[str(_STEPS_DIR)],
+            signature=infer_signature(example_np, output),
+            input_example=example_np,
+            pip_requirements=_pip_requirements(),
+        )
+    return info.model_id, size
+
+
+def _logged_model(run_id: str):
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException as exc:
+        raise ShrinkflowError(
+            f"run {run_id!r} does not exist in tracking store {mlflow.get_tracking_uri()}: "
+            "pass the run id printed on the last line of a train step"
+        ) from exc
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        step = run.data.tags.get("shrinkflow.step", "unknown")
+        raise ShrinkflowError(
+            f"run {run_id!r} (step {step}) logged no model: pass the run id of a train, prune, quantize or distill run"
+        )
+    return mlflow.get_logged_model(outputs[-1].model_id)
+
+
+def load_model(run_id: str, folder: Path) -> tuple[nn.Module, dict[str, Any], Path]:
+    """Download the model that ``run_id`` logged into ``folder`` and rebuild it.
+
+    Returns (model, description, checkpoint folder).
+    """
+    logged = _logged_model(run_id)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{logged.artifact_location}/artifacts/checkpoint", dst_path=str(folder)
+        )
+    except (MlflowException, OSError) as exc:
+        raise ShrinkflowError(f"model {logged.model_id} of run {run_id!r} has no readable checkpoint: {exc}") from exc
+    model, description = load_checkpoint(Path(local))
+    return model, description, Path(local)

@@ -1,0 +1,156 @@
+"""Training and scoring loops: pure PyTorch, no MLflow, no files."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from steps._config import ShrinkflowError
+
+__all__ = ["DEVICES", "FitResult", "FitSettings", "fit", "predict_logits", "resolve_device", "score", "seed_everything"]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ShrinkflowError(f"unknown device {name!r}: choose {', '.join(DEVICES)} or cuda:N")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ShrinkflowError(f"device {name!r} requested but CUDA is not available: use cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ShrinkflowError("device 'mps' requested but MPS is not available: use cpu or auto")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA only: on CPU it is slower and would make CPU runs differ from fp32.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Logits (N, classes) in fp32 on the CPU."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(x), batch_size):
+        with _autocast(device):
+            chunks.append(model(x[start : start + batch_size].to(device)).float().cpu())
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on (x, y)."""
+    logits = predict_logits(model, x, device)
+    return {
+        "accuracy": (logits.argmax(1) == y).double().mean().item(),
+        "loss": nn.functional.cross_entropy(logits, y).item(),
+    }
+
+
+class FitSettings(Protocol):
+    """The knobs ``fit`` reads (``steps.train.TrainConfig`` provides them)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    patience: int
+    seed: int
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    epochs_run: int
+    best_val_accuracy: float
+    stopped_early: bool
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    settings: FitSettings,
+    device: torch.device,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """AdamW with a cosine learning-rate schedule and label smoothing; early stopping on
+    validation accuracy (``patience`` epochs without improvement, 0 = never). ``model`` ends
+    with its best-validation weights. ``on_epoch(epoch, metrics)`` receives train_loss, val_loss,
+    val_accuracy and lr after each epoch.
+    """
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
+    order = torch.Generator().manual_seed(settings.seed)  # batch order depends on the seed alone
+    best_state, best_accuracy, best_epoch, improved_epoch, epoch = None, -1.0, 0, 0, 0
+    # disable=None: a bar on a terminal, silence in logs and CI
+    progress = tqdm(
+        range(1, settings.epochs + 1), desc="train", unit="epoch", leave=False, mininterval=1.0, disable=None
+    )
+    for epoch in progress:
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = _train_epoch(model, optimizer, train, settings, order, device)
+        schedule.step()
+        val_metrics = score(model, *val, device)
+        metrics = {
+            "train_loss": train_loss,
+            "val_loss": val_metrics["loss"],
+            "val_accuracy": val_metrics["accuracy"],
+            "lr": lr,
+        }
+        progress.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_metrics['accuracy']:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if val_metrics["accuracy"] > best_accuracy:
+            improved_epoch = epoch
+        # >= keeps the later of equally accurate epochs (lower learning rate, usually lower loss),
+        # but only a strictly better accuracy resets the patience counter.
+        if val_metrics["accuracy"] >= best_accuracy:
+            best_state, best_accuracy, best_epoch = copy.deepcopy(model.state_dict()), val_metrics["accuracy"], epoch
+        if settings.patience and epoch - improved_epoch >= settings.patience:
+            break
+    progress.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(best_epoch, epoch, max(best_accuracy, 0.0), stopped_early=epoch < settings.epochs)
+
+
+def _train_epoch(model, optimizer, train, settings: FitSettings, order, device) -> float:
+    model.train()
+    x, y = train
+    permutation = torch.randperm(len(x), generator=order)
+    total = 0.0
+    for start in range(0, len(x), settings.batch_size):
+        batch = permutation[start : start + settings.batch_size]
+        inputs, targets = x[batch].to(device), y[batch].to(device)
+        with _autocast(device):
+            logits = model(inputs).float()
+        loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+    return total / max(len(x), 1)

@@ -1,0 +1,211 @@
+"""Model zoo: factories with width/depth knobs, and rebuilding a model from its description.
+
+An architecture description is a JSON-able dict ``{"name", "params", "input_shape",
+"num_classes"}``. ``params`` lists every layer width explicitly, so a model whose layers were
+later narrowed (structured pruning) is rebuilt from its description alone.
+
+Models (inputs are (B, *input_shape)):
+- ``mlp``: LeNet-300-100 by default: flatten, hidden layers of 300 and 100 units with ReLU.
+- ``cnn``: LeNet-5 style for images (C, H, W): [conv3x3 → ReLU → maxpool2] × 2 with 32 and 64
+  channels (the article's CNN), then a 128-unit hidden layer and the classifier.
+- ``cnn1d``: the MNIST-1D paper's conv net for signals (C, L): three stride-2 convs of 25
+  channels (kernels 5, 3, 3), ReLU, then a linear classifier.
+- ``lstm``: the article's RNN: a 2-layer LSTM of 128 units over the sequence (signals: L steps of
+  C features; images: H rows of C·W features; tables: F steps of 1 feature), classifier on the
+  last step.
+- ``package.module:factory``: a user model, called as ``factory(input_shape=..., num_classes=...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from steps._config import ShrinkflowError
+from steps._imports import is_import_spec, load_callable
+
+__all__ = ["MODELS", "build_model", "describe", "model_choices"]
+
+# Base layer widths at width=1; depth repeats the last one or truncates.
+_BASE_WIDTHS = {
+    "mlp": {"hidden_sizes": [300, 100]},
+    "cnn": {"channels": [32, 64], "hidden_sizes": [128]},
+    "cnn1d": {"channels": [25, 25, 25]},
+    "lstm": {"hidden_size": 128, "num_layers": 2},
+}
+# The list that ``depth`` lengthens or shortens.
+_DEPTH_KEY = {"mlp": "hidden_sizes", "cnn": "channels", "cnn1d": "channels", "lstm": "num_layers"}
+MODELS = tuple(_BASE_WIDTHS)
+
+
+def model_choices() -> str:
+    return f"{', '.join(MODELS)}, or package.module:factory"
+
+
+class MLP(nn.Module):
+    def __init__(self, input_shape, num_classes, hidden_sizes):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = _numel(input_shape)
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class CNN(nn.Module):
+    def __init__(self, input_shape, num_classes, channels, hidden_sizes):
+        super().__init__()
+        _require_rank(input_shape, 3, "cnn", "images (C, H, W)")
+        blocks: list[nn.Module] = []
+        in_channels = input_shape[0]
+        for out_channels in channels:
+            blocks += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.classifier = _classifier(_flat_size(self.features, input_shape, "cnn"), hidden_sizes, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class CNN1d(nn.Module):
+    """Greydanus & Kobak's MNIST-1D conv net (ConvBase): stride-2 convs, ReLU, linear head."""
+
+    def __init__(self, input_shape, num_classes, channels):
+        super().__init__()
+        _require_rank(input_shape, 2, "cnn1d", "signals (C, L)")
+        blocks: list[nn.Module] = []
+        in_channels = input_shape[0]
+        for i, out_channels in enumerate(channels):
+            kernel = 5 if i == 0 else 3
+            blocks += [nn.Conv1d(in_channels, out_channels, kernel, stride=2, padding=1), nn.ReLU()]
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.classifier = _classifier(_flat_size(self.features, input_shape, "cnn1d"), [], num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self, input_shape, num_classes, hidden_size, num_layers):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        steps, features = _sequence_shape(self.input_shape)
+        self.lstm = nn.LSTM(features, hidden_size, num_layers, batch_first=True)
+        self.fc = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x):
+        batch = x.shape[0]
+        if len(self.input_shape) == 1:
+            seq = x.reshape(batch, -1, 1)  # (B, F, 1)
+        elif len(self.input_shape) == 2:
+            seq = x.transpose(1, 2)  # (B, C, L) -> (B, L, C)
+        else:
+            seq = x.permute(0, 2, 1, 3).reshape(batch, x.shape[2], -1)  # rows: (B, H, C*W)
+        out, _ = self.lstm(seq)
+        return self.fc(out[:, -1])
+
+
+_CLASSES = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1d, "lstm": LSTMClassifier}
+
+
+def describe(name: str, input_shape, num_classes: int, width: float = 1.0, depth: int = 0) -> dict[str, Any]:
+    """Architecture description for a zoo model scaled by ``width`` (× every layer width) and
+    ``depth`` (number of hidden layers / conv blocks / LSTM layers; 0 keeps the default)."""
+    if width <= 0:
+        raise ShrinkflowError(f"width must be > 0, got {width}")
+    if depth < 0:
+        raise ShrinkflowError(f"depth must be >= 0 (0 = the model's default), got {depth}")
+    if name in _BASE_WIDTHS:
+        params = _scaled_params(name, width, depth)
+    elif is_import_spec(name):
+        load_callable(name, "model factory")  # fail early on a bad spec
+        params = {}
+    else:
+        raise ShrinkflowError(f"unknown model {name!r}: choose {model_choices()}")
+    return {"name": name, "params": params, "input_shape": list(input_shape), "num_classes": int(num_classes)}
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """Rebuild a model (fresh weights) from its architecture description."""
+    name, shape, classes = arch["name"], tuple(arch["input_shape"]), arch["num_classes"]
+    if name in _CLASSES:
+        return _CLASSES[name](shape, classes, **arch["params"])
+    if is_import_spec(name):
+        model = load_callable(name, "model factory")(input_shape=shape, num_classes=classes, **arch["params"])
+        if not isinstance(model, nn.Module):
+            raise ShrinkflowError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    raise ShrinkflowError(f"unknown model {name!r}: choose {model_choices()}")
+
+
+def _scaled_params(name: str, width: float, depth: int) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in _BASE_WIDTHS[name].items():
+        if key == "num_layers":
+            params[key] = depth or value
+        elif isinstance(value, list):
+            sizes = _resize(value, depth) if depth and key == _DEPTH_KEY[name] else value
+            params[key] = [_scale(n, width) for n in sizes]
+        else:
+            params[key] = _scale(value, width)
+    return params
+
+
+def _scale(n: int, width: float) -> int:
+    return max(1, round(n * width))
+
+
+def _resize(sizes: list[int], depth: int) -> list[int]:
+    return sizes[:depth] + [sizes[-1]] * (depth - len(sizes))
+
+
+def _classifier(in_features: int, hidden_sizes, num_classes: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_features, size), nn.ReLU()]
+        in_features = size
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _flat_size(features: nn.Module, input_shape, name: str) -> int:
+    with torch.no_grad():
+        try:
+            out = features(torch.zeros(1, *input_shape))
+        except RuntimeError as exc:
+            raise ShrinkflowError(f"model {name!r} is too deep for input shape {tuple(input_shape)}: {exc}") from exc
+    return out.numel()
+
+
+def _require_rank(input_shape, rank: int, name: str, expected: str) -> None:
+    if len(input_shape) != rank:
+        raise ShrinkflowError(
+            f"model {name!r} needs {expected}; this dataset's samples have shape {tuple(input_shape)} "
+            "(use mlp or lstm for any shape)"
+        )
+
+
+def _sequence_shape(input_shape) -> tuple[int, int]:
+    if len(input_shape) == 1:
+        return input_shape[0], 1
+    if len(input_shape) == 2:
+        return input_shape[1], input_shape[0]
+    if len(input_shape) == 3:
+        return input_shape[1], input_shape[0] * input_shape[2]
+    raise ShrinkflowError(f"model 'lstm' cannot read samples of shape {tuple(input_shape)}")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -1,0 +1,143 @@
+"""Evaluate a logged model on one split of the data it was trained on.
+
+Consumes: the run id of a step that logged a model (train now; prune, quantize, distill later).
+Produces: an MLflow run tagged ``shrinkflow.source_run_id`` with ``<split>_accuracy``,
+``<split>_loss``, ``cost_params``, ``cost_nonzero_params``, ``cost_size_bytes`` (bytes of the
+saved checkpoint), a per-class precision/recall table (``per_class_<split>.json``) and a
+confusion-matrix PNG (``confusion_<split>.png``). The run id is the last line printed.
+
+Example:
+    python -m steps.evaluate --run-id <train run id> --split test
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from steps._checkpoint import checkpoint_bytes
+from steps._config import ShrinkflowError, config_to_params, parse_config
+from steps._data import SPLITS, load_dataset
+from steps._main import run_main
+from steps._training import predict_logits, resolve_device
+
+__all__ = ["CONFIG", "EvaluateConfig", "Evaluation", "evaluate", "main"]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Score a logged model on a split and log accuracy, per-class table, confusion matrix and cost."""
+
+    run_id: str = field(metadata={"help": "run id of the step that logged the model"})
+    split: str = field(default="test", metadata={"help": "train, val or test"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"})
+
+    def __post_init__(self):
+        if not self.run_id.strip():
+            raise ShrinkflowError("run_id is required: pass the run id printed by a train step")
+        if self.split not in SPLITS:
+            raise ShrinkflowError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float
+    per_class: pd.DataFrame  # one row per class: precision, recall, f1, support
+    confusion: np.ndarray  # (classes, classes): rows true, columns predicted
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_names, device: torch.device) -> Evaluation:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    logits = predict_logits(model.to(device), x, device)
+    predicted = logits.argmax(1).numpy()
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y.numpy(), predicted, labels=labels, zero_division=0
+    )
+    per_class = pd.DataFrame(
+        {"class": list(class_names), "precision": precision, "recall": recall, "f1": f1, "support": support}
+    )
+    return Evaluation(
+        accuracy=float((predicted == y.numpy()).mean()),
+        loss=nn.functional.cross_entropy(logits, y).item(),
+        per_class=per_class,
+        confusion=confusion_matrix(y.numpy(), predicted, labels=labels),
+    )
+
+
+def model_costs(model: nn.Module, checkpoint: Path) -> dict[str, int]:
+    params = list(model.parameters())
+    return {
+        "cost_params": sum(p.numel() for p in params),
+        "cost_nonzero_params": int(sum(torch.count_nonzero(p).item() for p in params)),
+        "cost_size_bytes": checkpoint_bytes(checkpoint),
+    }
+
+
+def plot_confusion(confusion: np.ndarray, class_names, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(confusion, cmap="Blues")
+    ticks = range(len(class_names))
+    axes.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names)
+    axes.set(xlabel="predicted", ylabel="true", title=title)
+    for (row, col), count in np.ndenumerate(confusion):
+        color = "white" if count > confusion.max() / 2 else "black"
+        axes.text(col, row, str(count), ha="center", va="center", color=color, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def execute(cfg: EvaluateConfig) -> str:
+    import mlflow
+
+    from steps import _tracking
+
+    device = resolve_device(cfg.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, description, checkpoint = _tracking.load_model(cfg.run_id, Path(tmp))
+        costs = model_costs(model, checkpoint)
+    data = load_dataset(description["dataset"]["spec"], description["dataset"]["label_column"])
+    x, y = data.split(cfg.split)
+    with _tracking.step_run("evaluate", config_to_params(cfg)) as run:
+        mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)
+        _tracking.log_dataset(data, cfg.split)
+        result = evaluate(model, x, y, description["class_names"], device)
+        mlflow.log_metrics({f"{cfg.split}_accuracy": result.accuracy, f"{cfg.split}_loss": result.loss, **costs})
+        mlflow.log_table(result.per_class, artifact_file=f"per_class_{cfg.split}.json")
+        title = f"{description['architecture']['name']} on {data.name} ({cfg.split})"
+        mlflow.log_figure(
+            plot_confusion(result.confusion, description["class_names"], title), f"confusion_{cfg.split}.png"
+        )
+        print(result.per_class.to_string(index=False, float_format="%.3f"), file=sys.stderr)
+        print(
+            f"{cfg.split}_accuracy={result.accuracy:.4f} {cfg.split}_loss={result.loss:.4f} "
+            + " ".join(f"{k}={v}" for k, v in costs.items()),
+            file=sys.stderr,
+        )
+        return run.info.run_id
+
+
+CONFIG = EvaluateConfig  # the entry point's config, read by tests/test_project_spec.py
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(lambda: execute(parse_config(EvaluateConfig, argv)))
+
+
+if __name__ == "__main__":
+    main()

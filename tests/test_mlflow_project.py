@@ -1,0 +1,57 @@
+"""`mlflow run` on this project, as a user types it (subprocesses, a few seconds each)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mlflow_run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_then_evaluate_via_mlflow_run():
+    trained = _mlflow_run("-e", "train", "-P", "model=cnn", "-P", "dataset=digits", "-P", "epochs=3")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    train_id = trained.stdout.strip().splitlines()[-1]
+    evaluated = _mlflow_run("-e", "evaluate", "-P", f"run_id={train_id}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    evaluate_id = evaluated.stdout.strip().splitlines()[-1]
+    train_run, evaluate_run = mlflow.get_run(train_id), mlflow.get_run(evaluate_id)
+    assert train_run.info.status == evaluate_run.info.status == "FINISHED"
+    assert evaluate_run.data.metrics["test_accuracy"] == train_run.data.metrics["test_accuracy"]
+    assert evaluate_run.data.tags["mlflow.project.entryPoint"] == "evaluate"
+
+
+def test_bad_input_via_mlflow_run_fails_the_run():
+    before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    result = _mlflow_run("-e", "train", "-P", "model=resnet")
+    assert result.returncode != 0
+    assert "error: unknown model 'resnet'" in result.stderr
+    new = [
+        r for r in mlflow.search_runs(search_all_experiments=True, output_format="list") if r.info.run_id not in before
+    ]
+    assert [r.info.status for r in new] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_default_pipeline_on_digits_cnn_reaches_floor():
+    """The issue's acceptance run, full default recipe: `mlflow run . -P model=cnn`."""
+    result = _mlflow_run("-P", "model=cnn", "-P", "dataset=digits")
+    assert result.returncode == 0, result.stderr[-2000:]
+    parent = mlflow.get_run(result.stdout.strip().splitlines()[-1])
+    train_run = mlflow.get_run(parent.data.tags["shrinkflow.train_run_id"])
+    assert parent.data.metrics["test_accuracy"] == train_run.data.metrics["test_accuracy"] >= 0.98

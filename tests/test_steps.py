@@ -1,0 +1,102 @@
+"""The train and evaluate steps end to end, in process, against a real MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from steps import _tracking, evaluate, train
+from steps._data import load_dataset
+
+
+def test_train_run_logs_params_metrics_datasets_and_model(trained_run_id):
+    run = mlflow.get_run(trained_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["shrinkflow.step"] == "train"
+    assert run.data.params["model"] == "mlp" and run.data.params["epochs"] == "4"
+    for key in ("test_accuracy", "val_accuracy", "cost_params", "cost_size_bytes"):
+        assert key in run.data.metrics
+    assert run.data.metrics["cost_params"] == 50_610
+    history = mlflow.MlflowClient().get_metric_history(trained_run_id, "val_accuracy")
+    assert [m.step for m in history if m.step > 0] == [1, 2, 3, 4]
+    inputs = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert inputs == {("digits-train", "training"), ("digits-val", "validation"), ("digits-test", "testing")}
+    digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert digests["digits-test"] == load_dataset("digits").digest("test")
+
+
+def test_logged_model_has_signature_and_input_example(trained_run_id):
+    model_id = mlflow.get_run(trained_run_id).outputs.model_outputs[0].model_id
+    info = mlflow.models.get_model_info(f"models:/{model_id}")
+    assert info.signature is not None
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 8, 8)
+    assert info.saved_input_example_info is not None
+
+
+def test_model_reloads_with_identical_predictions_through_pyfunc(trained_run_id, tmp_path):
+    model, description, _ = _tracking.load_model(trained_run_id, tmp_path)
+    x = load_dataset("digits").x_test[:16]
+    with torch.no_grad():
+        ours = model(x).numpy()
+    model_id = mlflow.get_run(trained_run_id).outputs.model_outputs[0].model_id
+    served = mlflow.pyfunc.load_model(f"models:/{model_id}").predict(x.numpy())
+    np.testing.assert_array_equal(ours, served)
+    assert description["dataset"] == {"spec": "digits", "label_column": "label"}
+
+
+def test_evaluate_reproduces_train_test_accuracy_and_logs_artifacts(trained_run_id, tmp_path):
+    evaluate_id = evaluate.execute(evaluate.EvaluateConfig(run_id=trained_run_id, device="cpu"))
+    run = mlflow.get_run(evaluate_id)
+    train_metrics = mlflow.get_run(trained_run_id).data.metrics
+    assert run.data.metrics["test_accuracy"] == train_metrics["test_accuracy"]
+    assert run.data.metrics["cost_size_bytes"] == train_metrics["cost_size_bytes"]
+    assert run.data.metrics["cost_nonzero_params"] == run.data.metrics["cost_params"] == 50_610
+    assert run.data.tags["shrinkflow.source_run_id"] == trained_run_id
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(evaluate_id)}
+    assert {"per_class_test.json", "confusion_test.png"} <= files
+    table = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=evaluate_id, artifact_path="per_class_test.json")).read_text()
+    )
+    assert table["columns"] == ["class", "precision", "recall", "f1", "support"]
+    assert sum(row[4] for row in table["data"]) == 360
+
+
+def test_evaluate_on_validation_split(trained_run_id):
+    evaluate_id = evaluate.execute(evaluate.EvaluateConfig(run_id=trained_run_id, split="val", device="cpu"))
+    metrics = mlflow.get_run(evaluate_id).data.metrics
+    assert metrics["val_accuracy"] == pytest.approx(mlflow.get_run(trained_run_id).data.metrics["val_accuracy"])
+
+
+def test_evaluate_confusion_matrix_matches_accuracy():
+    from steps._training import seed_everything
+    from steps._zoo import build_model, describe
+
+    data = load_dataset("digits")
+    seed_everything(0)
+    model = build_model(describe("mlp", data.input_shape, data.num_classes))
+    result = evaluate.evaluate(model, data.x_test, data.y_test, data.class_names, torch.device("cpu"))
+    assert result.confusion.sum() == 360
+    assert np.trace(result.confusion) / 360 == pytest.approx(result.accuracy)
+
+
+def test_same_seed_twice_gives_identical_metrics(quick_train_config):
+    cfg = quick_train_config(model="cnn", epochs=2)
+    first, second = train.execute(cfg), train.execute(cfg)
+    metrics = [mlflow.get_run(r).data.metrics for r in (first, second)]
+    assert metrics[0] == metrics[1]
+
+
+def test_pipeline_nests_train_and_evaluate(quick_train_config):
+    from pipelines import main as pipeline
+
+    parent_id = pipeline.execute(quick_train_config(epochs=2))
+    parent = mlflow.get_run(parent_id)
+    children = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list"
+    )
+    assert {c.data.tags["shrinkflow.step"] for c in children} == {"train", "evaluate"}
+    evaluate_run = mlflow.get_run(parent.data.tags["shrinkflow.evaluate_run_id"])
+    assert parent.data.metrics["test_accuracy"] == evaluate_run.data.metrics["test_accuracy"]
