@@ -29,7 +29,7 @@ import torch
 from steps._config import ShrinkflowError
 from steps._imports import is_import_spec, load_callable
 
-__all__ = ["BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "load_dataset"]
+__all__ = ["BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "dataset_of", "load_dataset"]
 
 SPLIT_SEED = 0
 SPLITS = ("train", "val", "test")
@@ -88,6 +88,11 @@ def load_dataset(spec: str, label_column: str = "label") -> DataSplits:
     if is_import_spec(spec):
         return _load_user_function(spec)
     raise ShrinkflowError(f"unknown dataset {spec!r}: choose {dataset_choices()}")
+
+
+def dataset_of(description: dict) -> DataSplits:
+    """The dataset (and fixed split) a saved model was trained on, from its description."""
+    return load_dataset(description["dataset"]["spec"], description["dataset"]["label_column"])
 
 
 def _stratified_split(y: np.ndarray, fractions: tuple[float, float]) -> tuple[np.ndarray, ...]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.exceptions import MlflowException
@@ -27,7 +28,7 @@ from steps._checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from steps._config import ShrinkflowError
 from steps._data import DataSplits
 
-__all__ = ["load_model", "log_dataset", "log_model", "step_run"]
+__all__ = ["load_model", "log_dataset", "log_model", "log_table", "step_run"]
 
 _STEPS_DIR = Path(__file__).resolve().parent
 # MLflow draws a progress bar per artifact download: noise for files of a few hundred KB.
@@ -120,3 +121,12 @@ def load_model(run_id: str, folder: Path) -> tuple[nn.Module, dict[str, Any], Pa
         raise ShrinkflowError(f"model {logged.model_id} of run {run_id!r} has no readable checkpoint: {exc}") from exc
     model, description = load_checkpoint(Path(local))
     return model, description, Path(local)
+
+
+def log_table(table: pd.DataFrame, name: str) -> None:
+    """Log ``table`` twice: ``<name>.json`` as an MLflow table (for the UI) and ``<name>.csv``."""
+    mlflow.log_table(table, artifact_file=f"{name}.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.csv"
+        table.to_csv(path, index=False)
+        mlflow.log_artifact(str(path))

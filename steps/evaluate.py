@@ -2,9 +2,12 @@
 
 Consumes: the run id of a step that logged a model (train now; prune, quantize, distill later).
 Produces: an MLflow run tagged ``shrinkflow.source_run_id`` with ``<split>_accuracy``,
-``<split>_loss``, ``cost_params``, ``cost_nonzero_params``, ``cost_size_bytes`` (bytes of the
-saved checkpoint), a per-class precision/recall table (``per_class_<split>.json``) and a
-confusion-matrix PNG (``confusion_<split>.png``). The run id is the last line printed.
+``<split>_loss``, the static cost of the reloaded model (``cost_params``,
+``cost_nonzero_params``, ``cost_sparsity``, ``cost_macs``, ``cost_macs_effective``,
+``cost_bops``, ``cost_size_bytes`` measured on the saved checkpoint,
+``cost_size_theoretical_bytes``), a per-layer cost and sparsity table (``layers.json``), a
+per-class precision/recall table (``per_class_<split>.json``) and a confusion-matrix PNG
+(``confusion_<split>.png``). The run id is the last line printed.
 
 Example:
     python -m steps.evaluate --run-id <train run id> --split test
@@ -22,9 +25,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from steps._checkpoint import checkpoint_bytes
 from steps._config import ShrinkflowError, config_to_params, parse_config
-from steps._data import SPLITS, load_dataset
+from steps._cost import cost_summary, layer_costs, layer_table
+from steps._data import SPLITS, dataset_of
 from steps._main import run_main
 from steps._training import predict_logits, resolve_device
 
@@ -74,15 +77,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_names, de
     )
 
 
-def model_costs(model: nn.Module, checkpoint: Path) -> dict[str, int]:
-    params = list(model.parameters())
-    return {
-        "cost_params": sum(p.numel() for p in params),
-        "cost_nonzero_params": int(sum(torch.count_nonzero(p).item() for p in params)),
-        "cost_size_bytes": checkpoint_bytes(checkpoint),
-    }
-
-
 def plot_confusion(confusion: np.ndarray, class_names, title: str):
     import matplotlib
 
@@ -110,8 +104,9 @@ def execute(cfg: EvaluateConfig) -> str:
     device = resolve_device(cfg.device)
     with tempfile.TemporaryDirectory() as tmp:
         model, description, checkpoint = _tracking.load_model(cfg.run_id, Path(tmp))
-        costs = model_costs(model, checkpoint)
-    data = load_dataset(description["dataset"]["spec"], description["dataset"]["label_column"])
+        costs = cost_summary(model, description, checkpoint)
+    layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
+    data = dataset_of(description)
     x, y = data.split(cfg.split)
     with _tracking.step_run("evaluate", config_to_params(cfg)) as run:
         mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)
@@ -119,6 +114,7 @@ def execute(cfg: EvaluateConfig) -> str:
         result = evaluate(model, x, y, description["class_names"], device)
         mlflow.log_metrics({f"{cfg.split}_accuracy": result.accuracy, f"{cfg.split}_loss": result.loss, **costs})
         mlflow.log_table(result.per_class, artifact_file=f"per_class_{cfg.split}.json")
+        mlflow.log_table(layers, artifact_file="layers.json")
         title = f"{description['architecture']['name']} on {data.name} ({cfg.split})"
         mlflow.log_figure(
             plot_confusion(result.confusion, description["class_names"], title), f"confusion_{cfg.split}.png"
@@ -126,7 +122,7 @@ def execute(cfg: EvaluateConfig) -> str:
         print(result.per_class.to_string(index=False, float_format="%.3f"), file=sys.stderr)
         print(
             f"{cfg.split}_accuracy={result.accuracy:.4f} {cfg.split}_loss={result.loss:.4f} "
-            + " ".join(f"{k}={v}" for k, v in costs.items()),
+            + " ".join(f"{k}={v:g}" for k, v in costs.items()),
             file=sys.stderr,
         )
         return run.info.run_id

@@ -3,7 +3,8 @@
 Consumes: a dataset (``digits`` by default) and a zoo model name.
 Produces: an MLflow run with the config as params, the train/val/test splits as dataset inputs,
 per-epoch ``train_loss``/``val_loss``/``val_accuracy``/``lr``, final ``val_accuracy``,
-``test_accuracy``, ``test_loss``, ``cost_params``, ``cost_size_bytes``, and the model
+``test_accuracy``, ``test_loss``, the static ``cost_*`` metrics (``steps._cost``) with
+``cost_size_bytes`` measured on the saved checkpoint, and the model
 (``models:/<model_id>``, a checkpoint of state dict + architecture JSON). The run id is the last
 line printed.
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from steps._config import ShrinkflowError, config_to_params, parse_config
+from steps._cost import cost_summary
 from steps._data import DataSplits, load_dataset
 from steps._main import run_main
 from steps._training import FitResult, fit, resolve_device, score, seed_everything
@@ -104,7 +106,7 @@ def execute(cfg: TrainConfig) -> str:
             "epochs_run": result.epochs_run,
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
-            "cost_params": sum(p.numel() for p in model.parameters()),
+            **cost_summary(model, description),
             "cost_size_bytes": size,
         }
         mlflow.log_metrics(metrics)

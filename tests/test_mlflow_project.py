@@ -35,6 +35,14 @@ def test_train_then_evaluate_via_mlflow_run():
     assert evaluate_run.data.metrics["test_accuracy"] == train_run.data.metrics["test_accuracy"]
     assert evaluate_run.data.tags["mlflow.project.entryPoint"] == "evaluate"
 
+    benchmarked = _mlflow_run("-e", "benchmark", "-P", f"run_id={train_id}", "-P", "repetitions=20")
+    assert benchmarked.returncode == 0, benchmarked.stderr[-2000:]
+    benchmark_run = mlflow.get_run(benchmarked.stdout.strip().splitlines()[-1])
+    assert benchmark_run.data.tags["hw.torch_threads"] == "1"
+    assert benchmark_run.data.metrics["cost_macs"] == 347_392
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(benchmark_run.info.run_id)}
+    assert {"benchmark.json", "benchmark.csv", "layers.json"} <= files
+
 
 def test_bad_input_via_mlflow_run_fails_the_run():
     before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}

@@ -1,0 +1,1 @@
+"""Measurements that are too slow or too noisy for unit tests; each writes to benchmarks/results/."""

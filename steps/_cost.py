@@ -1,0 +1,157 @@
+"""Static cost of a model: parameters, sparsity, MACs, BOPs and size — exact, per layer.
+
+MACs are counted per sample for the matrix products of Linear, Conv1d/Conv2d and LSTM layers
+(biases, activations, pooling and the LSTM's element-wise gate products are not MACs):
+- Linear: positions × in × out (positions = product of the non-feature dims, 1 for (B, F));
+- Conv: output positions × C_out × (C_in / groups) × kernel size;
+- LSTM: per layer and direction, steps × 4·H × (input size + H).
+*Effective* MACs skip weights that are exactly zero (each non-zero weight is used once per
+output position or step): removed channels are gone from the layer shapes already.
+BOPs = MACs × weight bits × activation bits (32 × 32 for float32).
+
+Size: ``artifact`` bytes are measured on the saved checkpoint folder; ``theoretical`` bytes are
+what the storage format needs in principle — for dense float32, 4 bytes per tensor element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from steps._checkpoint import checkpoint_bytes
+
+__all__ = ["LayerCost", "cost_summary", "layer_costs", "layer_table", "theoretical_size_bytes"]
+
+FLOAT_BITS = 32
+_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    layer: str
+    kind: str
+    params: int
+    nonzero_params: int
+    macs: int
+    effective_macs: int
+    weight_bits: int = FLOAT_BITS
+    activation_bits: int = FLOAT_BITS
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero_params / self.params if self.params else 0.0
+
+    @property
+    def bops(self) -> int:
+        return self.macs * self.weight_bits * self.activation_bits
+
+
+def _nonzero(tensors) -> int:
+    return int(sum(torch.count_nonzero(t).item() for t in tensors))
+
+
+def _weights(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors that take part in MACs (not biases)."""
+    return [p for name, p in module.named_parameters(recurse=False) if "weight" in name]
+
+
+def _macs(module: nn.Module, inputs: tuple, output) -> tuple[int, int]:
+    """(dense MACs, effective MACs) of one call with batch size 1."""
+    if isinstance(module, nn.Linear):
+        positions = output.numel() // module.out_features
+        return positions * module.in_features * module.out_features, positions * _nonzero([module.weight])
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        positions = output.numel() // module.out_channels
+        return positions * module.weight.numel(), positions * _nonzero([module.weight])
+    # LSTM: (B, T, I) with batch_first, else (T, B, I); every weight is used once per step
+    steps = inputs[0].shape[1] if module.batch_first else inputs[0].shape[0]
+    if module.proj_size:
+        raise ValueError("LSTM with proj_size is not supported by the cost model")
+    weights = _weights(module)
+    return steps * sum(w.numel() for w in weights), steps * _nonzero(weights)
+
+
+def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int]] | None = None) -> list[LayerCost]:
+    """Cost of every Linear/Conv/LSTM layer of ``model`` for one sample of ``input_shape``.
+
+    ``bits`` maps layer names to (weight bits, activation bits); unlisted layers are float32.
+    """
+    bits = bits or {}
+    calls: dict[str, tuple[int, int]] = {}
+    names = {module: name for name, module in model.named_modules()}
+
+    def record(module, inputs, output):
+        output = output[0] if isinstance(output, tuple) else output
+        dense, effective = _macs(module, inputs, output)
+        previous = calls.get(names[module], (0, 0))  # a layer called twice costs twice
+        calls[names[module]] = (previous[0] + dense, previous[1] + effective)
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _COUNTED)]
+    was_training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    costs = []
+    for name, (dense, effective) in calls.items():
+        module = model.get_submodule(name)
+        params = list(module.parameters(recurse=False))
+        weight_bits, activation_bits = bits.get(name, (FLOAT_BITS, FLOAT_BITS))
+        costs.append(
+            LayerCost(
+                layer=name,
+                kind=type(module).__name__,
+                params=sum(p.numel() for p in params),
+                nonzero_params=_nonzero(params),
+                macs=dense,
+                effective_macs=effective,
+                weight_bits=weight_bits,
+                activation_bits=activation_bits,
+            )
+        )
+    return costs
+
+
+def layer_table(costs: list[LayerCost]) -> pd.DataFrame:
+    rows = [{**asdict(c), "sparsity": c.sparsity, "bops": c.bops} for c in costs]
+    return pd.DataFrame(rows, columns=[*LayerCost.__dataclass_fields__, "sparsity", "bops"])
+
+
+def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> int:
+    """Bytes the model's storage format needs for its tensors, without container overhead."""
+    storage = description.get("storage", "dense-fp32")
+    if storage != "dense-fp32":
+        raise ValueError(f"no size model for storage format {storage!r}")
+    unique = {t.data_ptr(): t for t in model.state_dict().values()}  # tied tensors are stored once
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: Path | None = None) -> dict[str, float]:
+    """The ``cost_*`` metrics of a model; artifact bytes only when its checkpoint folder is given."""
+    costs = layer_costs(model, description["architecture"]["input_shape"], description.get("bits"))
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    nonzero = _nonzero(params)
+    summary: dict[str, float] = {
+        "cost_params": total,
+        "cost_nonzero_params": nonzero,
+        "cost_sparsity": 1.0 - nonzero / total if total else 0.0,
+        "cost_macs": sum(c.macs for c in costs),
+        "cost_macs_effective": sum(c.effective_macs for c in costs),
+        "cost_bops": sum(c.bops for c in costs),
+        "cost_size_theoretical_bytes": theoretical_size_bytes(model, description),
+    }
+    if checkpoint is not None:
+        summary["cost_size_bytes"] = checkpoint_bytes(checkpoint)
+    return summary

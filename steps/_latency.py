@@ -1,0 +1,162 @@
+"""Wall-clock latency, throughput and peak memory of a model's forward pass.
+
+Pure PyTorch: no MLflow. CPU timings use ``time.perf_counter_ns`` around each call; CUDA
+timings synchronize before and after each call. Thread count is fixed by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["LatencyResult", "hardware_tags", "measure_latency", "peak_memory_bytes", "torch_threads"]
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    device: str
+    batch_size: int
+    repetitions: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput_sps: float  # samples per second at the median latency
+    peak_memory_bytes: int
+
+    def cost_per_million(self, price_per_hour: float) -> float:
+        """Price of a million inferences at ``price_per_hour`` for the machine, at this throughput."""
+        return price_per_hour * (1e6 / self.throughput_sps) / 3600.0
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run the block with ``threads`` CPU threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module, example: torch.Tensor, device: torch.device, warmup: int, repetitions: int
+) -> LatencyResult:
+    """Time ``repetitions`` forward passes of ``example`` (a full batch) after ``warmup`` passes."""
+    model = model.to(device).eval()
+    batch = example.to(device)
+    for _ in range(warmup):
+        model(batch)
+    _synchronize(device)
+    samples = np.empty(repetitions)
+    for i in range(repetitions):
+        start = time.perf_counter_ns()
+        model(batch)
+        _synchronize(device)
+        samples[i] = (time.perf_counter_ns() - start) / 1e6
+    p50, p90, p99 = np.percentile(samples, [50, 90, 99])
+    return LatencyResult(
+        device=device.type,
+        batch_size=len(batch),
+        repetitions=repetitions,
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        mean_ms=float(samples.mean()),
+        throughput_sps=len(batch) / (float(p50) / 1000.0),
+        peak_memory_bytes=peak_memory_bytes(model, batch, device),
+    )
+
+
+@torch.inference_mode()
+def peak_memory_bytes(model: nn.Module, batch: torch.Tensor, device: torch.device) -> int:
+    """Weights and buffers plus the peak of memory allocated during one forward pass.
+
+    CUDA: the allocator's own peak counter. CPU: the running sum of the allocations and frees
+    that the profiler records for the pass (activations and workspaces).
+    """
+    resident = sum(
+        t.numel() * t.element_size() for t in {t.data_ptr(): t for t in model.state_dict().values()}.values()
+    )
+    resident += batch.numel() * batch.element_size()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        model(batch)
+        torch.cuda.synchronize(device)
+        return resident + torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with _without_profiler_chatter(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(batch)
+    # The profiler books each allocation on the op that made it (self memory) and each free as a
+    # "[memory]" event; replaying both in time order gives the live bytes after every op.
+    changes = []
+    for event in prof.events():
+        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        if delta and (event.name == "[memory]" or delta > 0):
+            changes.append((event.time_range.start, delta))
+    running = peak = 0
+    for _, delta in sorted(changes):
+        running += delta
+        peak = max(peak, running)
+    return resident + peak
+
+
+@contextlib.contextmanager
+def _without_profiler_chatter():
+    """Kineto writes 'USDT: ... profiler_start/stop' to fd 2 from C++ for every profiler session;
+    drop those lines and pass anything else through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(True) if "USDT:" not in line]
+            sys.stderr.write("".join(kept))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_tags(threads: int) -> dict[str, str]:
+    tags = {
+        "hw.cpu_model": _cpu_model(),
+        "hw.cpu_cores": str(os.cpu_count()),
+        "hw.torch_threads": str(threads),
+        "hw.torch_version": torch.__version__,
+        "hw.platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        tags["hw.gpu_name"] = torch.cuda.get_device_name()
+    return tags

@@ -1,0 +1,163 @@
+"""Benchmark a logged model: exact static cost and measured latency of the saved artifact.
+
+Consumes: the run id of a step that logged a model.
+Produces: an MLflow run tagged ``shrinkflow.source_run_id`` and ``hw.*`` (CPU model, cores,
+torch version and threads, GPU name) with
+- static cost of the reloaded model: ``cost_params``, ``cost_nonzero_params``, ``cost_sparsity``,
+  ``cost_macs``, ``cost_macs_effective``, ``cost_bops``, ``cost_size_bytes``,
+  ``cost_size_theoretical_bytes``, and a per-layer table ``layers.json``;
+- per device and batch size B: ``latency_<device>_bs<B>_ms_p50``/``_p90``/``_p99``/``_mean``,
+  ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, with a
+  ``price_per_hour``, ``cost_per_million_<device>_bs<B>_usd``;
+- ``cost_latency_ms_p50``: CPU p50 at the smallest batch size, the search's latency objective;
+- the latency table as ``benchmark.json`` (MLflow table) and ``benchmark.csv``.
+The run id is the last line printed.
+
+Example:
+    python -m steps.benchmark --run-id <run id> --batch-sizes 1,64 --threads 1
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from steps._config import ShrinkflowError, config_to_params, parse_config
+from steps._cost import cost_summary, layer_costs, layer_table
+from steps._data import DataSplits, dataset_of
+from steps._latency import LatencyResult, hardware_tags, measure_latency, torch_threads
+from steps._main import run_main
+
+__all__ = ["CONFIG", "BenchmarkConfig", "benchmark", "example_batch", "main", "parse_batch_sizes"]
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ShrinkflowError(f"batch_sizes must be comma-separated integers such as '1,64', got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ShrinkflowError(f"every batch size must be >= 1, got {text!r}")
+    return sizes
+
+
+def resolve_devices(text: str) -> tuple[torch.device, ...]:
+    """``auto`` = the CPU, plus the GPU when one is present."""
+    if text == "auto":
+        return (torch.device("cpu"),) + ((torch.device("cuda"),) if torch.cuda.is_available() else ())
+    devices = []
+    for name in text.split(","):
+        if name not in ("cpu", "cuda"):
+            raise ShrinkflowError(f"unknown benchmark device {name!r}: choose auto, cpu, cuda or cpu,cuda")
+        if name == "cuda" and not torch.cuda.is_available():
+            raise ShrinkflowError("device 'cuda' requested but CUDA is not available: use cpu or auto")
+        devices.append(torch.device(name))
+    return tuple(devices)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Measure a logged model's static cost and its latency, throughput and memory."""
+
+    run_id: str = field(metadata={"help": "run id of the step that logged the model"})
+    batch_sizes: str = field(default="1,64", metadata={"help": "comma-separated batch sizes to time"})
+    warmup: int = field(default=20, metadata={"help": "untimed forward passes before timing"})
+    repetitions: int = field(default=200, metadata={"help": "timed forward passes per batch size"})
+    # One thread by default: the most repeatable CPU number, and the usual serving setting.
+    threads: int = field(default=1, metadata={"help": "torch CPU threads during timing (recorded as a tag)"})
+    devices: str = field(default="auto", metadata={"help": "auto (CPU, plus CUDA when present), cpu, cuda or cpu,cuda"})
+    price_per_hour: float = field(
+        default=0.0, metadata={"help": "machine price per hour (USD); > 0 adds cost per million inferences"}
+    )
+
+    def __post_init__(self):
+        if not self.run_id.strip():
+            raise ShrinkflowError("run_id is required: pass the run id printed by a train step")
+        parse_batch_sizes(self.batch_sizes)
+        resolve_devices(self.devices)
+        if self.warmup < 0 or self.repetitions < 1 or self.threads < 1:
+            raise ShrinkflowError(
+                f"need warmup >= 0, repetitions >= 1 and threads >= 1, got {self.warmup}, {self.repetitions}, "
+                f"{self.threads}"
+            )
+        if self.price_per_hour < 0:
+            raise ShrinkflowError(f"price_per_hour must be >= 0, got {self.price_per_hour}")
+
+
+def example_batch(data: DataSplits, batch_size: int) -> torch.Tensor:
+    """The first ``batch_size`` test samples, repeated if the split is smaller."""
+    x = data.x_test
+    repeats = -(-batch_size // len(x))
+    return x.repeat(repeats, *([1] * (x.dim() - 1)))[:batch_size]
+
+
+def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[LatencyResult]:
+    """Latency of ``model`` for every configured device and batch size, with ``cfg.threads``."""
+    with torch_threads(cfg.threads):
+        return [
+            measure_latency(model, example_batch(data, size), device, cfg.warmup, cfg.repetitions)
+            for device in resolve_devices(cfg.devices)
+            for size in parse_batch_sizes(cfg.batch_sizes)
+        ]
+
+
+def latency_table(results: list[LatencyResult], price_per_hour: float) -> pd.DataFrame:
+    table = pd.DataFrame([asdict(r) for r in results])
+    if price_per_hour > 0:
+        table["cost_per_million_usd"] = [r.cost_per_million(price_per_hour) for r in results]
+    return table
+
+
+def latency_metrics(results: list[LatencyResult], price_per_hour: float) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for r in results:
+        prefix = f"{r.device}_bs{r.batch_size}"
+        for stat in ("p50", "p90", "p99", "mean"):
+            metrics[f"latency_{prefix}_ms_{stat}"] = getattr(r, f"{stat}_ms")
+        metrics[f"throughput_{prefix}_sps"] = r.throughput_sps
+        metrics[f"peak_memory_{prefix}_bytes"] = r.peak_memory_bytes
+        if price_per_hour > 0:
+            metrics[f"cost_per_million_{prefix}_usd"] = r.cost_per_million(price_per_hour)
+    cpu = [r for r in results if r.device == "cpu"]
+    if cpu:
+        metrics["cost_latency_ms_p50"] = min(cpu, key=lambda r: r.batch_size).p50_ms
+    return metrics
+
+
+def execute(cfg: BenchmarkConfig) -> str:
+    import mlflow
+
+    from steps import _tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, description, checkpoint = _tracking.load_model(cfg.run_id, Path(tmp))
+        costs = cost_summary(model, description, checkpoint)
+    layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
+    data = dataset_of(description)
+    with _tracking.step_run("benchmark", config_to_params(cfg)) as run:
+        mlflow.set_tags({"shrinkflow.source_run_id": cfg.run_id, **hardware_tags(cfg.threads)})
+        results = benchmark(model, data, cfg)
+        table = latency_table(results, cfg.price_per_hour)
+        mlflow.log_metrics({**costs, **latency_metrics(results, cfg.price_per_hour)})
+        _tracking.log_table(table, "benchmark")
+        mlflow.log_table(layers, artifact_file="layers.json")
+        print(table.to_string(index=False, float_format="%.4f"), file=sys.stderr)
+        print(" ".join(f"{k}={v:g}" for k, v in costs.items()), file=sys.stderr)
+        return run.info.run_id
+
+
+CONFIG = BenchmarkConfig  # the entry point's config, read by tests/test_project_spec.py
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(lambda: execute(parse_config(BenchmarkConfig, argv)))
+
+
+if __name__ == "__main__":
+    main()

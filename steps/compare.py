@@ -1,0 +1,121 @@
+"""Compare logged models side by side: accuracy, size, MACs and latency, with ratios to a baseline.
+
+Consumes: comma-separated run ids of steps that logged models, the baseline first.
+Produces: an MLflow run with the comparison as ``comparison.json`` (MLflow table) and
+``comparison.csv``, printed to the terminal too. Every number is measured in this one process
+on the reloaded artifacts — accuracy on the chosen split, size on disk, exact MACs, CPU latency
+at one batch size and thread count — so ratios compare like with like. The run id is the last
+line printed.
+
+Example:
+    python -m steps.compare --run-ids <baseline run id>,<pruned run id>
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from steps._config import ShrinkflowError, config_to_params, parse_config
+from steps._cost import cost_summary
+from steps._data import SPLITS, dataset_of
+from steps._latency import hardware_tags, measure_latency, torch_threads
+from steps._main import run_main
+from steps._training import score
+from steps.benchmark import example_batch
+
+__all__ = ["CONFIG", "CompareConfig", "comparison_table", "main"]
+
+# Columns of the comparison table that get a ratio to the baseline (baseline / model: > 1 is better)
+_RATIO_COLUMNS = {"size_bytes": "size_reduction", "macs_effective": "macs_reduction", "latency_ms_p50": "speedup"}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Measure several logged models in one process and tabulate them against the first."""
+
+    run_ids: str = field(metadata={"help": "comma-separated run ids of logged models, the baseline first"})
+    split: str = field(default="test", metadata={"help": "split on which accuracy is measured: train, val or test"})
+    batch_size: int = field(default=1, metadata={"help": "batch size of the CPU latency measurement"})
+    warmup: int = field(default=20, metadata={"help": "untimed forward passes before timing"})
+    repetitions: int = field(default=200, metadata={"help": "timed forward passes per model"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads during timing"})
+
+    def __post_init__(self):
+        if not self.ids():
+            raise ShrinkflowError("run_ids is required: pass one or more run ids separated by commas")
+        if self.split not in SPLITS:
+            raise ShrinkflowError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
+        if self.batch_size < 1 or self.repetitions < 1 or self.threads < 1 or self.warmup < 0:
+            raise ShrinkflowError("need batch_size, repetitions and threads >= 1 and warmup >= 0")
+
+    def ids(self) -> list[str]:
+        return [part.strip() for part in self.run_ids.split(",") if part.strip()]
+
+
+def comparison_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows of measurements (first = baseline) → table with ratios to the baseline.
+
+    Each row needs ``accuracy`` and the keys of ``_RATIO_COLUMNS``; ``accuracy_delta_pp`` is the
+    accuracy difference to the baseline in percentage points.
+    """
+    table = pd.DataFrame(rows)
+    base = table.iloc[0]
+    table["accuracy_delta_pp"] = (table["accuracy"] - base["accuracy"]) * 100
+    for column, ratio in _RATIO_COLUMNS.items():
+        table[ratio] = base[column] / table[column]
+    return table
+
+
+def _measure(run_id: str, cfg: CompareConfig, folder: Path) -> dict:
+    from steps import _tracking
+
+    model, description, checkpoint = _tracking.load_model(run_id, folder)
+    costs = cost_summary(model, description, checkpoint)
+    data = dataset_of(description)
+    cpu = torch.device("cpu")
+    latency = measure_latency(model, example_batch(data, cfg.batch_size), cpu, cfg.warmup, cfg.repetitions)
+    return {
+        "run_id": run_id,
+        "model": description["architecture"]["name"],
+        "storage": description.get("storage", "dense-fp32"),
+        "accuracy": score(model, *data.split(cfg.split), cpu)["accuracy"],
+        "params": costs["cost_params"],
+        "nonzero_params": costs["cost_nonzero_params"],
+        "size_bytes": costs["cost_size_bytes"],
+        "macs": costs["cost_macs"],
+        "macs_effective": costs["cost_macs_effective"],
+        "latency_ms_p50": latency.p50_ms,
+    }
+
+
+def execute(cfg: CompareConfig) -> str:
+    import mlflow
+
+    from steps import _tracking
+
+    with torch_threads(cfg.threads), tempfile.TemporaryDirectory() as tmp:
+        rows = [_measure(run_id, cfg, Path(tmp) / str(i)) for i, run_id in enumerate(cfg.ids())]
+    table = comparison_table(rows)
+    with _tracking.step_run("compare", config_to_params(cfg)) as run:
+        mlflow.set_tags({"shrinkflow.baseline_run_id": cfg.ids()[0], **hardware_tags(cfg.threads)})
+        _tracking.log_table(table, "comparison")
+        with pd.option_context("display.width", 200, "display.max_columns", None):
+            print(table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g"), file=sys.stderr)
+        return run.info.run_id
+
+
+CONFIG = CompareConfig  # the entry point's config, read by tests/test_project_spec.py
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(lambda: execute(parse_config(CompareConfig, argv)))
+
+
+if __name__ == "__main__":
+    main()

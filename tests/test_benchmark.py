@@ -1,0 +1,148 @@
+"""The benchmark and compare steps, and the latency measurements under them."""
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from steps import benchmark, compare, train
+from steps._config import ShrinkflowError
+from steps._data import load_dataset
+from steps._latency import LatencyResult, measure_latency, peak_memory_bytes
+from steps._zoo import build_model, describe
+
+CPU = torch.device("cpu")
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return build_model(describe("mlp", (1, 8, 8), 10)).eval()
+
+
+def test_latency_percentiles_and_throughput_are_consistent():
+    result = measure_latency(_mlp(), torch.randn(8, 1, 8, 8), CPU, warmup=2, repetitions=30)
+    assert result.repetitions == 30 and result.batch_size == 8 and result.device == "cpu"
+    assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms
+    assert result.throughput_sps == pytest.approx(8 / (result.p50_ms / 1000))
+
+
+def test_peak_memory_counts_weights_and_grows_with_batch():
+    model = _mlp()
+    weights = 4 * sum(p.numel() for p in model.parameters())
+    small = peak_memory_bytes(model, torch.randn(1, 1, 8, 8), CPU)
+    large = peak_memory_bytes(model, torch.randn(256, 1, 8, 8), CPU)
+    assert weights < small < large
+    # batch 256 holds at least the first hidden layer's activations: 256 x 300 floats
+    assert large - small >= 256 * 300 * 4
+
+
+def test_cost_per_million_inferences():
+    result = LatencyResult("cpu", 10, 1, 2.0, 2.0, 2.0, 2.0, throughput_sps=5000.0, peak_memory_bytes=0)
+    # 1e6 inferences at 5,000/s take 200 s; at 3.6 USD per hour that is 0.2 USD
+    assert result.cost_per_million(3.6) == pytest.approx(0.2)
+
+
+def test_latency_metric_names_carry_device_batch_and_unit():
+    result = LatencyResult("cpu", 1, 1, 1.0, 2.0, 3.0, 1.5, 1000.0, 10)
+    metrics = benchmark.latency_metrics([result], price_per_hour=1.0)
+    assert metrics["latency_cpu_bs1_ms_p99"] == 3.0
+    assert metrics["throughput_cpu_bs1_sps"] == 1000.0
+    assert metrics["peak_memory_cpu_bs1_bytes"] == 10
+    assert metrics["cost_latency_ms_p50"] == 1.0
+    assert "cost_per_million_cpu_bs1_usd" in metrics
+
+
+@pytest.mark.parametrize("text", ["0", "1,-2", "one", ""])
+def test_bad_batch_sizes(text):
+    with pytest.raises(ShrinkflowError, match="batch"):
+        benchmark.parse_batch_sizes(text)
+
+
+def test_example_batch_repeats_a_small_test_split():
+    data = load_dataset("digits")
+    batch = benchmark.example_batch(data, 1000)
+    assert batch.shape == (1000, 1, 8, 8)
+    assert torch.equal(batch[360], data.x_test[0])
+
+
+def test_benchmark_step_logs_costs_latency_table_and_hardware_tags(trained_run_id):
+    cfg = benchmark.BenchmarkConfig(run_id=trained_run_id, batch_sizes="1,16", warmup=2, repetitions=20, devices="cpu")
+    run = mlflow.get_run(benchmark.execute(cfg))
+    metrics, tags = run.data.metrics, run.data.tags
+    assert metrics["cost_macs"] == 50_200 and metrics["cost_params"] == 50_610
+    assert metrics["cost_size_bytes"] == mlflow.get_run(trained_run_id).data.metrics["cost_size_bytes"]
+    assert abs(metrics["cost_size_bytes"] / metrics["cost_size_theoretical_bytes"] - 1) < 0.10
+    for batch in (1, 16):
+        assert metrics[f"latency_cpu_bs{batch}_ms_p50"] <= metrics[f"latency_cpu_bs{batch}_ms_p99"]
+    assert metrics["cost_latency_ms_p50"] == metrics["latency_cpu_bs1_ms_p50"]
+    assert tags["hw.torch_threads"] == "1" and tags["hw.torch_version"] == torch.__version__
+    assert tags["shrinkflow.source_run_id"] == trained_run_id and "hw.cpu_model" in tags
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"benchmark.json", "benchmark.csv", "layers.json"} <= files
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="benchmark.csv"))
+    assert list(table["batch_size"]) == [1, 16] and set(table["device"]) == {"cpu"}
+
+
+def test_benchmark_restores_thread_count(trained_run_id):
+    before = torch.get_num_threads()
+    data = load_dataset("digits")
+    cfg = benchmark.BenchmarkConfig(run_id=trained_run_id, batch_sizes="1", warmup=0, repetitions=2, devices="cpu")
+    benchmark.benchmark(_mlp(), data, cfg)
+    assert torch.get_num_threads() == before
+
+
+def test_comparison_table_ratios():
+    rows = [
+        {"accuracy": 0.98, "size_bytes": 1000, "macs_effective": 500, "latency_ms_p50": 2.0},
+        {"accuracy": 0.97, "size_bytes": 200, "macs_effective": 250, "latency_ms_p50": 1.0},
+    ]
+    table = compare.comparison_table(rows)
+    assert list(table["size_reduction"]) == [1.0, 5.0]
+    assert list(table["macs_reduction"]) == [1.0, 2.0]
+    assert list(table["speedup"]) == [1.0, 2.0]
+    assert table["accuracy_delta_pp"].tolist() == pytest.approx([0.0, -1.0])
+
+
+def test_compare_step_measures_every_model(trained_run_id, quick_train_config):
+    narrow_id = train.execute(quick_train_config(width=0.25))
+    cfg = compare.CompareConfig(run_ids=f"{trained_run_id},{narrow_id}", warmup=1, repetitions=10)
+    run_id = compare.execute(cfg)
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="comparison.csv"))
+    assert list(table["run_id"]) == [trained_run_id, narrow_id]
+    sizes = [mlflow.get_run(r).data.metrics["cost_size_bytes"] for r in (trained_run_id, narrow_id)]
+    assert list(table["size_bytes"]) == sizes
+    assert table["size_reduction"].iloc[1] == pytest.approx(sizes[0] / sizes[1])
+    accuracy = mlflow.get_run(trained_run_id).data.metrics["test_accuracy"]
+    assert table["accuracy"].iloc[0] == pytest.approx(accuracy)
+
+
+class TestBadInput:
+    @pytest.fixture(autouse=True)
+    def _no_run_left_running(self, running_runs):
+        yield
+        assert running_runs() == []
+
+    def _fails(self, capsys, main, argv) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    def test_unknown_run_id(self, capsys):
+        assert "does not exist" in self._fails(capsys, benchmark.main, ["--run-id", "f" * 32])
+
+    def test_batch_size_zero(self, capsys, trained_run_id):
+        line = self._fails(capsys, benchmark.main, ["--run-id", trained_run_id, "--batch-sizes", "0"])
+        assert line == "error: every batch size must be >= 1, got '0'"
+
+    def test_run_that_holds_no_model(self, capsys, trained_run_id):
+        cfg = benchmark.BenchmarkConfig(run_id=trained_run_id, batch_sizes="1", warmup=0, repetitions=2, devices="cpu")
+        benchmark_id = benchmark.execute(cfg)
+        assert "logged no model" in self._fails(capsys, benchmark.main, ["--run-id", benchmark_id])
+
+    def test_unknown_device(self, capsys, trained_run_id):
+        line = self._fails(capsys, benchmark.main, ["--run-id", trained_run_id, "--devices", "tpu"])
+        assert "unknown benchmark device 'tpu'" in line and "auto, cpu, cuda" in line
+
+    def test_compare_with_an_unknown_run(self, capsys, trained_run_id):
+        assert "does not exist" in self._fails(capsys, compare.main, ["--run-ids", f"{trained_run_id},{'e' * 32}"])
