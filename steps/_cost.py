@@ -10,7 +10,8 @@ output position or step): removed channels are gone from the layer shapes alread
 BOPs = MACs × weight bits × activation bits (32 × 32 for float32).
 
 Size: ``artifact`` bytes are measured on the saved checkpoint folder; ``theoretical`` bytes are
-what the storage format needs in principle — for dense float32, 4 bytes per tensor element.
+what the storage format needs in principle — for dense float32, 4 bytes per tensor element; for
+the sparse bitmap format, 1 bit per element plus 4 bytes per non-zero of each bitmap tensor.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from steps._checkpoint import checkpoint_bytes
+from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
 
 __all__ = ["LayerCost", "cost_summary", "layer_costs", "layer_table", "theoretical_size_bytes"]
 
@@ -129,12 +130,11 @@ def layer_table(costs: list[LayerCost]) -> pd.DataFrame:
 
 
 def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> int:
-    """Bytes the model's storage format needs for its tensors, without container overhead."""
+    """Bytes the model's storage format needs for its tensors — values, bitmaps, indices — without
+    the container's headers (see ``steps._checkpoint`` for the formats)."""
     storage = description.get("storage", "dense-fp32")
-    if storage != "dense-fp32":
-        raise ValueError(f"no size model for storage format {storage!r}")
     unique = {t.data_ptr(): t for t in model.state_dict().values()}  # tied tensors are stored once
-    return sum(t.numel() * t.element_size() for t in unique.values())
+    return sum(tensor_storage_bytes(t, storage) for t in unique.values())
 
 
 def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: Path | None = None) -> dict[str, float]:

@@ -44,7 +44,10 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """
     with mlflow.start_run(nested=mlflow.active_run() is not None) as run:
         mlflow.set_tag("shrinkflow.step", step)
-        mlflow.log_params(params)
+        # Under `mlflow run` the project already logged its parameters (an empty string as "''");
+        # logging a param twice with another spelling is an error, so add only the missing ones.
+        logged = mlflow.get_run(run.info.run_id).data.params
+        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
         try:
             yield run
         except KeyboardInterrupt:

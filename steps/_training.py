@@ -15,7 +15,17 @@ from tqdm.auto import tqdm
 
 from steps._config import ShrinkflowError
 
-__all__ = ["DEVICES", "FitResult", "FitSettings", "fit", "predict_logits", "resolve_device", "score", "seed_everything"]
+__all__ = [
+    "DEVICES",
+    "FitResult",
+    "FitSettings",
+    "fit",
+    "predict_logits",
+    "resolve_device",
+    "score",
+    "seed_everything",
+    "steps_per_epoch",
+]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -95,11 +105,16 @@ def fit(
     settings: FitSettings,
     device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    first_eligible_epoch: int = 1,
 ) -> FitResult:
     """AdamW with a cosine learning-rate schedule and label smoothing; early stopping on
     validation accuracy (``patience`` epochs without improvement, 0 = never). ``model`` ends
     with its best-validation weights. ``on_epoch(epoch, metrics)`` receives train_loss, val_loss,
-    val_accuracy and lr after each epoch.
+    val_accuracy and lr after each epoch; ``after_step(step)`` runs after every optimizer step
+    (steps counted from 1), e.g. to keep pruned weights at zero. Epochs before
+    ``first_eligible_epoch`` are trained but never kept as best (e.g. while a pruning schedule is
+    still ramping up).
     """
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -112,7 +127,7 @@ def fit(
     )
     for epoch in progress:
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_epoch(model, optimizer, train, settings, order, device)
+        train_loss = _train_epoch(model, optimizer, train, settings, order, device, after_step, epoch)
         schedule.step()
         val_metrics = score(model, *val, device)
         metrics = {
@@ -124,6 +139,9 @@ def fit(
         progress.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_metrics['accuracy']:.4f}")
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if epoch < first_eligible_epoch:
+            improved_epoch = epoch
+            continue
         if val_metrics["accuracy"] > best_accuracy:
             improved_epoch = epoch
         # >= keeps the later of equally accurate epochs (lower learning rate, usually lower loss),
@@ -138,11 +156,16 @@ def fit(
     return FitResult(best_epoch, epoch, max(best_accuracy, 0.0), stopped_early=epoch < settings.epochs)
 
 
-def _train_epoch(model, optimizer, train, settings: FitSettings, order, device) -> float:
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    return -(-num_samples // batch_size)
+
+
+def _train_epoch(model, optimizer, train, settings: FitSettings, order, device, after_step, epoch) -> float:
     model.train()
     x, y = train
     permutation = torch.randperm(len(x), generator=order)
     total = 0.0
+    step = (epoch - 1) * steps_per_epoch(len(x), settings.batch_size)
     for start in range(0, len(x), settings.batch_size):
         batch = permutation[start : start + settings.batch_size]
         inputs, targets = x[batch].to(device), y[batch].to(device)
@@ -152,5 +175,8 @@ def _train_epoch(model, optimizer, train, settings: FitSettings, order, device) 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        step += 1
+        if after_step is not None:
+            after_step(step)
         total += loss.item() * len(batch)
     return total / max(len(x), 1)

@@ -26,7 +26,7 @@ from torch import nn
 from steps._config import ShrinkflowError
 from steps._imports import is_import_spec, load_callable
 
-__all__ = ["MODELS", "build_model", "describe", "model_choices"]
+__all__ = ["MODELS", "build_model", "describe", "model_choices", "module_shapes"]
 
 # Base layer widths at width=1; depth repeats the last one or truncates.
 _BASE_WIDTHS = {
@@ -135,16 +135,74 @@ def describe(name: str, input_shape, num_classes: int, width: float = 1.0, depth
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
-    """Rebuild a model (fresh weights) from its architecture description."""
+    """Rebuild a model (fresh weights) from its architecture description.
+
+    ``arch["resized"]`` (written by structured pruning) maps module names to the widths they
+    were cut to; those modules are rebuilt at that width, so zoo and user models alike reload.
+    """
     name, shape, classes = arch["name"], tuple(arch["input_shape"]), arch["num_classes"]
     if name in _CLASSES:
-        return _CLASSES[name](shape, classes, **arch["params"])
-    if is_import_spec(name):
+        model = _CLASSES[name](shape, classes, **arch["params"])
+    elif is_import_spec(name):
         model = load_callable(name, "model factory")(input_shape=shape, num_classes=classes, **arch["params"])
         if not isinstance(model, nn.Module):
             raise ShrinkflowError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
-        return model
-    raise ShrinkflowError(f"unknown model {name!r}: choose {model_choices()}")
+    else:
+        raise ShrinkflowError(f"unknown model {name!r}: choose {model_choices()}")
+    for module_name, widths in arch.get("resized", {}).items():
+        _resize_module(model, module_name, widths)
+    return model
+
+
+# The constructor arguments that carry a layer's width, per layer type.
+_WIDTH_ARGS = {
+    nn.Linear: ("in_features", "out_features"),
+    nn.Conv1d: ("in_channels", "out_channels", "groups"),
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.BatchNorm1d: ("num_features",),
+    nn.BatchNorm2d: ("num_features",),
+    nn.LSTM: ("input_size", "hidden_size"),
+}
+
+
+def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Width arguments of every resizable layer, by module name (see ``build_model``)."""
+    return {
+        name: {arg: getattr(module, arg) for arg in _WIDTH_ARGS[type(module)]}
+        for name, module in model.named_modules()
+        if type(module) in _WIDTH_ARGS
+    }
+
+
+def _resize_module(model: nn.Module, name: str, widths: dict[str, int]) -> None:
+    try:
+        old = model.get_submodule(name)
+    except AttributeError:
+        raise ShrinkflowError(f"architecture resizes layer {name!r}, which the model does not have") from None
+    if type(old) not in _WIDTH_ARGS:
+        raise ShrinkflowError(f"cannot resize layer {name!r} of type {type(old).__name__}")
+    if all(getattr(old, arg) == value for arg, value in widths.items()):
+        return
+    new = _rebuilt(old, widths)
+    parent_name, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attribute, new)
+
+
+def _rebuilt(old: nn.Module, widths: dict[str, int]) -> nn.Module:
+    """A fresh layer of ``old``'s type and settings with the widths replaced."""
+    if isinstance(old, nn.Linear):
+        return nn.Linear(widths["in_features"], widths["out_features"], bias=old.bias is not None)
+    if isinstance(old, (nn.Conv1d, nn.Conv2d)):
+        return type(old)(
+            widths["in_channels"], widths["out_channels"], old.kernel_size, stride=old.stride,
+            padding=old.padding, dilation=old.dilation, groups=widths["groups"], bias=old.bias is not None,
+            padding_mode=old.padding_mode,
+        )  # fmt: skip
+    if isinstance(old, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return type(old)(widths["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
+                         track_running_stats=old.track_running_stats)  # fmt: skip
+    return nn.LSTM(widths["input_size"], widths["hidden_size"], old.num_layers, bias=old.bias,
+                   batch_first=old.batch_first, dropout=old.dropout, bidirectional=old.bidirectional)  # fmt: skip
 
 
 def _scaled_params(name: str, width: float, depth: int) -> dict[str, Any]:

@@ -43,6 +43,11 @@ def test_train_then_evaluate_via_mlflow_run():
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(benchmark_run.info.run_id)}
     assert {"benchmark.json", "benchmark.csv", "layers.json"} <= files
 
+    pruned = _mlflow_run("-e", "prune", "-P", f"run_id={train_id}", "-P", "method=structured", "-P", "epochs=1")
+    assert pruned.returncode == 0, pruned.stderr[-2000:]
+    prune_run = mlflow.get_run(pruned.stdout.strip().splitlines()[-1])
+    assert prune_run.data.metrics["cost_macs"] < prune_run.data.metrics["baseline_cost_macs"]
+
 
 def test_bad_input_via_mlflow_run_fails_the_run():
     before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}

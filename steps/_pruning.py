@@ -1,0 +1,195 @@
+"""Pruning primitives: magnitude masks, the gradual schedule, and physical channel removal.
+
+Pure PyTorch (and Torch-Pruning for the dependency graph); no MLflow, no files.
+
+Unstructured methods zero weights of the *prunable* tensors — the weight matrices and kernels of
+Linear, Conv1d/Conv2d and LSTM layers (biases are left alone, as in Han et al.) — and keep a
+mask so fine-tuning cannot bring them back. The article's "clipping" sample zeroes the weights
+*above* a threshold; magnitude pruning removes the *small* ones, which carry the least signal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from steps._config import ShrinkflowError
+
+__all__ = [
+    "apply_masks",
+    "cubic_sparsity",
+    "global_masks",
+    "layerwise_masks",
+    "prunable_layers",
+    "prunable_weights",
+    "structured_prune",
+    "threshold_masks",
+]
+
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM)
+Masks = dict[str, torch.Tensor]
+
+
+def prunable_layers(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, _PRUNABLE)]
+
+
+def prunable_weights(model: nn.Module, layers: list[str] | None = None) -> dict[str, nn.Parameter]:
+    """Weight tensors (not biases) of the chosen layers (default: all), by parameter name."""
+    available = prunable_layers(model)
+    unknown = sorted(set(layers or []) - set(available))
+    if unknown:
+        raise ShrinkflowError(
+            f"unknown layer {', '.join(map(repr, unknown))}: prunable layers are {', '.join(available)}"
+        )
+    chosen = layers or available
+    weights = {}
+    for layer in chosen:
+        for name, param in model.get_submodule(layer).named_parameters(recurse=False):
+            if "weight" in name:
+                weights[f"{layer}.{name}"] = param
+    return weights
+
+
+def threshold_masks(weights: dict[str, torch.Tensor], thresholds: dict[str, float]) -> Masks:
+    """Keep |w| >= t, per layer: ``thresholds`` maps layer names (or ``"*"``, any layer) to t."""
+    masks = {}
+    for name, weight in weights.items():
+        layer = name.rsplit(".", 1)[0]
+        threshold = thresholds.get(layer, thresholds.get("*"))
+        if threshold is not None:
+            masks[name] = weight.detach().abs() >= threshold
+    return masks
+
+
+def _keep_largest(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Mask keeping the largest ``(1 - sparsity)`` share of ``magnitudes`` (ties broken by order)."""
+    flat = magnitudes.flatten()
+    prune_count = int(round(sparsity * flat.numel()))
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if prune_count:
+        keep[torch.argsort(flat, stable=True)[:prune_count]] = False
+    return keep.reshape(magnitudes.shape)
+
+
+def global_masks(weights: dict[str, torch.Tensor], sparsity: float) -> Masks:
+    """One magnitude ranking across all layers: ``sparsity`` of all their weights become zero."""
+    names = list(weights)
+    magnitudes = torch.cat([weights[n].detach().abs().flatten() for n in names])
+    keep = _keep_largest(magnitudes, sparsity)
+    masks, start = {}, 0
+    for name in names:
+        count = weights[name].numel()
+        masks[name] = keep[start : start + count].reshape(weights[name].shape)
+        start += count
+    return masks
+
+
+def layerwise_masks(weights: dict[str, torch.Tensor], sparsity: float) -> Masks:
+    """The same ``sparsity`` in every layer, by magnitude within the layer."""
+    return {name: _keep_largest(weight.detach().abs(), sparsity) for name, weight in weights.items()}
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    for name, mask in masks.items():
+        model.get_parameter(name).mul_(mask.to(model.get_parameter(name).device))
+
+
+def cubic_sparsity(step: int, final: float, initial: float, ramp_steps: int) -> float:
+    """Zhu & Gupta (2017): s_t = s_f + (s_i − s_f)(1 − t / (nΔt))³ for 0 <= t <= nΔt, from t0 = 0."""
+    progress = min(max(step / ramp_steps, 0.0), 1.0) if ramp_steps > 0 else 1.0
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+# --- structured pruning -------------------------------------------------------------------
+
+
+def _output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The last Linear/Conv called in a forward pass: its outputs are the classes, never cut."""
+    called: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda module, *_: called.append(module))
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return called[-1]
+
+
+def _channel_norms(weight: torch.Tensor, p: int, units: int) -> torch.Tensor:
+    return weight.detach().reshape(units, -1).norm(p=p, dim=1)
+
+
+@torch.no_grad()
+def _prune_lstm_units(model: nn.Module, ratio: float, p: int) -> None:
+    """Remove the same number of hidden units from every layer of ``model.lstm`` (one
+    ``hidden_size`` for all layers is an nn.LSTM constraint), by the p-norm of each unit's gate
+    rows, and the matching inputs of the next layer and of ``model.fc``."""
+    lstm, fc = model.lstm, model.fc
+    hidden = lstm.hidden_size
+    keep_count = max(1, hidden - int(round(ratio * hidden)))
+    new = nn.LSTM(lstm.input_size, keep_count, lstm.num_layers, bias=lstm.bias, batch_first=lstm.batch_first)
+    previous_keep = torch.arange(lstm.input_size)
+    for layer in range(lstm.num_layers):
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+        score = sum(_channel_norms(w.reshape(4, hidden, -1).transpose(0, 1), p, hidden) for w in (w_ih, w_hh))
+        keep = torch.sort(torch.argsort(score, descending=True)[:keep_count]).values
+        rows = torch.cat([keep + gate * hidden for gate in range(4)])  # gates i, f, g, o
+        getattr(new, f"weight_ih_l{layer}").copy_(w_ih[rows][:, previous_keep])
+        getattr(new, f"weight_hh_l{layer}").copy_(w_hh[rows][:, keep])
+        if lstm.bias:
+            getattr(new, f"bias_ih_l{layer}").copy_(getattr(lstm, f"bias_ih_l{layer}")[rows])
+            getattr(new, f"bias_hh_l{layer}").copy_(getattr(lstm, f"bias_hh_l{layer}")[rows])
+        previous_keep = keep
+    new_fc = nn.Linear(keep_count, fc.out_features, bias=fc.bias is not None)
+    new_fc.weight.copy_(fc.weight[:, previous_keep])
+    if fc.bias is not None:
+        new_fc.bias.copy_(fc.bias)
+    model.lstm, model.fc = new, new_fc
+
+
+def structured_prune(model: nn.Module, ratio: float, p: int, example: torch.Tensor) -> nn.Module:
+    """Physically remove ``ratio`` of the channels/neurons of every prunable group, ranked by the
+    p-norm of their weights; the output layer keeps its classes. Torch-Pruning's dependency graph
+    keeps coupled layers consistent (residual adds, BatchNorm, flatten into Linear).
+    """
+    import torch_pruning as tp
+
+    model.eval()
+    lstms = [m for m in model.modules() if isinstance(m, nn.LSTM)]
+    if lstms:
+        from steps._zoo import LSTMClassifier
+
+        if not isinstance(model, LSTMClassifier):
+            raise ShrinkflowError("structured pruning of LSTM layers is supported for the zoo 'lstm' model only")
+        _prune_lstm_units(model, ratio, p)
+        return model
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=p),
+        pruning_ratio=ratio,
+        ignored_layers=[_output_layer(model, example)],
+        root_module_types=[nn.Conv1d, nn.Conv2d, nn.Linear],
+    )
+    pruner.step()
+    return model
+
+
+def masks_sparsity(masks: Masks) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
+
+
+def sparsity_error(value: float, name: str = "sparsity") -> str | None:
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        return f"{name} must be in [0, 1), got {value}"
+    return None

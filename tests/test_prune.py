@@ -1,0 +1,258 @@
+"""Pruning: masks, schedule, sparse storage, structured surgery and the prune step."""
+
+import mlflow
+import pytest
+import torch
+from torch import nn
+
+from steps import evaluate, prune, train
+from steps._checkpoint import load_checkpoint, save_checkpoint
+from steps._config import ShrinkflowError
+from steps._cost import cost_summary
+from steps._data import load_dataset
+from steps._pruning import (
+    apply_masks,
+    cubic_sparsity,
+    global_masks,
+    layerwise_masks,
+    prunable_weights,
+    structured_prune,
+    threshold_masks,
+)
+from steps._training import score, seed_everything
+from steps._zoo import build_model, describe, module_shapes
+
+CPU = torch.device("cpu")
+SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}
+
+
+def _model(name="mlp", seed=0):
+    seed_everything(seed)
+    description = {"architecture": describe(name, SHAPES[name], 10), "class_names": [str(i) for i in range(10)]}
+    return build_model(description["architecture"]).eval(), description
+
+
+def test_threshold_zeroes_small_weights_not_large_ones():
+    weight = torch.tensor([[0.01, -0.5], [-0.02, 0.3]])
+    mask = threshold_masks({"fc.weight": weight}, {"fc": 0.1})["fc.weight"]
+    # the article's sample zeroes weights *above* the threshold; magnitude pruning keeps them
+    assert mask.tolist() == [[False, True], [False, True]]
+
+
+def test_threshold_per_layer_with_default():
+    model, _ = _model()
+    weights = prunable_weights(model)
+    masks = threshold_masks(weights, {"layers.1": 10.0, "*": 0.0})
+    assert not masks["layers.1.weight"].any() and masks["layers.3.weight"].all()
+
+
+def test_global_masks_hit_exact_sparsity_across_layers():
+    model, _ = _model()
+    weights = prunable_weights(model)
+    masks = global_masks(weights, 0.9)
+    total = sum(w.numel() for w in weights.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.9 * total)
+    kept = torch.cat([w.detach().abs()[m] for w, m in zip(weights.values(), masks.values(), strict=True)])
+    pruned = torch.cat([w.detach().abs()[~m] for w, m in zip(weights.values(), masks.values(), strict=True)])
+    assert pruned.max() <= kept.min()
+
+
+def test_layerwise_masks_prune_every_layer_equally():
+    model, _ = _model()
+    for name, mask in layerwise_masks(prunable_weights(model), 0.5).items():
+        assert int((~mask).sum()) == round(0.5 * mask.numel()), name
+
+
+def test_cubic_schedule_of_zhu_and_gupta():
+    assert cubic_sparsity(0, 0.9, 0.0, 100) == 0.0
+    assert cubic_sparsity(100, 0.9, 0.0, 100) == pytest.approx(0.9)
+    assert cubic_sparsity(50, 0.9, 0.0, 100) == pytest.approx(0.9 - 0.9 * 0.5**3)
+    assert cubic_sparsity(500, 0.9, 0.1, 100) == pytest.approx(0.9)
+
+
+def test_unknown_layer_lists_prunable_layers():
+    model, _ = _model()
+    with pytest.raises(ShrinkflowError, match="unknown layer 'layers.9'.*layers.1, layers.3, layers.5"):
+        prunable_weights(model, ["layers.9"])
+
+
+def test_sparse_checkpoint_round_trip_is_exact_and_small(tmp_path):
+    model, description = _model()
+    apply_masks(model, global_masks(prunable_weights(model), 0.9))
+    sparse = {**description, "storage": "sparse-bitmap"}
+    dense_folder = save_checkpoint(model, description, tmp_path / "dense")
+    sparse_folder = save_checkpoint(model, sparse, tmp_path / "sparse")
+    reloaded, _ = load_checkpoint(sparse_folder)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+    dense_cost, sparse_cost = cost_summary(model, description, dense_folder), cost_summary(model, sparse, sparse_folder)
+    assert dense_cost["cost_size_bytes"] / sparse_cost["cost_size_bytes"] >= 5
+    assert abs(sparse_cost["cost_size_bytes"] / sparse_cost["cost_size_theoretical_bytes"] - 1) < 0.10
+    # bitmap: 1 bit a weight + 4 bytes a non-zero; biases dense
+    weights = 64 * 300 + 300 * 100 + 100 * 10
+    nonzero = weights - round(0.9 * weights)
+    bitmaps = sum(-(-n // 8) for n in (64 * 300, 300 * 100, 100 * 10))
+    assert sparse_cost["cost_size_theoretical_bytes"] == bitmaps + 4 * nonzero + 4 * (300 + 100 + 10)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_structured_pruning_shrinks_and_reloads_every_zoo_model(name, tmp_path):
+    model, description = _model(name)
+    dense_macs = cost_summary(model, description)["cost_macs"]
+    structured_prune(model, 0.5, 1, torch.zeros(1, *SHAPES[name]))
+    description["architecture"]["resized"] = module_shapes(model)
+    assert cost_summary(model, description)["cost_macs"] < 0.6 * dense_macs
+    reloaded, _ = load_checkpoint(save_checkpoint(model, description, tmp_path / name))
+    x = torch.randn(4, *SHAPES[name])
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+    assert reloaded(x).shape == (4, 10)
+
+
+class ResidualCNN(nn.Module):
+    """Not in the zoo: a residual block with BatchNorm, the case Torch-Pruning's graph is for."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        channels = 16
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()
+        )
+        self.block = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.relu(x + self.block(x)))
+
+
+def residual_cnn(input_shape, num_classes):
+    return ResidualCNN(input_shape, num_classes)
+
+
+def test_residual_cnn_with_batchnorm_is_pruned_and_reloads_identically(tmp_path):
+    torch.manual_seed(0)
+    description = {
+        "architecture": describe("test_prune:residual_cnn", (1, 8, 8), 10),
+        "class_names": list("0123456789"),
+    }
+    model = build_model(description["architecture"])
+    model.train()
+    with torch.no_grad():  # give BatchNorm real running statistics
+        model(torch.randn(32, 1, 8, 8))
+    model.eval()
+    structured_prune(model, 0.5, 2, torch.zeros(1, 1, 8, 8))
+    shapes = module_shapes(model)
+    # the residual add ties stem and block outputs: both cut to the same 8 channels
+    assert shapes["stem.0"]["out_channels"] == shapes["block.3"]["out_channels"] == 8
+    assert shapes["block.1"]["num_features"] == shapes["head.2"]["in_features"] == 8
+    description["architecture"]["resized"] = shapes
+    reloaded, _ = load_checkpoint(save_checkpoint(model, description, tmp_path / "residual"))
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _trained(name, digits):
+    cfg = train.TrainConfig(model=name, device="cpu")
+    seed_everything(cfg.seed)
+    model = build_model(train.build_description(cfg, digits)["architecture"])
+    train.train(model, digits, cfg, CPU)
+    return model.cpu()
+
+
+def test_gradual_pruning_reaches_target_and_zeros_stay_zero(digits):
+    model = _trained("mlp", digits)
+    cfg = prune.PruneConfig(run_id="x", method="gradual", sparsity=0.8, epochs=6, device="cpu")
+    sparsity_seen = []
+    result = prune.prune(model, digits, cfg, CPU, on_epoch=lambda e, m: sparsity_seen.append(_zeros(model)))
+    assert result.sparsity == pytest.approx(0.8, abs=1e-4)
+    assert sparsity_seen == sorted(sparsity_seen) and sparsity_seen[0] < 0.8  # ramps up, never back
+    assert _zeros(result.model) == pytest.approx(0.8, abs=1e-4)  # the kept epoch is at full sparsity
+
+
+def _zeros(model):
+    weights = prunable_weights(model)
+    return sum(int((w == 0).sum()) for w in weights.values()) / sum(w.numel() for w in weights.values())
+
+
+def test_acceptance_mlp_global_90_percent(digits):
+    model = _trained("mlp", digits)
+    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    result = prune.prune(model, digits, prune.PruneConfig(run_id="x", sparsity=0.9, device="cpu"), CPU)
+    pruned = score(result.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    print(f"mlp global 90%: {baseline:.4f} -> {pruned:.4f}")
+    assert _zeros(result.model) == pytest.approx(0.9, abs=1e-4)
+    assert pruned >= baseline - 0.005
+
+
+def test_acceptance_cnn_half_the_channels(digits):
+    model = _trained("cnn", digits)
+    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    cfg = prune.PruneConfig(run_id="x", method="structured", sparsity=0.5, device="cpu")
+    result = prune.prune(model, digits, cfg, CPU)
+    pruned = score(result.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    print(f"cnn structured 50%: {baseline:.4f} -> {pruned:.4f}")
+    assert module_shapes(result.model)["features.3"]["out_channels"] == 32
+    assert pruned >= baseline - 0.01
+
+
+def test_prune_step_logs_a_smaller_model_that_evaluates_identically(trained_run_id):
+    cfg = prune.PruneConfig(run_id=trained_run_id, method="layerwise", sparsity=0.75, epochs=2, device="cpu")
+    run = mlflow.get_run(prune.execute(cfg))
+    metrics = run.data.metrics
+    assert metrics["prune_sparsity"] == pytest.approx(0.75, abs=1e-4)
+    assert metrics["cost_macs_effective"] < 0.3 * metrics["baseline_cost_macs_effective"]
+    assert metrics["cost_size_bytes"] < 0.5 * metrics["baseline_cost_size_bytes"]
+    assert run.data.tags["shrinkflow.source_run_id"] == trained_run_id
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"layers.json", "layers_before.json"} <= files
+    evaluated = mlflow.get_run(evaluate.execute(evaluate.EvaluateConfig(run_id=run.info.run_id, device="cpu")))
+    assert evaluated.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+    assert evaluated.data.metrics["cost_size_bytes"] == metrics["cost_size_bytes"]
+
+
+class TestBadInput:
+    @pytest.fixture(autouse=True)
+    def _no_run_left_running(self, running_runs):
+        yield
+        assert running_runs() == []
+
+    def _fails(self, capsys, argv) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            prune.main(argv)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    @pytest.mark.parametrize("sparsity", ["1.0", "-0.1", "1.5"])
+    def test_sparsity_outside_unit_interval(self, capsys, sparsity):
+        line = self._fails(capsys, ["--run-id", "r", "--sparsity", sparsity])
+        assert line == f"error: sparsity must be in [0, 1), got {float(sparsity)}"
+
+    def test_negative_threshold(self, capsys):
+        line = self._fails(capsys, ["--run-id", "r", "--method", "threshold", "--thresholds", "-0.1"])
+        assert "thresholds must be >= 0" in line
+
+    def test_unknown_method(self, capsys):
+        line = self._fails(capsys, ["--run-id", "r", "--method", "random"])
+        assert "unknown pruning method 'random'" in line and "threshold, global, layerwise, gradual, structured" in line
+
+    def test_unknown_layer_name(self, capsys, trained_run_id):
+        line = self._fails(capsys, ["--run-id", trained_run_id, "--layers", "conv9", "--epochs", "0"])
+        assert "unknown layer 'conv9'" in line and "layers.1, layers.3, layers.5" in line
+
+    def test_unknown_layer_in_thresholds(self, capsys, trained_run_id):
+        argv = ["--run-id", trained_run_id, "--method", "threshold", "--thresholds", '{"fc9": 0.1}', "--epochs", "0"]
+        assert "unknown layer(s) ['fc9']" in self._fails(capsys, argv)
