@@ -78,6 +78,9 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.devi
     }
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, inputs)
+
+
 class FitSettings(Protocol):
     """The knobs ``fit`` reads (``steps.train.TrainConfig`` provides them)."""
 
@@ -107,6 +110,7 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     after_step: Callable[[int], None] | None = None,
     first_eligible_epoch: int = 1,
+    loss_fn: LossFn | None = None,
 ) -> FitResult:
     """AdamW with a cosine learning-rate schedule and label smoothing; early stopping on
     validation accuracy (``patience`` epochs without improvement, 0 = never). ``model`` ends
@@ -114,7 +118,8 @@ def fit(
     val_accuracy and lr after each epoch; ``after_step(step)`` runs after every optimizer step
     (steps counted from 1), e.g. to keep pruned weights at zero. Epochs before
     ``first_eligible_epoch`` are trained but never kept as best (e.g. while a pruning schedule is
-    still ramping up).
+    still ramping up). ``loss_fn(logits, targets, inputs)`` replaces the default
+    label-smoothed cross-entropy (e.g. a distillation loss that asks a teacher about ``inputs``).
     """
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -127,7 +132,7 @@ def fit(
     )
     for epoch in progress:
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_epoch(model, optimizer, train, settings, order, device, after_step, epoch)
+        train_loss = _train_epoch(model, optimizer, train, settings, order, device, after_step, epoch, loss_fn)
         schedule.step()
         val_metrics = score(model, *val, device)
         metrics = {
@@ -160,7 +165,7 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     return -(-num_samples // batch_size)
 
 
-def _train_epoch(model, optimizer, train, settings: FitSettings, order, device, after_step, epoch) -> float:
+def _train_epoch(model, optimizer, train, settings: FitSettings, order, device, after_step, epoch, loss_fn) -> float:
     model.train()
     x, y = train
     permutation = torch.randperm(len(x), generator=order)
@@ -171,7 +176,10 @@ def _train_epoch(model, optimizer, train, settings: FitSettings, order, device, 
         inputs, targets = x[batch].to(device), y[batch].to(device)
         with _autocast(device):
             logits = model(inputs).float()
-        loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
+        if loss_fn is None:
+            loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
+        else:
+            loss = loss_fn(logits, targets, inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

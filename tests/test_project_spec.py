@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps._config import build_parser, flag_name
+from steps._config import build_parser, flag_name, parse_bool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _YAML_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
@@ -39,7 +39,8 @@ def test_mlproject_parameters_match_config_and_parser(entry):
             assert param == "string", f"{entry}.{name} has no default in the config, so none in MLproject"
         else:
             assert param["type"] == _YAML_TYPES[hints[name]], name
-            assert hints[name](param["default"]) == field.default, name
+            convert = parse_bool if hints[name] is bool else hints[name]
+            assert convert(param["default"]) == field.default, name
         assert f"{flag_name(name)} {{{name}}}" in spec["command"], f"{entry} command does not pass {name}"
 
 

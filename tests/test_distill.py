@@ -1,0 +1,132 @@
+"""Knowledge distillation: the loss, the student/control pair and the distill step."""
+
+import math
+
+import mlflow
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from steps import distill, evaluate
+from steps._config import ShrinkflowError
+from steps._data import load_dataset
+from steps._zoo import build_model, describe
+
+
+class _Fixed(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[: len(x)]
+
+
+def test_loss_is_hard_cross_entropy_at_alpha_zero():
+    student, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    loss = distill.distillation_loss(_Fixed(torch.randn(4, 3)), temperature=3.0, alpha=0.0, label_smoothing=0.0)
+    assert loss(student, targets, torch.zeros(4, 1)) == pytest.approx(F.cross_entropy(student, targets).item())
+
+
+def test_soft_term_is_t_squared_kl_from_teacher_to_student():
+    student, teacher = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[2.0, 1.0, 0.0]])
+    temperature = 2.0
+    loss = distill.distillation_loss(_Fixed(teacher), temperature, alpha=1.0, label_smoothing=0.0)
+    p_teacher = F.softmax(teacher / temperature, 1)[0]
+    p_student = F.softmax(student / temperature, 1)[0]
+    kl = sum(p * math.log(p / q) for p, q in zip(p_teacher.tolist(), p_student.tolist(), strict=True))
+    assert loss(student, torch.tensor([0]), torch.zeros(1, 1)).item() == pytest.approx(temperature**2 * kl, rel=1e-5)
+
+
+def test_soft_term_vanishes_when_student_matches_teacher():
+    logits = torch.randn(5, 4)
+    loss = distill.distillation_loss(_Fixed(logits), 4.0, alpha=1.0, label_smoothing=0.0)
+    assert loss(logits.clone(), torch.zeros(5, dtype=torch.long), torch.zeros(5, 1)).item() == pytest.approx(
+        0, abs=1e-6
+    )
+
+
+def test_teacher_gets_no_gradient():
+    teacher = nn.Linear(2, 3)
+    student_logits = torch.randn(4, 3, requires_grad=True)
+    loss = distill.distillation_loss(teacher, 2.0, 0.5, 0.0)(
+        student_logits, torch.tensor([0, 1, 2, 0]), torch.randn(4, 2)
+    )
+    loss.backward()
+    assert teacher.weight.grad is None and student_logits.grad is not None
+
+
+def test_distill_trains_student_and_control_from_the_same_start():
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    teacher = build_model(describe("mlp", data.input_shape, 10))
+    cfg = distill.DistillConfig(run_id="x", student_width=0.1, epochs=3, device="cpu")
+    arch = distill.student_architecture(cfg, describe("mlp", data.input_shape, 10))
+    assert arch["params"] == {"hidden_sizes": [30, 10]}
+    student, control = distill.distill(teacher, arch, data, cfg, torch.device("cpu"))
+    assert sum(p.numel() for p in student.parameters()) == (64 * 30 + 30) + (30 * 10 + 10) + (10 * 10 + 10)
+    assert not torch.equal(student.layers[1].weight, control.layers[1].weight)  # the teacher made a difference
+    cfg_no_teacher = distill.DistillConfig(run_id="x", student_width=0.1, epochs=3, alpha=0.0, device="cpu")
+    plain, control_again = distill.distill(teacher, arch, data, cfg_no_teacher, torch.device("cpu"))
+    assert torch.equal(plain.layers[1].weight, control_again.layers[1].weight)  # alpha 0 is the control
+
+
+def test_distill_step_logs_student_gain_and_table(trained_run_id):
+    cfg = distill.DistillConfig(run_id=trained_run_id, student_width=0.25, epochs=3, device="cpu")
+    run = mlflow.get_run(distill.execute(cfg))
+    metrics = run.data.metrics
+    assert metrics["distill_gain_pp"] == pytest.approx(
+        (metrics["test_accuracy"] - metrics["control_test_accuracy"]) * 100
+    )
+    assert metrics["teacher_test_accuracy"] == mlflow.get_run(trained_run_id).data.metrics["test_accuracy"]
+    assert metrics["cost_params"] == (64 * 75 + 75) + (75 * 25 + 25) + (25 * 10 + 10)
+    assert metrics["student_param_ratio"] == pytest.approx(metrics["cost_params"] / 50_610)
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"distillation.json", "distillation.csv"} <= files
+    evaluated = mlflow.get_run(evaluate.execute(evaluate.EvaluateConfig(run_id=run.info.run_id, device="cpu")))
+    assert evaluated.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+
+
+def three_outputs(input_shape, num_classes):
+    """A user student that ignores num_classes."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+class TestBadInput:
+    @pytest.fixture(autouse=True)
+    def _no_run_left_running(self, running_runs):
+        yield
+        assert running_runs() == []
+
+    def _fails(self, capsys, argv) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            distill.main(argv)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    @pytest.mark.parametrize("temperature", ["0", "-1"])
+    def test_temperature_not_positive(self, capsys, temperature):
+        line = self._fails(capsys, ["--run-id", "r", "--temperature", temperature])
+        assert line == f"error: temperature must be > 0, got {float(temperature)}"
+
+    @pytest.mark.parametrize("alpha", ["-0.1", "1.5"])
+    def test_alpha_outside_unit_interval(self, capsys, alpha):
+        assert f"alpha must be in [0, 1], got {float(alpha)}" in self._fails(
+            capsys, ["--run-id", "r", "--alpha", alpha]
+        )
+
+    def test_student_with_other_output_size(self, capsys, trained_run_id):
+        line = self._fails(capsys, ["--run-id", trained_run_id, "--student", "test_distill:three_outputs"])
+        assert "the student outputs 3 values per sample but the teacher 10" in line
+
+    def test_bad_control_flag(self, capsys):
+        with pytest.raises(SystemExit):
+            distill.main(["--run-id", "r", "--control", "maybe"])
+        assert "expected true or false" in capsys.readouterr().err
+
+    def test_unknown_student(self):
+        with pytest.raises(ShrinkflowError, match="unknown model 'tiny'"):
+            distill.student_architecture(
+                distill.DistillConfig(run_id="r", student="tiny"), describe("mlp", (1, 8, 8), 10)
+            )
