@@ -12,7 +12,6 @@ Results: benchmarks/results/structured_speedup.csv, summarized in the README.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +19,7 @@ import torch
 
 from steps._checkpoint import load_checkpoint, save_checkpoint
 from steps._cost import cost_summary
-from steps._latency import measure_latency
+from steps._latency import deployable, measure_latency
 from steps._pruning import structured_prune
 from steps._zoo import build_model, describe, module_shapes
 
@@ -38,12 +37,6 @@ def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
     return {name: load_checkpoint(folder / name)[0] for name in ("baseline", "pruned")}
 
 
-def _traced(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated in favour of torch.export
-        return torch.jit.freeze(torch.jit.trace(model, example))
-
-
 def main() -> None:
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -55,7 +48,7 @@ def main() -> None:
         for form in ("eager", "traced"):
             p50 = {}
             for name, model in models.items():
-                runnable = model if form == "eager" else _traced(model, example)
+                runnable = deployable(model, example, form)
                 p50[name] = measure_latency(runnable, example, cpu, 50, repetitions).p50_ms
             rows.append({"batch_size": batch_size, "form": form, "baseline_p50_ms": p50["baseline"],
                          "pruned_p50_ms": p50["pruned"], "speedup": p50["baseline"] / p50["pruned"]})  # fmt: skip

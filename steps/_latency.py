@@ -12,13 +12,26 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LatencyResult", "hardware_tags", "measure_latency", "peak_memory_bytes", "torch_threads"]
+__all__ = [
+    "FORMS",
+    "LatencyResult",
+    "deployable",
+    "hardware_tags",
+    "measure_latency",
+    "peak_memory_bytes",
+    "torch_threads",
+]
+
+# How a model is run when timed: "eager" (as PyTorch runs it by default) or "traced"
+# (TorchScript, traced and frozen: one graph without Python dispatch between operators).
+FORMS = ("eager", "traced")
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,18 @@ class LatencyResult:
     def cost_per_million(self, price_per_hour: float) -> float:
         """Price of a million inferences at ``price_per_hour`` for the machine, at this throughput."""
         return price_per_hour * (1e6 / self.throughput_sps) / 3600.0
+
+
+def deployable(model: nn.Module, example: torch.Tensor, form: str) -> nn.Module:
+    """``model`` in the execution form that is timed; a traced form is specialised to ``example``."""
+    if form not in FORMS:
+        raise ValueError(f"unknown execution form {form!r}: choose {', '.join(FORMS)}")
+    model = model.eval()
+    if form == "eager":
+        return model
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings
+        return torch.jit.freeze(torch.jit.trace(model, example))
 
 
 @contextlib.contextmanager

@@ -6,7 +6,8 @@ torch version and threads, GPU name) with
 - static cost of the reloaded model: ``cost_params``, ``cost_nonzero_params``, ``cost_sparsity``,
   ``cost_macs``, ``cost_macs_effective``, ``cost_bops``, ``cost_size_bytes``,
   ``cost_size_theoretical_bytes``, and a per-layer table ``layers.json``;
-- per device and batch size B: ``latency_<device>_bs<B>_ms_p50``/``_p90``/``_p99``/``_mean``,
+- per device and batch size B, in the chosen execution ``form`` (tag ``shrinkflow.execution_form``):
+  ``latency_<device>_bs<B>_ms_p50``/``_p90``/``_p99``/``_mean``,
   ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, with a
   ``price_per_hour``, ``cost_per_million_<device>_bs<B>_usd``;
 - ``cost_latency_ms_p50``: CPU p50 at the smallest batch size, the search's latency objective;
@@ -31,7 +32,7 @@ from torch import nn
 from steps._config import ShrinkflowError, config_to_params, parse_config
 from steps._cost import cost_summary, layer_costs, layer_table
 from steps._data import DataSplits, dataset_of
-from steps._latency import LatencyResult, hardware_tags, measure_latency, torch_threads
+from steps._latency import FORMS, LatencyResult, deployable, hardware_tags, measure_latency, torch_threads
 from steps._main import run_main
 
 __all__ = ["CONFIG", "BenchmarkConfig", "benchmark", "example_batch", "main", "parse_batch_sizes"]
@@ -72,6 +73,9 @@ class BenchmarkConfig:
     # One thread by default: the most repeatable CPU number, and the usual serving setting.
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing (recorded as a tag)"})
     devices: str = field(default="auto", metadata={"help": "auto (CPU, plus CUDA when present), cpu, cuda or cpu,cuda"})
+    form: str = field(
+        default="eager", metadata={"help": "execution form timed: eager, or traced (TorchScript, frozen)"}
+    )
     price_per_hour: float = field(
         default=0.0, metadata={"help": "machine price per hour (USD); > 0 adds cost per million inferences"}
     )
@@ -86,6 +90,8 @@ class BenchmarkConfig:
                 f"need warmup >= 0, repetitions >= 1 and threads >= 1, got {self.warmup}, {self.repetitions}, "
                 f"{self.threads}"
             )
+        if self.form not in FORMS:
+            raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
         if self.price_per_hour < 0:
             raise ShrinkflowError(f"price_per_hour must be >= 0, got {self.price_per_hour}")
 
@@ -99,12 +105,14 @@ def example_batch(data: DataSplits, batch_size: int) -> torch.Tensor:
 
 def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[LatencyResult]:
     """Latency of ``model`` for every configured device and batch size, with ``cfg.threads``."""
+    results = []
     with torch_threads(cfg.threads):
-        return [
-            measure_latency(model, example_batch(data, size), device, cfg.warmup, cfg.repetitions)
-            for device in resolve_devices(cfg.devices)
-            for size in parse_batch_sizes(cfg.batch_sizes)
-        ]
+        for device in resolve_devices(cfg.devices):
+            for size in parse_batch_sizes(cfg.batch_sizes):
+                example = example_batch(data, size).to(device)
+                runnable = deployable(model.to(device), example, cfg.form)
+                results.append(measure_latency(runnable, example, device, cfg.warmup, cfg.repetitions))
+    return results
 
 
 def latency_table(results: list[LatencyResult], price_per_hour: float) -> pd.DataFrame:
@@ -141,7 +149,13 @@ def execute(cfg: BenchmarkConfig) -> str:
     layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
     data = dataset_of(description)
     with _tracking.step_run("benchmark", config_to_params(cfg)) as run:
-        mlflow.set_tags({"shrinkflow.source_run_id": cfg.run_id, **hardware_tags(cfg.threads)})
+        mlflow.set_tags(
+            {
+                "shrinkflow.source_run_id": cfg.run_id,
+                "shrinkflow.execution_form": cfg.form,
+                **hardware_tags(cfg.threads),
+            }
+        )
         results = benchmark(model, data, cfg)
         table = latency_table(results, cfg.price_per_hour)
         mlflow.log_metrics({**costs, **latency_metrics(results, cfg.price_per_hour)})

@@ -24,7 +24,7 @@ import torch
 from steps._config import ShrinkflowError, config_to_params, parse_config
 from steps._cost import cost_summary
 from steps._data import SPLITS, dataset_of
-from steps._latency import hardware_tags, measure_latency, torch_threads
+from steps._latency import FORMS, deployable, hardware_tags, measure_latency, torch_threads
 from steps._main import run_main
 from steps._training import score
 from steps.benchmark import example_batch
@@ -45,6 +45,9 @@ class CompareConfig:
     warmup: int = field(default=20, metadata={"help": "untimed forward passes before timing"})
     repetitions: int = field(default=200, metadata={"help": "timed forward passes per model"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing"})
+    form: str = field(
+        default="eager", metadata={"help": "execution form timed: eager, or traced (TorchScript, frozen)"}
+    )
 
     def __post_init__(self):
         if not self.ids():
@@ -53,6 +56,8 @@ class CompareConfig:
             raise ShrinkflowError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
         if self.batch_size < 1 or self.repetitions < 1 or self.threads < 1 or self.warmup < 0:
             raise ShrinkflowError("need batch_size, repetitions and threads >= 1 and warmup >= 0")
+        if self.form not in FORMS:
+            raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
 
     def ids(self) -> list[str]:
         return [part.strip() for part in self.run_ids.split(",") if part.strip()]
@@ -79,7 +84,8 @@ def _measure(run_id: str, cfg: CompareConfig, folder: Path) -> dict:
     costs = cost_summary(model, description, checkpoint)
     data = dataset_of(description)
     cpu = torch.device("cpu")
-    latency = measure_latency(model, example_batch(data, cfg.batch_size), cpu, cfg.warmup, cfg.repetitions)
+    example = example_batch(data, cfg.batch_size)
+    latency = measure_latency(deployable(model, example, cfg.form), example, cpu, cfg.warmup, cfg.repetitions)
     return {
         "run_id": run_id,
         "model": description["architecture"]["name"],
@@ -90,6 +96,7 @@ def _measure(run_id: str, cfg: CompareConfig, folder: Path) -> dict:
         "size_bytes": costs["cost_size_bytes"],
         "macs": costs["cost_macs"],
         "macs_effective": costs["cost_macs_effective"],
+        "form": cfg.form,
         "latency_ms_p50": latency.p50_ms,
     }
 

@@ -146,3 +146,29 @@ class TestBadInput:
 
     def test_compare_with_an_unknown_run(self, capsys, trained_run_id):
         assert "does not exist" in self._fails(capsys, compare.main, ["--run-ids", f"{trained_run_id},{'e' * 32}"])
+
+
+@pytest.mark.parametrize("name,shape", [("cnn", (1, 8, 8)), ("lstm", (1, 40))])
+def test_traced_form_predicts_like_eager(name, shape):
+    from steps._latency import deployable
+
+    torch.manual_seed(0)
+    model = build_model(describe(name, shape, 10)).eval()
+    example = torch.randn(4, *shape)
+    traced = deployable(model, example, "traced")
+    with torch.no_grad():
+        torch.testing.assert_close(traced(example), model(example))
+
+
+def test_benchmark_traced_form_is_tagged(trained_run_id):
+    cfg = benchmark.BenchmarkConfig(
+        run_id=trained_run_id, batch_sizes="1", warmup=1, repetitions=5, devices="cpu", form="traced"
+    )
+    run = mlflow.get_run(benchmark.execute(cfg))
+    assert run.data.tags["shrinkflow.execution_form"] == "traced"
+    assert run.data.metrics["latency_cpu_bs1_ms_p50"] > 0
+
+
+def test_unknown_form_lists_choices():
+    with pytest.raises(ShrinkflowError, match="unknown execution form 'onnx': choose eager, traced"):
+        benchmark.BenchmarkConfig(run_id="r", form="onnx")
