@@ -59,6 +59,20 @@ def running_runs():
     return _running
 
 
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO_ROOT
+@pytest.fixture
+def fails_with_bad_input(capsys, running_runs):
+    """Call a step's ``main(argv)``; assert exit 2, a last line ``error: ...`` and no RUNNING run.
+
+    Returns that error line.
+    """
+
+    def _fails(main, argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: ")
+        assert running_runs() == []
+        return lines[-1]
+
+    return _fails

@@ -117,35 +117,24 @@ def test_compare_step_measures_every_model(trained_run_id, quick_train_config):
 
 
 class TestBadInput:
-    @pytest.fixture(autouse=True)
-    def _no_run_left_running(self, running_runs):
-        yield
-        assert running_runs() == []
+    def test_unknown_run_id(self, fails_with_bad_input):
+        assert "does not exist" in fails_with_bad_input(benchmark.main, ["--run-id", "f" * 32])
 
-    def _fails(self, capsys, main, argv) -> str:
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2
-        return capsys.readouterr().err.strip().splitlines()[-1]
-
-    def test_unknown_run_id(self, capsys):
-        assert "does not exist" in self._fails(capsys, benchmark.main, ["--run-id", "f" * 32])
-
-    def test_batch_size_zero(self, capsys, trained_run_id):
-        line = self._fails(capsys, benchmark.main, ["--run-id", trained_run_id, "--batch-sizes", "0"])
+    def test_batch_size_zero(self, fails_with_bad_input, trained_run_id):
+        line = fails_with_bad_input(benchmark.main, ["--run-id", trained_run_id, "--batch-sizes", "0"])
         assert line == "error: every batch size must be >= 1, got '0'"
 
-    def test_run_that_holds_no_model(self, capsys, trained_run_id):
+    def test_run_that_holds_no_model(self, fails_with_bad_input, trained_run_id):
         cfg = benchmark.BenchmarkConfig(run_id=trained_run_id, batch_sizes="1", warmup=0, repetitions=2, devices="cpu")
         benchmark_id = benchmark.execute(cfg)
-        assert "logged no model" in self._fails(capsys, benchmark.main, ["--run-id", benchmark_id])
+        assert "logged no model" in fails_with_bad_input(benchmark.main, ["--run-id", benchmark_id])
 
-    def test_unknown_device(self, capsys, trained_run_id):
-        line = self._fails(capsys, benchmark.main, ["--run-id", trained_run_id, "--devices", "tpu"])
+    def test_unknown_device(self, fails_with_bad_input, trained_run_id):
+        line = fails_with_bad_input(benchmark.main, ["--run-id", trained_run_id, "--devices", "tpu"])
         assert "unknown benchmark device 'tpu'" in line and "auto, cpu, cuda" in line
 
-    def test_compare_with_an_unknown_run(self, capsys, trained_run_id):
-        assert "does not exist" in self._fails(capsys, compare.main, ["--run-ids", f"{trained_run_id},{'e' * 32}"])
+    def test_compare_with_an_unknown_run(self, fails_with_bad_input, trained_run_id):
+        assert "does not exist" in fails_with_bad_input(compare.main, ["--run-ids", f"{trained_run_id},{'e' * 32}"])
 
 
 @pytest.mark.parametrize("name,shape", [("cnn", (1, 8, 8)), ("lstm", (1, 40))])

@@ -94,30 +94,20 @@ def three_outputs(input_shape, num_classes):
 
 
 class TestBadInput:
-    @pytest.fixture(autouse=True)
-    def _no_run_left_running(self, running_runs):
-        yield
-        assert running_runs() == []
-
-    def _fails(self, capsys, argv) -> str:
-        with pytest.raises(SystemExit) as exit_info:
-            distill.main(argv)
-        assert exit_info.value.code == 2
-        return capsys.readouterr().err.strip().splitlines()[-1]
-
     @pytest.mark.parametrize("temperature", ["0", "-1"])
-    def test_temperature_not_positive(self, capsys, temperature):
-        line = self._fails(capsys, ["--run-id", "r", "--temperature", temperature])
+    def test_temperature_not_positive(self, fails_with_bad_input, temperature):
+        line = fails_with_bad_input(distill.main, ["--run-id", "r", "--temperature", temperature])
         assert line == f"error: temperature must be > 0, got {float(temperature)}"
 
     @pytest.mark.parametrize("alpha", ["-0.1", "1.5"])
-    def test_alpha_outside_unit_interval(self, capsys, alpha):
-        assert f"alpha must be in [0, 1], got {float(alpha)}" in self._fails(
-            capsys, ["--run-id", "r", "--alpha", alpha]
-        )
+    def test_alpha_outside_unit_interval(self, fails_with_bad_input, alpha):
+        line = fails_with_bad_input(distill.main, ["--run-id", "r", "--alpha", alpha])
+        assert f"alpha must be in [0, 1], got {float(alpha)}" in line
 
-    def test_student_with_other_output_size(self, capsys, trained_run_id):
-        line = self._fails(capsys, ["--run-id", trained_run_id, "--student", "test_distill:three_outputs"])
+    def test_student_with_other_output_size(self, fails_with_bad_input, trained_run_id):
+        line = fails_with_bad_input(
+            distill.main, ["--run-id", trained_run_id, "--student", "test_distill:three_outputs"]
+        )
         assert "the student outputs 3 values per sample but the teacher 10" in line
 
     def test_bad_control_flag(self, capsys):

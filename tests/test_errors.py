@@ -6,33 +6,18 @@ import pytest
 from steps import evaluate, train
 
 
-def _fails(capsys, main, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert err_lines[-1].startswith("error: ")
-    return err_lines[-1]
-
-
-@pytest.fixture(autouse=True)
-def _no_run_left_running(running_runs):
-    yield
-    assert running_runs() == []
-
-
-def test_unknown_model(capsys):
-    line = _fails(capsys, train.main, ["--model", "resnet", "--epochs", "1"])
+def test_unknown_model(fails_with_bad_input):
+    line = fails_with_bad_input(train.main, ["--model", "resnet", "--epochs", "1"])
     assert "unknown model 'resnet'" in line and "mlp, cnn, cnn1d, lstm, or package.module:factory" in line
 
 
-def test_unknown_dataset(capsys):
-    line = _fails(capsys, train.main, ["--dataset", "imagenet", "--epochs", "1"])
+def test_unknown_dataset(fails_with_bad_input):
+    line = fails_with_bad_input(train.main, ["--dataset", "imagenet", "--epochs", "1"])
     assert "unknown dataset 'imagenet'" in line and "digits, mnist1d, a .csv/.parquet file" in line
 
 
-def test_run_id_that_does_not_exist(capsys):
-    line = _fails(capsys, evaluate.main, ["--run-id", "0123456789abcdef0123456789abcdef"])
+def test_run_id_that_does_not_exist(fails_with_bad_input):
+    line = fails_with_bad_input(evaluate.main, ["--run-id", "0123456789abcdef0123456789abcdef"])
     assert "run '0123456789abcdef0123456789abcdef' does not exist" in line
 
 
@@ -40,33 +25,33 @@ def test_run_id_that_does_not_exist(capsys):
     "flag,value,what",
     [("--dataset", "mypkg.data:", "dataset function"), ("--model", "my pkg:factory", "model factory")],
 )
-def test_malformed_module_function(capsys, flag, value, what):
-    line = _fails(capsys, train.main, [flag, value, "--epochs", "1"])
+def test_malformed_module_function(fails_with_bad_input, flag, value, what):
+    line = fails_with_bad_input(train.main, [flag, value, "--epochs", "1"])
     assert f"malformed {what}" in line and "package.module:function" in line
 
 
-def test_negative_epochs(capsys):
-    assert "epochs must be >= 1, got -3" in _fails(capsys, train.main, ["--epochs", "-3"])
+def test_negative_epochs(fails_with_bad_input):
+    assert "epochs must be >= 1, got -3" in fails_with_bad_input(train.main, ["--epochs", "-3"])
 
 
-def test_csv_without_label_column(capsys, tmp_path):
+def test_csv_without_label_column(fails_with_bad_input, tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("x1,x2,target\n1,2,0\n3,4,1\n")
-    line = _fails(capsys, train.main, ["--dataset", str(path), "--epochs", "1"])
+    line = fails_with_bad_input(train.main, ["--dataset", str(path), "--epochs", "1"])
     assert "no label column 'label'" in line and "x1, x2, target" in line
 
 
-def test_unknown_split(capsys, trained_run_id):
-    assert "unknown split 'dev'" in _fails(capsys, evaluate.main, ["--run-id", trained_run_id, "--split", "dev"])
+def test_unknown_split(fails_with_bad_input, trained_run_id):
+    assert "unknown split 'dev'" in fails_with_bad_input(evaluate.main, ["--run-id", trained_run_id, "--split", "dev"])
 
 
-def test_run_without_a_model(capsys, trained_run_id):
+def test_run_without_a_model(fails_with_bad_input, trained_run_id):
     evaluate_id = evaluate.execute(evaluate.EvaluateConfig(run_id=trained_run_id, device="cpu"))
-    line = _fails(capsys, evaluate.main, ["--run-id", evaluate_id])
+    line = fails_with_bad_input(evaluate.main, ["--run-id", evaluate_id])
     assert "logged no model" in line and "(step evaluate)" in line
 
 
-def test_corrupt_model_artifact(capsys, quick_train_config):
+def test_corrupt_model_artifact(fails_with_bad_input, quick_train_config):
     from pathlib import Path
     from urllib.parse import urlparse
 
@@ -74,4 +59,4 @@ def test_corrupt_model_artifact(capsys, quick_train_config):
     model_id = mlflow.get_run(run_id).outputs.model_outputs[0].model_id
     location = Path(urlparse(mlflow.get_logged_model(model_id).artifact_location).path)
     (location / "artifacts" / "checkpoint" / "weights.safetensors").write_bytes(b"\x00garbage")
-    assert "is corrupt" in _fails(capsys, evaluate.main, ["--run-id", run_id])
+    assert "is corrupt" in fails_with_bad_input(evaluate.main, ["--run-id", run_id])

@@ -225,34 +225,23 @@ def test_prune_step_logs_a_smaller_model_that_evaluates_identically(trained_run_
 
 
 class TestBadInput:
-    @pytest.fixture(autouse=True)
-    def _no_run_left_running(self, running_runs):
-        yield
-        assert running_runs() == []
-
-    def _fails(self, capsys, argv) -> str:
-        with pytest.raises(SystemExit) as exit_info:
-            prune.main(argv)
-        assert exit_info.value.code == 2
-        return capsys.readouterr().err.strip().splitlines()[-1]
-
     @pytest.mark.parametrize("sparsity", ["1.0", "-0.1", "1.5"])
-    def test_sparsity_outside_unit_interval(self, capsys, sparsity):
-        line = self._fails(capsys, ["--run-id", "r", "--sparsity", sparsity])
+    def test_sparsity_outside_unit_interval(self, fails_with_bad_input, sparsity):
+        line = fails_with_bad_input(prune.main, ["--run-id", "r", "--sparsity", sparsity])
         assert line == f"error: sparsity must be in [0, 1), got {float(sparsity)}"
 
-    def test_negative_threshold(self, capsys):
-        line = self._fails(capsys, ["--run-id", "r", "--method", "threshold", "--thresholds", "-0.1"])
+    def test_negative_threshold(self, fails_with_bad_input):
+        line = fails_with_bad_input(prune.main, ["--run-id", "r", "--method", "threshold", "--thresholds", "-0.1"])
         assert "thresholds must be >= 0" in line
 
-    def test_unknown_method(self, capsys):
-        line = self._fails(capsys, ["--run-id", "r", "--method", "random"])
+    def test_unknown_method(self, fails_with_bad_input):
+        line = fails_with_bad_input(prune.main, ["--run-id", "r", "--method", "random"])
         assert "unknown pruning method 'random'" in line and "threshold, global, layerwise, gradual, structured" in line
 
-    def test_unknown_layer_name(self, capsys, trained_run_id):
-        line = self._fails(capsys, ["--run-id", trained_run_id, "--layers", "conv9", "--epochs", "0"])
+    def test_unknown_layer_name(self, fails_with_bad_input, trained_run_id):
+        line = fails_with_bad_input(prune.main, ["--run-id", trained_run_id, "--layers", "conv9", "--epochs", "0"])
         assert "unknown layer 'conv9'" in line and "layers.1, layers.3, layers.5" in line
 
-    def test_unknown_layer_in_thresholds(self, capsys, trained_run_id):
+    def test_unknown_layer_in_thresholds(self, fails_with_bad_input, trained_run_id):
         argv = ["--run-id", trained_run_id, "--method", "threshold", "--thresholds", '{"fc9": 0.1}', "--epochs", "0"]
-        assert "unknown layer(s) ['fc9']" in self._fails(capsys, argv)
+        assert "unknown layer(s) ['fc9']" in fails_with_bad_input(prune.main, argv)
