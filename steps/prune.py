@@ -111,9 +111,8 @@ class PruneConfig:
         mapping = {"*": parsed} if isinstance(parsed, (int, float)) else parsed
         if not isinstance(mapping, dict) or not all(isinstance(v, (int, float)) for v in mapping.values()):
             raise ShrinkflowError(f"thresholds must be a number or a JSON object of numbers, got {text!r}")
-        negative = {k: v for k, v in mapping.items() if v < 0}
-        if negative:
-            raise ShrinkflowError(f"thresholds must be >= 0, got {negative}")
+        if any(v < 0 for v in mapping.values()):
+            raise ShrinkflowError(f"thresholds must be >= 0, got {text}")
         return {str(k): float(v) for k, v in mapping.items()}
 
     def layer_list(self) -> list[str] | None:

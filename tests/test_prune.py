@@ -232,7 +232,7 @@ class TestBadInput:
 
     def test_negative_threshold(self, fails_with_bad_input):
         line = fails_with_bad_input(prune.main, ["--run-id", "r", "--method", "threshold", "--thresholds", "-0.1"])
-        assert "thresholds must be >= 0" in line
+        assert line == "error: thresholds must be >= 0, got -0.1"
 
     def test_unknown_method(self, fails_with_bad_input):
         line = fails_with_bad_input(prune.main, ["--run-id", "r", "--method", "random"])
