@@ -13,6 +13,9 @@ Storage formats (``description["storage"]``):
 - ``sparse-bitmap``: a weight matrix or kernel whose zeros make it pay is stored as a bitmap of its
   non-zeros (1 bit an element, packed) plus the non-zero values; other tensors stay dense. At 90%
   sparsity a float32 matrix takes 0.1 × 4 + 1/8 = 0.525 bytes an element instead of 4.
+- ``packed``: quantized weights (``description["quantization"]`` names them) are stored as their
+  integer codes packed k bits each plus float32 scales or codebook (``steps._quantization``);
+  other tensors stay dense. Reloading decodes them to the very floats the model ran with.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ __all__ = [
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTION_FILE = "model.json"
-STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap")
+STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed")
 _SHAPES_KEY = "sparse_shapes"  # safetensors metadata: JSON {tensor name: shape} of bitmap tensors
+_PACKED_KEY = "packed"  # safetensors metadata: JSON {tensor name: {scheme, bits, shape}}
 
 
 def _bitmap_bytes(tensor: torch.Tensor) -> int:
@@ -93,11 +97,45 @@ def _decode_bitmaps(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int
     return state
 
 
-def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path) -> Path:
-    """Write ``model``'s weights and ``description`` to ``folder``; return the folder."""
+def _encode_packed(state: dict[str, torch.Tensor], encodings: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    from steps._quantization import pack_codes
+
+    tensors, metadata = {}, {}
+    for name, tensor in state.items():
+        if name in encodings:
+            encoded = encodings[name]
+            tensors[f"{name}::codes"] = pack_codes(encoded.codes, encoded.bits)
+            tensors[f"{name}::scales"] = encoded.scales.float().contiguous()
+            metadata[name] = {"scheme": encoded.scheme, "bits": encoded.bits, "shape": list(encoded.shape)}
+        else:
+            tensors[name] = tensor.detach().cpu().contiguous().clone()
+    return tensors, metadata
+
+
+def _decode_packed(tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str, torch.Tensor]:
+    from steps._quantization import Encoded, decode, unpack_codes
+
+    state = {name: t for name, t in tensors.items() if "::" not in name}
+    for name, info in metadata.items():
+        count = int(np.prod(info["shape"]))
+        codes = unpack_codes(tensors[f"{name}::codes"], info["bits"], count)
+        encoded = Encoded(info["scheme"], info["bits"], tuple(info["shape"]), codes, tensors[f"{name}::scales"])
+        state[name] = decode(encoded)
+    return state
+
+
+def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path, encodings=None) -> Path:
+    """Write ``model``'s weights and ``description`` to ``folder``; return the folder.
+
+    ``encodings`` (``packed`` storage): the ``steps._quantization.Encoded`` of each quantized
+    weight, whose decoded values the model holds.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if description.get("storage", "dense-fp32") == "sparse-bitmap":
+    if description.get("storage", "dense-fp32") == "packed":
+        tensors, metadata = _encode_packed(model.state_dict(), encodings or {})
+        safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_PACKED_KEY: json.dumps(metadata)})
+    elif description.get("storage", "dense-fp32") == "sparse-bitmap":
         tensors, shapes = _encode_bitmaps(model.state_dict())
         safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_SHAPES_KEY: json.dumps(shapes)})
     else:
@@ -141,8 +179,13 @@ def _load_weights(model: nn.Module, path: Path, storage: str) -> None:
         safetensors.torch.load_model(model, str(path), strict=True, device="cpu")
         return
     with safetensors.safe_open(str(path), framework="pt") as handle:
-        shapes = json.loads((handle.metadata() or {})[_SHAPES_KEY])
-    model.load_state_dict(_decode_bitmaps(safetensors.torch.load_file(str(path)), shapes), strict=True)
+        metadata = handle.metadata() or {}
+    tensors = safetensors.torch.load_file(str(path))
+    if storage == "packed":
+        state = _decode_packed(tensors, json.loads(metadata[_PACKED_KEY]))
+    else:
+        state = _decode_bitmaps(tensors, json.loads(metadata[_SHAPES_KEY]))
+    model.load_state_dict(state, strict=True)
 
 
 def checkpoint_bytes(folder: Path) -> int:

@@ -27,7 +27,7 @@ from torch import nn
 
 from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
 
-__all__ = ["LayerCost", "cost_summary", "layer_costs", "layer_table", "theoretical_size_bytes"]
+__all__ = ["LayerCost", "cost_summary", "layer_costs", "layer_table", "packed_bytes", "theoretical_size_bytes"]
 
 FLOAT_BITS = 32
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM)
@@ -133,13 +133,30 @@ def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> 
     """Bytes the model's storage format needs for its tensors — values, bitmaps, indices — without
     the container's headers (see ``steps._checkpoint`` for the formats)."""
     storage = description.get("storage", "dense-fp32")
-    unique = {t.data_ptr(): t for t in model.state_dict().values()}  # tied tensors are stored once
-    return sum(tensor_storage_bytes(t, storage) for t in unique.values())
+    quantized = description.get("quantization", {}) if storage == "packed" else {}
+    total, seen = 0, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue  # tied tensors are stored once
+        seen.add(tensor.data_ptr())
+        if name in quantized:
+            total += packed_bytes(tensor.numel(), tensor.shape[0], quantized[name])
+        else:
+            total += tensor_storage_bytes(tensor, storage)
+    return total
+
+
+def packed_bytes(numel: int, channels: int, quantization: Mapping[str, Any]) -> int:
+    """k-bit codes packed into bytes plus float32 scales (one a channel) or codebook (2^k values)."""
+    bits = quantization["bits"]
+    table = 2**bits if quantization["scheme"] == "codebook" else channels
+    return -(-numel * bits // 8) + 4 * table
 
 
 def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: Path | None = None) -> dict[str, float]:
     """The ``cost_*`` metrics of a model; artifact bytes only when its checkpoint folder is given."""
-    costs = layer_costs(model, description["architecture"]["input_shape"], description.get("bits"))
+    bits = {layer: tuple(pair) for layer, pair in description.get("bits", {}).items()}
+    costs = layer_costs(model, description["architecture"]["input_shape"], bits)
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     nonzero = _nonzero(params)

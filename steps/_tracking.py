@@ -73,13 +73,16 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
-def log_model(model: nn.Module, description: dict[str, Any], example: torch.Tensor) -> tuple[str, int]:
-    """Log ``model`` with its description; return (model_id, bytes of the checkpoint on disk)."""
+def log_model(model: nn.Module, description: dict[str, Any], example: torch.Tensor, encodings=None) -> tuple[str, int]:
+    """Log ``model`` with its description; return (model_id, bytes of the checkpoint on disk).
+
+    ``encodings``: packed codes of quantized weights (see ``steps._checkpoint.save_checkpoint``).
+    """
     example_np = example.detach().cpu().numpy()
     with torch.no_grad():
         output = model.cpu().eval()(example.cpu()).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_checkpoint(model, description, Path(tmp) / "checkpoint")
+        folder = save_checkpoint(model, description, Path(tmp) / "checkpoint", encodings)
         size = checkpoint_bytes(folder)
         info = mlflow.pyfunc.log_model(
             name=_MODEL_NAME,

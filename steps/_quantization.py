@@ -1,0 +1,135 @@
+"""Weight quantization with packed storage: k-bit symmetric, binary (XNOR-Net) and k-means sharing.
+
+Pure PyTorch; no MLflow, no files. Each quantizer turns a float weight into an ``Encoded``
+(integer codes plus per-channel scales or a codebook) and back; the model is then run with the
+decoded weights, so saving the codes and reloading gives bit-identical predictions.
+
+- ``symmetric`` (k = 2..8 bits): per output channel, s = max|w| / (2^(k−1) − 1),
+  q = round(w / s) ∈ [−(2^(k−1) − 1), 2^(k−1) − 1], w ≈ q·s. Zero stays exactly zero. (The
+  article's "integerization" rounds raw weights to integers with no scale, which sends almost
+  every weight of a trained network to 0.)
+- ``binary`` (1 bit, Rastegari et al. 2016): w ≈ α·sign(w), α = mean|w| per output channel.
+- ``codebook`` (Han et al. 2016, Deep Compression): 2^k shared values per layer found by 1-D
+  k-means (linear initialization), each weight an index into them.
+
+Codes are packed k bits each into bytes, so a 4-bit layer takes half a byte a weight.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Encoded",
+    "decode",
+    "encode_binary",
+    "encode_codebook",
+    "encode_symmetric",
+    "huffman_bits",
+    "pack_codes",
+    "refit_codebook",
+    "unpack_codes",
+]
+
+
+@dataclass
+class Encoded:
+    scheme: str  # "symmetric", "binary" or "codebook"
+    bits: int
+    shape: tuple[int, ...]
+    codes: torch.Tensor  # int64, unsigned codes in [0, 2^bits), flattened
+    scales: torch.Tensor  # (C_out,) float32 for symmetric/binary; (2^bits,) codebook values for codebook
+
+    def storage_bytes(self) -> int:
+        return -(-self.codes.numel() * self.bits // 8) + self.scales.numel() * 4
+
+
+def _per_channel(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().reshape(weight.shape[0], -1)  # (C_out, fan_in)
+
+
+def encode_symmetric(weight: torch.Tensor, bits: int) -> Encoded:
+    qmax = 2 ** (bits - 1) - 1
+    rows = _per_channel(weight).float()
+    scales = rows.abs().amax(dim=1) / qmax
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero channel stays zero
+    q = torch.clamp(torch.round(rows / scales[:, None]), -qmax, qmax).to(torch.int64)
+    return Encoded("symmetric", bits, tuple(weight.shape), (q + qmax).flatten(), scales)
+
+
+def encode_binary(weight: torch.Tensor) -> Encoded:
+    rows = _per_channel(weight).float()
+    alpha = rows.abs().mean(dim=1)
+    return Encoded("binary", 1, tuple(weight.shape), (rows >= 0).to(torch.int64).flatten(), alpha)
+
+
+def _nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    return (values[:, None] - centroids[None, :]).abs().argmin(dim=1)
+
+
+def encode_codebook(weight: torch.Tensor, bits: int, iterations: int = 30) -> Encoded:
+    values = weight.detach().flatten().float()
+    count = 2**bits
+    centroids = torch.linspace(values.min().item(), values.max().item(), count)  # Han et al.: linear init
+    for _ in range(iterations):
+        codes = _nearest(values, centroids)
+        sums = torch.zeros(count).index_add_(0, codes, values)
+        sizes = torch.bincount(codes, minlength=count)
+        updated = torch.where(sizes > 0, sums / sizes.clamp(min=1), centroids)
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return Encoded("codebook", bits, tuple(weight.shape), _nearest(values, centroids), centroids)
+
+
+def refit_codebook(encoded: Encoded, weight: torch.Tensor) -> Encoded:
+    """Centroid fine-tuning: each shared value becomes the mean of its weights after an update."""
+    values = weight.detach().flatten().float()
+    count = encoded.scales.numel()
+    sums = torch.zeros(count).index_add_(0, encoded.codes, values)
+    sizes = torch.bincount(encoded.codes, minlength=count)
+    centroids = torch.where(sizes > 0, sums / sizes.clamp(min=1), encoded.scales)
+    return Encoded("codebook", encoded.bits, encoded.shape, encoded.codes, centroids)
+
+
+def decode(encoded: Encoded) -> torch.Tensor:
+    codes = encoded.codes
+    if encoded.scheme == "codebook":
+        return encoded.scales[codes].reshape(encoded.shape)
+    rows = codes.reshape(encoded.shape[0], -1)
+    if encoded.scheme == "binary":
+        signs = rows.float() * 2 - 1
+        return (signs * encoded.scales[:, None]).reshape(encoded.shape)
+    qmax = 2 ** (encoded.bits - 1) - 1
+    return ((rows - qmax).float() * encoded.scales[:, None]).reshape(encoded.shape)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes in [0, 2^bits) → uint8 bytes, ``bits`` bits each, most significant first."""
+    as_bits = (codes.numpy()[:, None] >> np.arange(bits - 1, -1, -1)) & 1  # (N, bits)
+    return torch.from_numpy(np.packbits(as_bits.astype(np.uint8).flatten()))
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    as_bits = np.unpackbits(packed.numpy(), count=count * bits).reshape(count, bits).astype(np.int64)
+    return torch.from_numpy(as_bits @ (1 << np.arange(bits - 1, -1, -1)))
+
+
+def huffman_bits(codes: torch.Tensor) -> int:
+    """Total bits of ``codes`` under a Huffman code built on their own frequencies."""
+    frequencies = Counter(codes.tolist())
+    if len(frequencies) == 1:
+        return len(codes)  # one symbol still needs a bit per code
+    heap = list(frequencies.values())
+    heapq.heapify(heap)
+    total = 0
+    while len(heap) > 1:
+        merged = heapq.heappop(heap) + heapq.heappop(heap)
+        total += merged  # every merge adds one bit to each code below it
+        heapq.heappush(heap, merged)
+    return total

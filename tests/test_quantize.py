@@ -1,0 +1,175 @@
+"""Weight quantization: codes, packing, packed checkpoints and the quantize step."""
+
+import mlflow
+import pytest
+import torch
+
+from steps import evaluate, quantize, train
+from steps._checkpoint import load_checkpoint, save_checkpoint
+from steps._cost import cost_summary
+from steps._data import load_dataset
+from steps._quantization import (
+    decode,
+    encode_binary,
+    encode_codebook,
+    encode_symmetric,
+    huffman_bits,
+    pack_codes,
+    unpack_codes,
+)
+from steps._training import score, seed_everything
+from steps._zoo import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_packing_round_trips_and_takes_bits_per_code(bits):
+    codes = torch.randint(0, 2**bits, (1001,))
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-1001 * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, 1001), codes)
+
+
+def test_symmetric_grid_keeps_zero_and_bounds_error():
+    weight = torch.randn(8, 20)
+    weight[0, :5] = 0
+    encoded = encode_symmetric(weight, 4)
+    restored = decode(encoded)
+    assert torch.all(restored[0, :5] == 0)
+    # error at most half a step of the channel's scale
+    assert torch.all((restored - weight).abs() <= encoded.scales[:, None] / 2 + 1e-6)
+    assert len(torch.unique(restored[3])) <= 15
+
+
+def test_integerization_without_scale_is_what_the_article_got_wrong():
+    weight = torch.randn(50, 50) * 0.05  # trained-network magnitudes
+    assert torch.count_nonzero(torch.round(weight)) == 0  # the article's sample: everything rounds to 0
+    assert torch.count_nonzero(decode(encode_symmetric(weight, 8))) > 2000
+
+
+def test_binary_is_sign_times_mean_magnitude():
+    weight = torch.tensor([[0.5, -1.5, 1.0], [-0.2, -0.2, 0.2]])
+    restored = decode(encode_binary(weight))
+    assert torch.allclose(restored, torch.tensor([[1.0, -1.0, 1.0], [-0.2, -0.2, 0.2]]))
+
+
+def test_codebook_uses_at_most_two_to_the_bits_values_and_beats_its_linear_start():
+    torch.manual_seed(0)
+    weight = torch.randn(40, 40)
+    encoded = encode_codebook(weight, 3)
+    assert len(torch.unique(decode(encoded))) <= 8
+    linear = encode_codebook(weight, 3, iterations=0)  # Han et al.'s linear initialization alone
+    kmeans_error = (decode(encoded) - weight).pow(2).mean()
+    assert kmeans_error < 0.8 * (decode(linear) - weight).pow(2).mean()
+
+
+def test_huffman_bits():
+    # frequencies 4, 2, 1, 1 -> code lengths 1, 2, 3, 3 -> 4 + 4 + 3 + 3 bits
+    assert huffman_bits(torch.tensor([0, 0, 0, 0, 1, 1, 2, 3])) == 14
+    assert huffman_bits(torch.tensor([5, 5, 5])) == 3
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits):
+    cfg = train.TrainConfig(model="mlp", device="cpu")
+    seed_everything(cfg.seed)
+    model = build_model(train.build_description(cfg, digits)["architecture"])
+    train.train(model, digits, cfg, CPU)
+    return model.cpu(), train.build_description(cfg, digits)
+
+
+def _copy(trained):
+    model, description = trained
+    clone = build_model(description["architecture"])
+    clone.load_state_dict(model.state_dict())
+    return clone, description
+
+
+@pytest.mark.parametrize(
+    "method,bits", [("kbit", "4"), ("kbit", '{"layers.1": 8, "*": 3}'), ("binary", "1"), ("kmeans", "4")]
+)
+def test_every_method_round_trips_exactly_and_matches_theoretical_size(trained_mlp, digits, tmp_path, method, bits):
+    model, description = _copy(trained_mlp)
+    cfg = quantize.QuantizeConfig(run_id="x", method=method, bits=bits, device="cpu")
+    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    packed = quantize.quantized_description(description, encodings, layers, cfg)
+    folder = save_checkpoint(model, packed, tmp_path / method, encodings)
+    reloaded, _ = load_checkpoint(folder)
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+    cost = cost_summary(reloaded, packed, folder)
+    assert abs(cost["cost_size_bytes"] / cost["cost_size_theoretical_bytes"] - 1) < 0.10
+
+
+def test_four_bit_mlp_within_one_point_and_seven_times_smaller(trained_mlp, digits, tmp_path):
+    model, description = _copy(trained_mlp)
+    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    cfg = quantize.QuantizeConfig(run_id="x", bits="4", device="cpu")
+    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    accuracy = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    packed = quantize.quantized_description(description, encodings, layers, cfg)
+    theoretical = cost_summary(model, packed)["cost_size_theoretical_bytes"]
+    # 50,200 weights at 4 bits + 410 float scales + 410 float biases
+    assert theoretical == 50_200 // 2 + 4 * 410 + 4 * 410
+    assert accuracy >= baseline - 0.01
+    assert cost_summary(model, packed)["cost_bops"] == 50_200 * 4 * 32
+
+
+def test_binary_weights_take_one_bit(trained_mlp, digits):
+    model, description = _copy(trained_mlp)
+    cfg = quantize.QuantizeConfig(run_id="x", method="binary", keep_first_last=False, device="cpu")
+    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    assert set(layers.values()) == {1}
+    codes_bytes = sum(-(-e.codes.numel() // 8) for e in encodings.values())
+    assert codes_bytes * 32 == pytest.approx(4 * 50_200, rel=0.001)  # 1/32 of the fp32 weights
+
+
+def test_binary_keeps_first_and_last_layer_at_8_bits(trained_mlp, digits):
+    model, _ = _copy(trained_mlp)
+    cfg = quantize.QuantizeConfig(run_id="x", method="binary", device="cpu")
+    assert quantize._layers(model, cfg) == {"layers.1": 8, "layers.3": 1, "layers.5": 8}
+
+
+def test_straight_through_fine_tuning_recovers_two_bit_accuracy(trained_mlp, digits):
+    results = {}
+    for epochs in (0, 5):
+        model, _ = _copy(trained_mlp)
+        cfg = quantize.QuantizeConfig(run_id="x", bits="2", epochs=epochs, device="cpu")
+        model, *_ = quantize.quantize(model, digits, cfg, CPU)
+        results[epochs] = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    assert results[5] > results[0] + 0.2
+
+
+def test_quantize_step_logs_a_packed_model_that_evaluates_identically(trained_run_id):
+    cfg = quantize.QuantizeConfig(run_id=trained_run_id, method="kmeans", bits="3", device="cpu")
+    run = mlflow.get_run(quantize.execute(cfg))
+    metrics = run.data.metrics
+    assert metrics["cost_size_bytes"] < metrics["baseline_cost_size_bytes"] / 8
+    assert metrics["cost_size_huffman_bytes"] <= metrics["cost_size_bytes"]
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"quantization.json", "quantization.csv"} <= files
+    evaluated = mlflow.get_run(evaluate.execute(evaluate.EvaluateConfig(run_id=run.info.run_id, device="cpu")))
+    assert evaluated.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("bits", ["0", "9", "4.5", '{"*": 12}'])
+    def test_bits_outside_supported_set(self, fails_with_bad_input, bits):
+        line = fails_with_bad_input(quantize.main, ["--run-id", "r", "--bits", bits])
+        assert "bits must be integers in 1-8 (the supported set)" in line or "bits must be an integer 1-8" in line
+
+    def test_unsupported_layer_type(self, fails_with_bad_input, trained_run_id):
+        line = fails_with_bad_input(quantize.main, ["--run-id", trained_run_id, "--bits", '{"layers.2": 4}'])
+        assert (
+            "layer 'layers.2' is a ReLU, an unsupported layer type" in line and "layers.1, layers.3, layers.5" in line
+        )
+
+    def test_unknown_method(self, fails_with_bad_input):
+        line = fails_with_bad_input(quantize.main, ["--run-id", "r", "--method", "int3"])
+        assert "unknown quantization method 'int3': choose kbit, binary, kmeans" in line
