@@ -17,7 +17,8 @@ class ShrinkflowPyfunc(PythonModel):
     def load_context(self, context):
         self.model, self.description = load_checkpoint(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):
+    # np.ndarray: MLflow takes the schema from the logged signature and skips its own validation
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
             return self.model(x).numpy()
