@@ -27,7 +27,15 @@ from torch import nn
 
 from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
 
-__all__ = ["LayerCost", "cost_summary", "layer_costs", "layer_table", "packed_bytes", "theoretical_size_bytes"]
+__all__ = [
+    "LayerCost",
+    "before_after_metrics",
+    "cost_summary",
+    "layer_costs",
+    "layer_table",
+    "packed_bytes",
+    "theoretical_size_bytes",
+]
 
 FLOAT_BITS = 32
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM)
@@ -172,3 +180,20 @@ def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: P
     if checkpoint is not None:
         summary["cost_size_bytes"] = checkpoint_bytes(checkpoint)
     return summary
+
+
+def before_after_metrics(
+    accuracy_before: float,
+    test: Mapping[str, float],
+    costs_before: Mapping[str, float],
+    costs_after: Mapping[str, float],
+) -> dict[str, float]:
+    """Metrics of a step that compresses a model: test accuracy and loss after, accuracy before,
+    the costs after (``cost_*``) and before (``baseline_cost_*``)."""
+    return {
+        "test_accuracy_before": accuracy_before,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        **{f"baseline_{k}": v for k, v in costs_before.items()},
+        **costs_after,
+    }

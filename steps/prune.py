@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from steps._config import ShrinkflowError, config_to_params, parse_config
-from steps._cost import cost_summary, layer_costs, layer_table
+from steps._cost import before_after_metrics, cost_summary, layer_costs, layer_table
 from steps._data import DataSplits, dataset_of
 from steps._main import run_main
 from steps._pruning import (
@@ -231,14 +231,10 @@ def execute(cfg: PruneConfig) -> str:
         new_description = pruned_description(description, model, cfg, result.sparsity)
         test = score(model, data.x_test, data.y_test, torch.device("cpu"))
         model_id, size = _tracking.log_model(model, new_description, data.x_train[:2])
+        costs = {**cost_summary(model, new_description), "cost_size_bytes": size}
         metrics = {
-            "test_accuracy_before": accuracy_before,
-            "test_accuracy": test["accuracy"],
-            "test_loss": test["loss"],
+            **before_after_metrics(accuracy_before, test, costs_before, costs),
             "prune_sparsity": result.sparsity,
-            **{f"baseline_{k}": v for k, v in costs_before.items()},
-            **cost_summary(model, new_description),
-            "cost_size_bytes": size,
         }
         if result.fit is not None:
             metrics["val_accuracy"] = result.fit.best_val_accuracy

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from steps._config import ShrinkflowError, config_to_params, parse_config
-from steps._cost import cost_summary, packed_bytes
+from steps._cost import before_after_metrics, cost_summary, packed_bytes
 from steps._data import DataSplits, dataset_of
 from steps._main import run_main
 from steps._quantization import (
@@ -225,14 +225,8 @@ def execute(cfg: QuantizeConfig) -> str:
         model_id, size = _tracking.log_model(model, new_description, data.x_train[:2], encodings=encodings)
         report = layer_report(model, encodings)
         huffman = int(report["huffman_code_bytes"].sum() + size - report["packed_bytes"].sum())
-        metrics = {
-            "test_accuracy_before": accuracy_before,
-            "test_accuracy": test["accuracy"],
-            "test_loss": test["loss"],
-            **{f"baseline_{k}": v for k, v in costs_before.items()},
-            **cost_summary(model, new_description),
-            "cost_size_bytes": size,
-        }
+        costs = {**cost_summary(model, new_description), "cost_size_bytes": size}
+        metrics = before_after_metrics(accuracy_before, test, costs_before, costs)
         if cfg.method == "kmeans":
             metrics["cost_size_huffman_bytes"] = huffman  # codes Huffman-coded, the rest as stored
         mlflow.log_metrics(metrics)
