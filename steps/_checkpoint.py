@@ -16,6 +16,8 @@ Storage formats (``description["storage"]``):
 - ``packed``: quantized weights (``description["quantization"]`` names them) are stored as their
   integer codes packed k bits each plus float32 scales or codebook (``steps._quantization``);
   other tensors stay dense. Reloading decodes them to the very floats the model ran with.
+- ``int8-dynamic``: Linear layers as int8 weights with float32 scales and int8 zero points per
+  output channel, rebuilt on load into PyTorch's dynamic-int8 Linear (real int8 kernels, CPU).
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ __all__ = [
     "DESCRIPTION_FILE",
     "checkpoint_bytes",
     "load_checkpoint",
+    "runs_on_cpu_only",
     "save_checkpoint",
 ]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTION_FILE = "model.json"
-STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed")
+STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed", "int8-dynamic")
 _SHAPES_KEY = "sparse_shapes"  # safetensors metadata: JSON {tensor name: shape} of bitmap tensors
 _PACKED_KEY = "packed"  # safetensors metadata: JSON {tensor name: {scheme, bits, shape}}
 
@@ -132,7 +135,11 @@ def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path,
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if description.get("storage", "dense-fp32") == "packed":
+    if description.get("storage", "dense-fp32") == "int8-dynamic":
+        from steps._quantization import int8_state
+
+        safetensors.torch.save_file(int8_state(model), str(folder / WEIGHTS_FILE))
+    elif description.get("storage", "dense-fp32") == "packed":
         tensors, metadata = _encode_packed(model.state_dict(), encodings or {})
         safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_PACKED_KEY: json.dumps(metadata)})
     elif description.get("storage", "dense-fp32") == "sparse-bitmap":
@@ -161,7 +168,7 @@ def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     model = build_model(description["architecture"])
     try:
-        _load_weights(model, folder / WEIGHTS_FILE, description.get("storage", "dense-fp32"))
+        model = _load_weights(model, folder / WEIGHTS_FILE, description.get("storage", "dense-fp32"))
     except (safetensors.SafetensorError, KeyError, ValueError) as exc:
         raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {WEIGHTS_FILE}: {exc}") from exc
     except RuntimeError as exc:
@@ -171,13 +178,18 @@ def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, description
 
 
-def _load_weights(model: nn.Module, path: Path, storage: str) -> None:
+def _load_weights(model: nn.Module, path: Path, storage: str) -> nn.Module:
+    """Load the weights into ``model``; returns the model (a new one for int8-dynamic)."""
     if storage not in STORAGE_FORMATS:
         raise ValueError(f"unknown storage format {storage!r}: this Shrinkflow reads {', '.join(STORAGE_FORMATS)}")
     if storage == "dense-fp32":
         # strict, and restores tensors that safetensors stored once for several names
         safetensors.torch.load_model(model, str(path), strict=True, device="cpu")
-        return
+        return model
+    if storage == "int8-dynamic":
+        from steps._quantization import load_int8_state
+
+        return load_int8_state(model, safetensors.torch.load_file(str(path)))
     with safetensors.safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     tensors = safetensors.torch.load_file(str(path))
@@ -186,6 +198,12 @@ def _load_weights(model: nn.Module, path: Path, storage: str) -> None:
     else:
         state = _decode_bitmaps(tensors, json.loads(metadata[_SHAPES_KEY]))
     model.load_state_dict(state, strict=True)
+    return model
+
+
+def runs_on_cpu_only(description: dict[str, Any]) -> bool:
+    """int8-dynamic models run PyTorch's CPU int8 kernels only."""
+    return description.get("storage") == "int8-dynamic"
 
 
 def checkpoint_bytes(folder: Path) -> int:

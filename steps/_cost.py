@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
+from steps._quantization import int8_state, is_dynamic_int8_linear
 
 __all__ = [
     "LayerCost",
@@ -33,6 +34,7 @@ __all__ = [
     "cost_summary",
     "layer_costs",
     "layer_table",
+    "model_parameters",
     "packed_bytes",
     "theoretical_size_bytes",
 ]
@@ -65,16 +67,27 @@ def _nonzero(tensors) -> int:
     return int(sum(torch.count_nonzero(t).item() for t in tensors))
 
 
-def _weights(module: nn.Module) -> list[torch.Tensor]:
-    """The tensors that take part in MACs (not biases)."""
-    return [p for name, p in module.named_parameters(recurse=False) if "weight" in name]
+def _own_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(weights that take part in MACs, all parameters) of one module, not of its children.
+    An int8 Linear keeps its weight packed: its int8 codes stand in for it."""
+    if is_dynamic_int8_linear(module):
+        weight = module.weight().int_repr()
+        return [weight], [weight] + ([module.bias()] if module.bias() is not None else [])
+    params = list(module.named_parameters(recurse=False))
+    return [p for name, p in params if "weight" in name], [p for _, p in params]
+
+
+def model_parameters(model: nn.Module) -> list[torch.Tensor]:
+    """All parameters, the packed weights and biases of int8 layers included."""
+    return [t for module in model.modules() for t in _own_tensors(module)[1]]
 
 
 def _macs(module: nn.Module, inputs: tuple, output) -> tuple[int, int]:
     """(dense MACs, effective MACs) of one call with batch size 1."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_dynamic_int8_linear(module):
         positions = output.numel() // module.out_features
-        return positions * module.in_features * module.out_features, positions * _nonzero([module.weight])
+        weights = _own_tensors(module)[0]
+        return positions * module.in_features * module.out_features, positions * _nonzero(weights)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         positions = output.numel() // module.out_channels
         return positions * module.weight.numel(), positions * _nonzero([module.weight])
@@ -82,7 +95,7 @@ def _macs(module: nn.Module, inputs: tuple, output) -> tuple[int, int]:
     steps = inputs[0].shape[1] if module.batch_first else inputs[0].shape[0]
     if module.proj_size:
         raise ValueError("LSTM with proj_size is not supported by the cost model")
-    weights = _weights(module)
+    weights = _own_tensors(module)[0]
     return steps * sum(w.numel() for w in weights), steps * _nonzero(weights)
 
 
@@ -101,11 +114,12 @@ def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int
         previous = calls.get(names[module], (0, 0))  # a layer called twice costs twice
         calls[names[module]] = (previous[0] + dense, previous[1] + effective)
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _COUNTED)]
+    counted = [m for m in model.modules() if isinstance(m, _COUNTED) or is_dynamic_int8_linear(m)]
+    handles = [m.register_forward_hook(record) for m in counted]
     was_training = model.training
     try:
         model.eval()
-        device = next(model.parameters()).device
+        device = next(iter(model_parameters(model))).device
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=device))
     finally:
@@ -115,7 +129,7 @@ def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int
     costs = []
     for name, (dense, effective) in calls.items():
         module = model.get_submodule(name)
-        params = list(module.parameters(recurse=False))
+        params = _own_tensors(module)[1]
         weight_bits, activation_bits = bits.get(name, (FLOAT_BITS, FLOAT_BITS))
         costs.append(
             LayerCost(
@@ -141,6 +155,8 @@ def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> 
     """Bytes the model's storage format needs for its tensors — values, bitmaps, indices — without
     the container's headers (see ``steps._checkpoint`` for the formats)."""
     storage = description.get("storage", "dense-fp32")
+    if storage == "int8-dynamic":
+        return sum(t.numel() * t.element_size() for t in int8_state(model).values())
     quantized = description.get("quantization", {}) if storage == "packed" else {}
     total, seen = 0, set()
     for name, tensor in model.state_dict().items():
@@ -165,7 +181,7 @@ def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: P
     """The ``cost_*`` metrics of a model; artifact bytes only when its checkpoint folder is given."""
     bits = {layer: tuple(pair) for layer, pair in description.get("bits", {}).items()}
     costs = layer_costs(model, description["architecture"]["input_shape"], bits)
-    params = list(model.parameters())
+    params = model_parameters(model)
     total = sum(p.numel() for p in params)
     nonzero = _nonzero(params)
     summary: dict[str, float] = {

@@ -116,9 +116,7 @@ def peak_memory_bytes(model: nn.Module, batch: torch.Tensor, device: torch.devic
     CUDA: the allocator's own peak counter. CPU: the running sum of the allocations and frees
     that the profiler records for the pass (activations and workspaces).
     """
-    resident = sum(
-        t.numel() * t.element_size() for t in {t.data_ptr(): t for t in model.state_dict().values()}.values()
-    )
+    resident = sum(t.numel() * t.element_size() for t in state_tensors(model))
     resident += batch.numel() * batch.element_size()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -161,6 +159,23 @@ def _without_profiler_chatter():
             capture.seek(0)
             kept = [line for line in capture.read().decode(errors="replace").splitlines(True) if "USDT:" not in line]
             sys.stderr.write("".join(kept))
+
+
+def state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every tensor of the model's state, once each — also those inside the packed parameters of
+    quantized modules, whose state dicts hold tuples and dtypes beside tensors."""
+    found: dict[int, torch.Tensor] = {}
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            found.setdefault(value.data_ptr(), value)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                visit(item)
+
+    for value in model.state_dict().values():
+        visit(value)
+    return list(found.values())
 
 
 def _cpu_model() -> str:

@@ -23,14 +23,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 __all__ = [
     "Encoded",
     "decode",
+    "dynamic_int8",
     "encode_binary",
     "encode_codebook",
     "encode_symmetric",
     "huffman_bits",
+    "int8_state",
+    "is_dynamic_int8_linear",
+    "load_int8_state",
     "pack_codes",
     "refit_codebook",
     "unpack_codes",
@@ -133,3 +138,81 @@ def huffman_bits(codes: torch.Tensor) -> int:
         total += merged  # every merge adds one bit to each code below it
         heapq.heappush(heap, merged)
     return total
+
+
+# --- int8 with real kernels ------------------------------------------------------------------
+# torch.ao.quantization is deprecated in torch 2.13 but is what runs int8 Linear kernels on the
+# CPU without compilation (torchao's int8 was slower than fp32 uncompiled). Only this section
+# touches it, so moving to its successor changes one place.
+
+
+def dynamic_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose Linear layers run int8 kernels: weights int8 per output channel,
+    activations quantized to int8 on the fly, batch by batch."""
+    import warnings
+
+    import torch.ao.quantization as tq
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the torch.ao deprecation notice
+        return tq.quantize_dynamic(model.eval(), {nn.Linear: tq.per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def is_dynamic_int8_linear(module: nn.Module) -> bool:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return isinstance(module, DynamicLinear)
+
+
+def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain tensors that describe a dynamic-int8 model: int8 codes, float32 scales and int8 zero
+    points per output channel for each int8 Linear (the observer's scales are float32 values, so
+    float32 stores them exactly), and every other module's own tensors."""
+    state = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if is_dynamic_int8_linear(module):
+            weight = module.weight()
+            state[f"{prefix}weight::int8"] = weight.int_repr().contiguous()
+            state[f"{prefix}weight::scales"] = weight.q_per_channel_scales().to(torch.float32).contiguous()
+            state[f"{prefix}weight::zero_points"] = weight.q_per_channel_zero_points().to(torch.int8).contiguous()
+            if module.bias() is not None:
+                state[f"{prefix}bias"] = module.bias().detach().contiguous().clone()
+        elif not any(is_dynamic_int8_linear(parent) for parent in _parents(model, name)):
+            for key, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+                if tensor is not None:
+                    state[f"{prefix}{key}"] = tensor.detach().contiguous().clone()
+    return state
+
+
+def _parents(model: nn.Module, name: str) -> list[nn.Module]:
+    parts = name.split(".") if name else []
+    return [model.get_submodule(".".join(parts[:i])) for i in range(1, len(parts))]
+
+
+@torch.no_grad()
+def load_int8_state(float_model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a dynamic-int8 model from ``int8_state``'s tensors (KeyError when one is missing)."""
+    model = dynamic_int8(float_model)
+    used = set()
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if is_dynamic_int8_linear(module):
+            codes, scales = state[f"{prefix}weight::int8"], state[f"{prefix}weight::scales"].to(torch.float64)
+            zero_points = state[f"{prefix}weight::zero_points"].to(torch.int64)
+            values = ((codes.to(torch.float64) - zero_points[:, None]) * scales[:, None]).float()
+            weight = torch.quantize_per_channel(values, scales, zero_points, axis=0, dtype=torch.qint8)
+            bias = state.get(f"{prefix}bias")
+            module.set_weight_bias(weight, bias)
+            used |= {
+                f"{prefix}weight::int8",
+                f"{prefix}weight::scales",
+                f"{prefix}weight::zero_points",
+                f"{prefix}bias",
+            }
+    for key, tensor in state.items():
+        if key in used:
+            continue
+        owner, _, attribute = key.rpartition(".")
+        getattr(model.get_submodule(owner) if owner else model, attribute).copy_(tensor)
+    return model.eval()

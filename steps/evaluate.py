@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from steps._checkpoint import runs_on_cpu_only
 from steps._config import ShrinkflowError, config_to_params, parse_config
 from steps._cost import cost_summary, layer_costs, layer_table
 from steps._data import SPLITS, dataset_of
@@ -105,6 +106,8 @@ def execute(cfg: EvaluateConfig) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         model, description, checkpoint = _tracking.load_model(cfg.run_id, Path(tmp))
         costs = cost_summary(model, description, checkpoint)
+    if runs_on_cpu_only(description):
+        device = torch.device("cpu")
     layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
     data = dataset_of(description)
     x, y = data.split(cfg.split)

@@ -173,3 +173,43 @@ class TestBadInput:
     def test_unknown_method(self, fails_with_bad_input):
         line = fails_with_bad_input(quantize.main, ["--run-id", "r", "--method", "int3"])
         assert "unknown quantization method 'int3': choose kbit, binary, kmeans" in line
+
+
+def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, digits, tmp_path):
+    from steps._quantization import is_dynamic_int8_linear
+
+    model, description = _copy(trained_mlp)
+    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    cfg = quantize.QuantizeConfig(run_id="x", method="dynamic-int8", device="cpu")
+    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    assert all(is_dynamic_int8_linear(model.get_submodule(name)) for name in layers)
+    assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.005
+    int8 = quantize.quantized_description(description, encodings, layers, cfg)
+    folder = save_checkpoint(model, int8, tmp_path / "int8", encodings)
+    reloaded, _ = load_checkpoint(folder)
+    assert all(is_dynamic_int8_linear(reloaded.get_submodule(name)) for name in layers)
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+    cost = cost_summary(reloaded, int8, folder)
+    # int8 weights + float32 scale and int8 zero point per output channel + float32 biases
+    assert cost["cost_size_theoretical_bytes"] == 50_200 + 410 * (4 + 1) + 410 * 4
+    assert cost["cost_size_bytes"] <= 0.30 * 203_355  # the fp32 artifact
+    assert cost["cost_bops"] == 50_200 * 8 * 8 and cost["cost_params"] == 50_610
+
+
+def test_dynamic_int8_traces_for_deployment(trained_mlp, digits):
+    from steps._latency import deployable
+
+    model, _ = _copy(trained_mlp)
+    cfg = quantize.QuantizeConfig(run_id="x", method="dynamic-int8", device="cpu")
+    model, *_ = quantize.quantize(model, digits, cfg, CPU)
+    traced = deployable(model, digits.x_test[:8], "traced")
+    with torch.no_grad():
+        assert torch.equal(traced(digits.x_test[:8]), model(digits.x_test[:8]))
+
+
+def test_dynamic_int8_has_no_fine_tuning():
+    from steps._config import ShrinkflowError
+
+    with pytest.raises(ShrinkflowError, match="dynamic-int8 has no fine-tuning"):
+        quantize.QuantizeConfig(run_id="r", method="dynamic-int8", epochs=3)
