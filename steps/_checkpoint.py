@@ -101,30 +101,46 @@ def _decode_bitmaps(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int
 
 
 def _encode_packed(state: dict[str, torch.Tensor], encodings: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    from steps._quantization import pack_codes
+    from steps._quantization import bitmap_pays, pack_codes, zero_code
 
     tensors, metadata = {}, {}
     for name, tensor in state.items():
         if name in encodings:
             encoded = encodings[name]
-            tensors[f"{name}::codes"] = pack_codes(encoded.codes, encoded.bits)
+            codes = encoded.codes
+            info = {"scheme": encoded.scheme, "bits": encoded.bits, "shape": list(encoded.shape)}
+            keep = codes != zero_code(encoded) if encoded.scheme == "symmetric" else None
+            if keep is not None and bitmap_pays(codes.numel(), int(keep.sum()), encoded.bits, encoded.scheme):
+                tensors[f"{name}::bitmap"] = torch.from_numpy(np.packbits(keep.numpy()))
+                codes, info["sparse"] = codes[keep], True
+            tensors[f"{name}::codes"] = pack_codes(codes, encoded.bits)
             tensors[f"{name}::scales"] = encoded.scales.float().contiguous()
-            metadata[name] = {"scheme": encoded.scheme, "bits": encoded.bits, "shape": list(encoded.shape)}
+            metadata[name] = info
         else:
             tensors[name] = tensor.detach().cpu().contiguous().clone()
     return tensors, metadata
 
 
 def _decode_packed(tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str, torch.Tensor]:
-    from steps._quantization import Encoded, decode, unpack_codes
+    from steps._quantization import Encoded, decode, unpack_codes, zero_code
 
     state = {name: t for name, t in tensors.items() if "::" not in name}
     for name, info in metadata.items():
         count = int(np.prod(info["shape"]))
-        codes = unpack_codes(tensors[f"{name}::codes"], info["bits"], count)
-        encoded = Encoded(info["scheme"], info["bits"], tuple(info["shape"]), codes, tensors[f"{name}::scales"])
+        encoded = Encoded(info["scheme"], info["bits"], tuple(info["shape"]), None, tensors[f"{name}::scales"])
+        if info.get("sparse"):
+            keep = torch.from_numpy(np.unpackbits(tensors[f"{name}::bitmap"].numpy(), count=count).astype(bool))
+            encoded.codes = torch.full((count,), zero_code(encoded), dtype=torch.int64)
+            encoded.codes[keep] = unpack_codes(tensors[f"{name}::codes"], info["bits"], int(keep.sum()))
+        else:
+            encoded.codes = unpack_codes(tensors[f"{name}::codes"], info["bits"], count)
         state[name] = decode(encoded)
     return state
+
+
+def _compact(value) -> str:
+    # No indentation: on a 10 KB compressed model every byte of description is ~0.01% of its size.
+    return json.dumps(value, separators=(",", ":"))
 
 
 def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path, encodings=None) -> Path:
@@ -141,13 +157,13 @@ def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path,
         safetensors.torch.save_file(int8_state(model), str(folder / WEIGHTS_FILE))
     elif description.get("storage", "dense-fp32") == "packed":
         tensors, metadata = _encode_packed(model.state_dict(), encodings or {})
-        safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_PACKED_KEY: json.dumps(metadata)})
+        safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_PACKED_KEY: _compact(metadata)})
     elif description.get("storage", "dense-fp32") == "sparse-bitmap":
         tensors, shapes = _encode_bitmaps(model.state_dict())
-        safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_SHAPES_KEY: json.dumps(shapes)})
+        safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_SHAPES_KEY: _compact(shapes)})
     else:
         safetensors.torch.save_model(model.cpu(), str(folder / WEIGHTS_FILE))
-    (folder / DESCRIPTION_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **description}, indent=2))
+    (folder / DESCRIPTION_FILE).write_text(_compact({"format_version": FORMAT_VERSION, **description}))
     return folder
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
-from steps._quantization import int8_state, is_dynamic_int8_linear
+from steps._quantization import int8_state, is_dynamic_int8_linear, packed_size
 
 __all__ = [
     "LayerCost",
@@ -164,17 +164,17 @@ def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> 
             continue  # tied tensors are stored once
         seen.add(tensor.data_ptr())
         if name in quantized:
-            total += packed_bytes(tensor.numel(), tensor.shape[0], quantized[name])
+            total += packed_bytes(tensor, quantized[name])
         else:
             total += tensor_storage_bytes(tensor, storage)
     return total
 
 
-def packed_bytes(numel: int, channels: int, quantization: Mapping[str, Any]) -> int:
-    """k-bit codes packed into bytes plus float32 scales (one a channel) or codebook (2^k values)."""
-    bits = quantization["bits"]
-    table = 2**bits if quantization["scheme"] == "codebook" else channels
-    return -(-numel * bits // 8) + 4 * table
+def packed_bytes(weight: torch.Tensor, quantization: Mapping[str, Any]) -> int:
+    """k-bit codes packed into bytes (with a bitmap of the non-zeros when that is smaller) plus
+    float32 scales (one a channel) or codebook (2^k values)."""
+    nonzero = int(torch.count_nonzero(weight))
+    return packed_size(weight.numel(), nonzero, weight.shape[0], quantization["bits"], quantization["scheme"])
 
 
 def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: Path | None = None) -> dict[str, float]:

@@ -12,7 +12,9 @@ decoded weights, so saving the codes and reloading gives bit-identical predictio
 - ``codebook`` (Han et al. 2016, Deep Compression): 2^k shared values per layer found by 1-D
   k-means (linear initialization), each weight an index into them.
 
-Codes are packed k bits each into bytes, so a 4-bit layer takes half a byte a weight.
+Codes are packed k bits each into bytes, so a 4-bit layer takes half a byte a weight. A pruned
+layer under the symmetric scheme (where zero has its own code) stores a bitmap of its non-zeros
+and codes for those only, when that is smaller: Deep Compression's prune-then-quantize.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ __all__ = [
     "int8_state",
     "is_dynamic_int8_linear",
     "load_int8_state",
+    "bitmap_pays",
     "pack_codes",
+    "packed_size",
     "refit_codebook",
     "unpack_codes",
+    "zero_code",
 ]
 
 
@@ -112,6 +117,25 @@ def decode(encoded: Encoded) -> torch.Tensor:
         return (signs * encoded.scales[:, None]).reshape(encoded.shape)
     qmax = 2 ** (encoded.bits - 1) - 1
     return ((rows - qmax).float() * encoded.scales[:, None]).reshape(encoded.shape)
+
+
+def zero_code(encoded: Encoded) -> int | None:
+    """The code of an exact zero (symmetric scheme only)."""
+    return 2 ** (encoded.bits - 1) - 1 if encoded.scheme == "symmetric" else None
+
+
+def bitmap_pays(numel: int, nonzero: int, bits: int, scheme: str) -> bool:
+    """Is a bitmap of the non-zeros plus their codes smaller than all the codes?"""
+    return scheme == "symmetric" and -(-numel // 8) + -(-nonzero * bits // 8) < -(-numel * bits // 8)
+
+
+def packed_size(numel: int, nonzero: int, channels: int, bits: int, scheme: str) -> int:
+    """Bytes of a packed tensor: codes (with a bitmap when it pays) plus float32 scales or codebook."""
+    if bitmap_pays(numel, nonzero, bits, scheme):
+        codes = -(-numel // 8) + -(-nonzero * bits // 8)
+    else:
+        codes = -(-numel * bits // 8)
+    return codes + 4 * (2**bits if scheme == "codebook" else channels)
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -216,7 +216,7 @@ def layer_report(model: nn.Module, encodings: dict) -> pd.DataFrame:
         scheme = {"bits": encoded.bits, "scheme": encoded.scheme}
         rows.append({
             "tensor": name, "scheme": encoded.scheme, "bits": encoded.bits, "weights": weight.numel(),
-            "packed_bytes": packed_bytes(weight.numel(), weight.shape[0], scheme),
+            "packed_bytes": packed_bytes(weight, scheme),
             "huffman_code_bytes": -(-huffman_bits(encoded.codes) // 8), "fp32_bytes": 4 * weight.numel(),
         })  # fmt: skip
     return pd.DataFrame(rows)
