@@ -81,9 +81,18 @@ def _synchronize(device: torch.device) -> None:
 
 @torch.inference_mode()
 def measure_latency(
-    model: nn.Module, example: torch.Tensor, device: torch.device, warmup: int, repetitions: int
+    model: nn.Module,
+    example: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    repetitions: int,
+    weights_of: nn.Module | None = None,
 ) -> LatencyResult:
-    """Time ``repetitions`` forward passes of ``example`` (a full batch) after ``warmup`` passes."""
+    """Time ``repetitions`` forward passes of ``example`` (a full batch) after ``warmup`` passes.
+
+    ``weights_of``: the module whose tensors count as resident memory when ``model`` is a traced
+    and frozen copy (freezing folds the weights into constants that the state dict no longer lists).
+    """
     model = model.to(device).eval()
     batch = example.to(device)
     for _ in range(warmup):
@@ -105,18 +114,20 @@ def measure_latency(
         p99_ms=float(p99),
         mean_ms=float(samples.mean()),
         throughput_sps=len(batch) / (float(p50) / 1000.0),
-        peak_memory_bytes=peak_memory_bytes(model, batch, device),
+        peak_memory_bytes=peak_memory_bytes(model, batch, device, weights_of),
     )
 
 
 @torch.inference_mode()
-def peak_memory_bytes(model: nn.Module, batch: torch.Tensor, device: torch.device) -> int:
+def peak_memory_bytes(
+    model: nn.Module, batch: torch.Tensor, device: torch.device, weights_of: nn.Module | None = None
+) -> int:
     """Weights and buffers plus the peak of memory allocated during one forward pass.
 
     CUDA: the allocator's own peak counter. CPU: the running sum of the allocations and frees
     that the profiler records for the pass (activations and workspaces).
     """
-    resident = sum(t.numel() * t.element_size() for t in state_tensors(model))
+    resident = sum(t.numel() * t.element_size() for t in state_tensors(weights_of or model))
     resident += batch.numel() * batch.element_size()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -115,7 +115,7 @@ def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[
             for size in parse_batch_sizes(cfg.batch_sizes):
                 example = example_batch(data, size).to(device)
                 runnable = deployable(model.to(device), example, cfg.form)
-                results.append(measure_latency(runnable, example, device, cfg.warmup, cfg.repetitions))
+                results.append(measure_latency(runnable, example, device, cfg.warmup, cfg.repetitions, model))
     return results
 
 

@@ -85,7 +85,8 @@ def _measure(run_id: str, cfg: CompareConfig, folder: Path) -> dict:
     data = dataset_of(description)
     cpu = torch.device("cpu")
     example = example_batch(data, cfg.batch_size)
-    latency = measure_latency(deployable(model, example, cfg.form), example, cpu, cfg.warmup, cfg.repetitions)
+    runnable = deployable(model, example, cfg.form)
+    latency = measure_latency(runnable, example, cpu, cfg.warmup, cfg.repetitions, weights_of=model)
     return {
         "run_id": run_id,
         "model": description["architecture"]["name"],

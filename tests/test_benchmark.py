@@ -149,6 +149,16 @@ def test_traced_form_predicts_like_eager(name, shape):
         torch.testing.assert_close(traced(example), model(example))
 
 
+def test_traced_form_still_counts_the_weights_as_resident_memory():
+    from steps._latency import deployable
+
+    model = _mlp()
+    example = torch.randn(1, 1, 8, 8)
+    traced = deployable(model, example, "traced")
+    weights = 4 * sum(p.numel() for p in model.parameters())
+    assert measure_latency(traced, example, CPU, 1, 3, weights_of=model).peak_memory_bytes > weights
+
+
 def test_benchmark_traced_form_is_tagged(trained_run_id):
     cfg = benchmark.BenchmarkConfig(
         run_id=trained_run_id, batch_sizes="1", warmup=1, repetitions=5, devices="cpu", form="traced"
