@@ -14,11 +14,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 import torch
 
+from benchmarks._speedup import speedup_table, write_results
 from steps._checkpoint import load_checkpoint, save_checkpoint
-from steps._latency import deployable, measure_latency
 from steps._quantization import dynamic_int8
 from steps._zoo import build_model, describe
 
@@ -35,24 +34,9 @@ def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         models = _artifacts(Path(tmp))
-    rows = []
-    for batch_size, repetitions in ((1, 1000), (256, 300)):
-        example = torch.randn(batch_size, 1, 8, 8)
-        for form in ("eager", "traced"):
-            p50 = {
-                name: measure_latency(deployable(model, example, form), example, cpu, 50, repetitions).p50_ms
-                for name, model in models.items()
-            }
-            rows.append({"batch_size": batch_size, "form": form, "fp32_p50_ms": p50["fp32"],
-                         "int8_p50_ms": p50["int8"], "speedup": p50["fp32"] / p50["int8"]})  # fmt: skip
-    table = pd.DataFrame(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS, index=False, float_format="%.4f")
-    print(table.to_string(index=False, float_format="%.4f"))
+    write_results(speedup_table(models, (1, 8, 8), ((1, 1000), (256, 300))), RESULTS)
     print(f"-> {RESULTS}")
 
 

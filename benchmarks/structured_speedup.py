@@ -14,12 +14,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 import torch
 
+from benchmarks._speedup import speedup_table, write_results
 from steps._checkpoint import load_checkpoint, save_checkpoint
 from steps._cost import cost_summary
-from steps._latency import deployable, measure_latency
 from steps._pruning import structured_prune
 from steps._zoo import build_model, describe, module_shapes
 
@@ -38,25 +37,10 @@ def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    cpu = torch.device("cpu")
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         models = _artifacts(Path(tmp))
-    for batch_size, repetitions in ((1, 1000), (64, 200)):
-        example = torch.randn(batch_size, 1, 8, 8)
-        for form in ("eager", "traced"):
-            p50 = {}
-            for name, model in models.items():
-                runnable = deployable(model, example, form)
-                p50[name] = measure_latency(runnable, example, cpu, 50, repetitions).p50_ms
-            rows.append({"batch_size": batch_size, "form": form, "baseline_p50_ms": p50["baseline"],
-                         "pruned_p50_ms": p50["pruned"], "speedup": p50["baseline"] / p50["pruned"]})  # fmt: skip
+    write_results(speedup_table(models, (1, 8, 8), ((1, 1000), (64, 200))), RESULTS)
     macs = [cost_summary(m, {"architecture": {"input_shape": [1, 8, 8]}})["cost_macs"] for m in models.values()]
-    table = pd.DataFrame(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS, index=False, float_format="%.4f")
-    print(table.to_string(index=False, float_format="%.4f"))
     print(f"MACs per sample: {macs[0]} -> {macs[1]} ({macs[0] / macs[1]:.2f}x fewer)  ->  {RESULTS}")
 
 

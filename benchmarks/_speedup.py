@@ -1,0 +1,37 @@
+"""Shared by the speedup benchmarks: time a baseline and a candidate model in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from steps._latency import deployable, measure_latency
+
+FORMS = ("eager", "traced")
+
+
+def speedup_table(models: dict[str, torch.nn.Module], input_shape, runs: tuple[tuple[int, int], ...]) -> pd.DataFrame:
+    """``models``: {baseline name: model, candidate name: model}; ``runs``: (batch size, timed
+    passes) pairs. One row per batch size and execution form, 1 thread, 50 warm-up passes."""
+    (base, candidate) = models
+    cpu = torch.device("cpu")
+    torch.set_num_threads(1)
+    rows = []
+    for batch_size, repetitions in runs:
+        example = torch.randn(batch_size, *input_shape)
+        for form in FORMS:
+            p50 = {
+                name: measure_latency(deployable(model, example, form), example, cpu, 50, repetitions).p50_ms
+                for name, model in models.items()
+            }
+            rows.append({"batch_size": batch_size, "form": form, f"{base}_p50_ms": p50[base],
+                         f"{candidate}_p50_ms": p50[candidate], "speedup": p50[base] / p50[candidate]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_results(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False, float_format="%.4f")
+    print(table.to_string(index=False, float_format="%.4f"))
