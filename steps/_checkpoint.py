@@ -18,6 +18,10 @@ Storage formats (``description["storage"]``):
   other tensors stay dense. Reloading decodes them to the very floats the model ran with.
 - ``int8-dynamic``: Linear layers as int8 weights with float32 scales and int8 zero points per
   output channel, rebuilt on load into PyTorch's dynamic-int8 Linear (real int8 kernels, CPU).
+- ``int8-static``: Linear and Conv layers as in ``int8-dynamic`` plus each layer's output scale and
+  zero point and the input quantizers' ones; on load the float model is traced and converted
+  again by the settings in ``description["quantize"]`` (method, observer), and these values
+  replace the placeholders of that unfitted conversion.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from steps._zoo import build_model
 
 __all__ = [
     "FORMAT_VERSION",
+    "QUANTIZED_STORAGES",
     "WEIGHTS_FILE",
     "DESCRIPTION_FILE",
     "checkpoint_bytes",
+    "is_quantized",
     "load_checkpoint",
     "runs_on_cpu_only",
     "save_checkpoint",
@@ -48,7 +54,8 @@ __all__ = [
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTION_FILE = "model.json"
-STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed", "int8-dynamic")
+STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed", "int8-dynamic", "int8-static")
+QUANTIZED_STORAGES = ("packed", "int8-dynamic", "int8-static")
 _SHAPES_KEY = "sparse_shapes"  # safetensors metadata: JSON {tensor name: shape} of bitmap tensors
 _PACKED_KEY = "packed"  # safetensors metadata: JSON {tensor name: {scheme, bits, shape}}
 
@@ -151,7 +158,7 @@ def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path,
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if description.get("storage", "dense-fp32") == "int8-dynamic":
+    if description.get("storage", "dense-fp32") in ("int8-dynamic", "int8-static"):
         from steps._quantization import int8_state
 
         safetensors.torch.save_file(int8_state(model), str(folder / WEIGHTS_FILE))
@@ -184,7 +191,7 @@ def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     model = build_model(description["architecture"])
     try:
-        model = _load_weights(model, folder / WEIGHTS_FILE, description.get("storage", "dense-fp32"))
+        model = _load_weights(model, folder / WEIGHTS_FILE, description)
     except (safetensors.SafetensorError, KeyError, ValueError) as exc:
         raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {WEIGHTS_FILE}: {exc}") from exc
     except RuntimeError as exc:
@@ -194,18 +201,21 @@ def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, description
 
 
-def _load_weights(model: nn.Module, path: Path, storage: str) -> nn.Module:
-    """Load the weights into ``model``; returns the model (a new one for int8-dynamic)."""
+def _load_weights(model: nn.Module, path: Path, description: dict[str, Any]) -> nn.Module:
+    """Load the weights into ``model``; returns the model (a new one for int8 storages)."""
+    storage = description.get("storage", "dense-fp32")
     if storage not in STORAGE_FORMATS:
         raise ValueError(f"unknown storage format {storage!r}: this Shrinkflow reads {', '.join(STORAGE_FORMATS)}")
     if storage == "dense-fp32":
         # strict, and restores tensors that safetensors stored once for several names
         safetensors.torch.load_model(model, str(path), strict=True, device="cpu")
         return model
-    if storage == "int8-dynamic":
-        from steps._quantization import load_int8_state
+    if storage in ("int8-dynamic", "int8-static"):
+        from steps._quantization import int8_skeleton, load_int8_state
 
-        return load_int8_state(model, safetensors.torch.load_file(str(path)))
+        input_shape = description["architecture"]["input_shape"]
+        skeleton = int8_skeleton(model, storage, input_shape, description.get("quantize", {}))
+        return load_int8_state(skeleton, safetensors.torch.load_file(str(path)))
     with safetensors.safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     tensors = safetensors.torch.load_file(str(path))
@@ -218,8 +228,13 @@ def _load_weights(model: nn.Module, path: Path, storage: str) -> nn.Module:
 
 
 def runs_on_cpu_only(description: dict[str, Any]) -> bool:
-    """int8-dynamic models run PyTorch's CPU int8 kernels only."""
-    return description.get("storage") == "int8-dynamic"
+    """int8 models run PyTorch's CPU int8 kernels only."""
+    return description.get("storage") in ("int8-dynamic", "int8-static")
+
+
+def is_quantized(description: dict[str, Any]) -> bool:
+    """Does the checkpoint hold quantized weights (which pruning or quantizing again would spoil)?"""
+    return description.get("storage") in QUANTIZED_STORAGES
 
 
 def checkpoint_bytes(folder: Path) -> int:

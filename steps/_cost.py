@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
-from steps._quantization import int8_state, is_dynamic_int8_linear, packed_size
+from steps._quantization import int8_state, is_int8_layer, packed_size
 
 __all__ = [
     "LayerCost",
@@ -69,8 +69,8 @@ def _nonzero(tensors) -> int:
 
 def _own_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(weights that take part in MACs, all parameters) of one module, not of its children.
-    An int8 Linear keeps its weight packed: its int8 codes stand in for it."""
-    if is_dynamic_int8_linear(module):
+    An int8 layer keeps its weight packed: its int8 codes stand in for it."""
+    if is_int8_layer(module):
         weight = module.weight().int_repr()
         return [weight], [weight] + ([module.bias()] if module.bias() is not None else [])
     params = list(module.named_parameters(recurse=False))
@@ -84,18 +84,17 @@ def model_parameters(model: nn.Module) -> list[torch.Tensor]:
 
 def _macs(module: nn.Module, inputs: tuple, output) -> tuple[int, int]:
     """(dense MACs, effective MACs) of one call with batch size 1."""
-    if isinstance(module, nn.Linear) or is_dynamic_int8_linear(module):
+    weights = _own_tensors(module)[0]
+    if hasattr(module, "out_features"):  # Linear, float or int8
         positions = output.numel() // module.out_features
-        weights = _own_tensors(module)[0]
         return positions * module.in_features * module.out_features, positions * _nonzero(weights)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if hasattr(module, "out_channels"):  # Conv, float or int8
         positions = output.numel() // module.out_channels
-        return positions * module.weight.numel(), positions * _nonzero([module.weight])
+        return positions * weights[0].numel(), positions * _nonzero(weights)
     # LSTM: (B, T, I) with batch_first, else (T, B, I); every weight is used once per step
     steps = inputs[0].shape[1] if module.batch_first else inputs[0].shape[0]
     if module.proj_size:
         raise ValueError("LSTM with proj_size is not supported by the cost model")
-    weights = _own_tensors(module)[0]
     return steps * sum(w.numel() for w in weights), steps * _nonzero(weights)
 
 
@@ -114,7 +113,7 @@ def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int
         previous = calls.get(names[module], (0, 0))  # a layer called twice costs twice
         calls[names[module]] = (previous[0] + dense, previous[1] + effective)
 
-    counted = [m for m in model.modules() if isinstance(m, _COUNTED) or is_dynamic_int8_linear(m)]
+    counted = [m for m in model.modules() if isinstance(m, _COUNTED) or is_int8_layer(m)]
     handles = [m.register_forward_hook(record) for m in counted]
     was_training = model.training
     try:
@@ -155,7 +154,7 @@ def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> 
     """Bytes the model's storage format needs for its tensors — values, bitmaps, indices — without
     the container's headers (see ``steps._checkpoint`` for the formats)."""
     storage = description.get("storage", "dense-fp32")
-    if storage == "int8-dynamic":
+    if storage in ("int8-dynamic", "int8-static"):
         return sum(t.numel() * t.element_size() for t in int8_state(model).values())
     quantized = description.get("quantization", {}) if storage == "packed" else {}
     total, seen = 0, set()

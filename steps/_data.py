@@ -101,14 +101,22 @@ def _stratified_split(y: np.ndarray, fractions: tuple[float, float]) -> tuple[np
 
     val_fraction, test_fraction = fractions
     index = np.arange(len(y))
-    rest, test = (
-        (index, index[:0])
-        if test_fraction == 0
-        else train_test_split(index, test_size=test_fraction, stratify=y, random_state=SPLIT_SEED)
-    )
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1 - test_fraction), stratify=y[rest], random_state=SPLIT_SEED
-    )
+    try:
+        rest, test = (
+            (index, index[:0])
+            if test_fraction == 0
+            else train_test_split(index, test_size=test_fraction, stratify=y, random_state=SPLIT_SEED)
+        )
+        train, val = train_test_split(
+            rest, test_size=val_fraction / (1 - test_fraction), stratify=y[rest], random_state=SPLIT_SEED
+        )
+    except ValueError as exc:  # too few samples for every class to reach every split
+        classes = len(np.unique(y))
+        raise ShrinkflowError(
+            f"the dataset has {len(y)} samples of {classes} classes, too few for a stratified "
+            f"{1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%} split ({exc}): "
+            "give more samples, or a function returning its own train/val/test"
+        ) from None
     return train, val, test
 
 
@@ -197,6 +205,9 @@ def _load_user_function(spec: str) -> DataSplits:
         if missing:
             raise ShrinkflowError(f"dataset function {spec!r} returned a mapping without {', '.join(missing)}")
         parts = [tuple(np.asarray(a) for a in loaded[s]) for s in SPLITS]
+        for split, (_, labels) in zip(SPLITS, parts, strict=True):
+            if split != "val" and len(labels) == 0:  # val may be empty: only training needs it
+                raise ShrinkflowError(f"dataset function {spec!r} returned an empty {split} split")
         x = np.concatenate([p[0] for p in parts]).astype(np.float32)
         y, class_names = _encode_labels(np.concatenate([p[1] for p in parts]))
         bounds = np.cumsum([0] + [len(p[1]) for p in parts])

@@ -2,7 +2,9 @@
 
 Pure PyTorch; no MLflow, no files. Each quantizer turns a float weight into an ``Encoded``
 (integer codes plus per-channel scales or a codebook) and back; the model is then run with the
-decoded weights, so saving the codes and reloading gives bit-identical predictions.
+decoded weights, so saving the codes and reloading gives bit-identical predictions. The last
+section makes models that run real int8 kernels (dynamic and static int8) and turns them into
+plain tensors and back.
 
 - ``symmetric`` (k = 2..8 bits): per output channel, s = max|w| / (2^(k−1) − 1),
   q = round(w / s) ∈ [−(2^(k−1) − 1), 2^(k−1) − 1], w ≈ q·s. Zero stays exactly zero. (The
@@ -20,6 +22,7 @@ and codes for those only, when that is smaller: Deep Compression's prune-then-qu
 from __future__ import annotations
 
 import heapq
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -34,10 +37,16 @@ __all__ = [
     "encode_binary",
     "encode_codebook",
     "encode_symmetric",
+    "INT8_STORAGES",
+    "OBSERVERS",
+    "convert_int8",
     "huffman_bits",
+    "int8_skeleton",
     "int8_state",
     "is_dynamic_int8_linear",
+    "is_int8_layer",
     "load_int8_state",
+    "prepare_static_int8",
     "bitmap_pays",
     "pack_codes",
     "packed_size",
@@ -165,21 +174,88 @@ def huffman_bits(codes: torch.Tensor) -> int:
 
 
 # --- int8 with real kernels ------------------------------------------------------------------
-# torch.ao.quantization is deprecated in torch 2.13 but is what runs int8 Linear kernels on the
-# CPU without compilation (torchao's int8 was slower than fp32 uncompiled). Only this section
-# touches it, so moving to its successor changes one place.
+# torch.ao.quantization is deprecated in torch 2.13 but is what runs int8 Linear and Conv kernels
+# on the CPU without compilation (torchao's int8 was slower than fp32 uncompiled, and its static
+# flow lowers through torch.compile). Only this section touches it, so moving to its successor
+# changes one place. Static int8 uses FX graph mode: it traces the model, fuses Conv/Linear with
+# the ReLU after them, and places the activation quantizers itself, so zoo and user models need
+# no QuantStub edits.
+
+INT8_STORAGES = ("int8-dynamic", "int8-static")
+OBSERVERS = ("histogram", "minmax", "moving-average")
+_BACKEND = "x86"  # fbgemm/onednn kernels; activations use 7 bits of range (reduce_range) as they need
 
 
 def dynamic_int8(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose Linear layers run int8 kernels: weights int8 per output channel,
     activations quantized to int8 on the fly, batch by batch."""
-    import warnings
-
     import torch.ao.quantization as tq
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the torch.ao deprecation notice
+    with _quiet():
         return tq.quantize_dynamic(model.eval(), {nn.Linear: tq.per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def _quiet():
+    # torch.ao's deprecation notices, and its notes on observers that saw no data when a saved
+    # model's structure is rebuilt before its values are loaded
+    return warnings.catch_warnings(action="ignore")
+
+
+def _qconfig_mapping(observer: str, qat: bool):
+    import torch.ao.quantization as tq
+
+    activation = {
+        "histogram": tq.HistogramObserver,
+        "minmax": tq.MinMaxObserver,
+        "moving-average": tq.MovingAverageMinMaxObserver,
+    }[observer].with_args(reduce_range=True)
+    if qat:
+        qconfig = tq.QConfig(
+            activation=tq.FakeQuantize.with_args(observer=activation, quant_min=0, quant_max=255),
+            weight=tq.default_per_channel_weight_fake_quant,
+        )
+        return tq.get_default_qat_qconfig_mapping(_BACKEND).set_global(qconfig)
+    qconfig = tq.QConfig(activation=activation, weight=tq.default_per_channel_weight_observer)
+    return tq.get_default_qconfig_mapping(_BACKEND).set_global(qconfig)
+
+
+def prepare_static_int8(model: nn.Module, example: torch.Tensor, observer: str, qat: bool = False) -> nn.Module:
+    """``model`` traced by torch.fx with observers (``qat``: fake quantizers) after every
+    quantized layer's inputs and outputs; run batches through it, then ``convert_int8``."""
+    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+    mapping = _qconfig_mapping(observer, qat)
+    with _quiet():
+        if qat:
+            return prepare_qat_fx(model.train(), mapping, (example,))
+        return prepare_fx(model.eval(), mapping, (example,))
+
+
+def convert_int8(prepared: nn.Module) -> nn.Module:
+    """The int8 model: Conv/Linear (fused with their ReLU) as int8 kernels, activations int8
+    between them at the scales the observers chose."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with _quiet():
+        return convert_fx(prepared.cpu().eval())
+
+
+def int8_skeleton(float_model: nn.Module, storage: str, input_shape, quantize: dict) -> nn.Module:
+    """An int8 model with the structure that ``storage`` and the quantize settings produce, its
+    values to be filled by ``load_int8_state``."""
+    if storage == "int8-dynamic":
+        return dynamic_int8(float_model)
+    example = torch.zeros(1, *input_shape)
+    prepared = prepare_static_int8(float_model, example, quantize["observer"], quantize["method"] == "qat")
+    return convert_int8(prepared)
+
+
+def is_int8_layer(module: nn.Module) -> bool:
+    """A Linear or Conv layer with int8 weights (dynamic or static)."""
+    from torch.ao.nn.quantized import Linear
+    from torch.ao.nn.quantized.modules.conv import _ConvNd
+
+    return isinstance(module, (Linear, _ConvNd))
 
 
 def is_dynamic_int8_linear(module: nn.Module) -> bool:
@@ -189,20 +265,25 @@ def is_dynamic_int8_linear(module: nn.Module) -> bool:
 
 
 def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain tensors that describe a dynamic-int8 model: int8 codes, float32 scales and int8 zero
-    points per output channel for each int8 Linear (the observer's scales are float32 values, so
-    float32 stores them exactly), and every other module's own tensors."""
+    """Plain tensors that describe an int8 model: for each int8 layer its int8 codes, float32
+    scales and int8 zero points per output channel, float32 bias and (static layers) the float32
+    scale and int64 zero point of its output; every other module's own tensors, among them the
+    input quantizers' scales of a static model. The observers' scales are float32 values, so
+    float32 stores them exactly."""
     state = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if is_dynamic_int8_linear(module):
+        if is_int8_layer(module):
             weight = module.weight()
             state[f"{prefix}weight::int8"] = weight.int_repr().contiguous()
             state[f"{prefix}weight::scales"] = weight.q_per_channel_scales().to(torch.float32).contiguous()
             state[f"{prefix}weight::zero_points"] = weight.q_per_channel_zero_points().to(torch.int8).contiguous()
             if module.bias() is not None:
                 state[f"{prefix}bias"] = module.bias().detach().contiguous().clone()
-        elif not any(is_dynamic_int8_linear(parent) for parent in _parents(model, name)):
+            if not is_dynamic_int8_linear(module):
+                state[f"{prefix}scale"] = torch.tensor(module.scale, dtype=torch.float32)
+                state[f"{prefix}zero_point"] = torch.tensor(module.zero_point, dtype=torch.int64)
+        elif not any(is_int8_layer(parent) for parent in _parents(model, name)):
             for key, tensor in list(module._parameters.items()) + list(module._buffers.items()):
                 if tensor is not None:
                     state[f"{prefix}{key}"] = tensor.detach().contiguous().clone()
@@ -215,25 +296,24 @@ def _parents(model: nn.Module, name: str) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def load_int8_state(float_model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild a dynamic-int8 model from ``int8_state``'s tensors (KeyError when one is missing)."""
-    model = dynamic_int8(float_model)
+def load_int8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Fill ``int8_skeleton``'s model with ``int8_state``'s tensors (KeyError when one is missing)."""
     used = set()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if is_dynamic_int8_linear(module):
-            codes, scales = state[f"{prefix}weight::int8"], state[f"{prefix}weight::scales"].to(torch.float64)
-            zero_points = state[f"{prefix}weight::zero_points"].to(torch.int64)
-            values = ((codes.to(torch.float64) - zero_points[:, None]) * scales[:, None]).float()
-            weight = torch.quantize_per_channel(values, scales, zero_points, axis=0, dtype=torch.qint8)
-            bias = state.get(f"{prefix}bias")
-            module.set_weight_bias(weight, bias)
-            used |= {
-                f"{prefix}weight::int8",
-                f"{prefix}weight::scales",
-                f"{prefix}weight::zero_points",
-                f"{prefix}bias",
-            }
+        if not is_int8_layer(module):
+            continue
+        keys = [f"{prefix}weight::int8", f"{prefix}weight::scales", f"{prefix}weight::zero_points", f"{prefix}bias"]
+        codes, scales = state[keys[0]], state[keys[1]].to(torch.float64)
+        zero_points = state[keys[2]].to(torch.int64)
+        per_channel = (-1,) + (1,) * (codes.dim() - 1)
+        values = ((codes.to(torch.float64) - zero_points.reshape(per_channel)) * scales.reshape(per_channel)).float()
+        weight = torch.quantize_per_channel(values, scales, zero_points, axis=0, dtype=torch.qint8)
+        module.set_weight_bias(weight, state.get(keys[3]))
+        if not is_dynamic_int8_linear(module):
+            module.scale, module.zero_point = float(state[f"{prefix}scale"]), int(state[f"{prefix}zero_point"])
+            keys += [f"{prefix}scale", f"{prefix}zero_point"]
+        used.update(keys)
     for key, tensor in state.items():
         if key in used:
             continue

@@ -121,6 +121,11 @@ def fit(
     still ramping up). ``loss_fn(logits, targets, inputs)`` replaces the default
     label-smoothed cross-entropy (e.g. a distillation loss that asks a teacher about ``inputs``).
     """
+    for split, (x, _) in (("train", train), ("val", val)):
+        if len(x) == 0:
+            raise ShrinkflowError(
+                f"the {split} split is empty: training needs samples in train, and in val to score epochs"
+            )
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))

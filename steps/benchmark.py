@@ -34,7 +34,7 @@ from steps._cost import cost_summary, layer_costs, layer_table
 from steps._data import DataSplits, dataset_of
 from steps._latency import FORMS, LatencyResult, deployable, hardware_tags, measure_latency, torch_threads
 from steps._main import run_main
-from steps._quantization import is_dynamic_int8_linear
+from steps._quantization import is_int8_layer
 
 __all__ = ["CONFIG", "BenchmarkConfig", "benchmark", "example_batch", "main", "parse_batch_sizes"]
 
@@ -108,7 +108,7 @@ def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[
     """Latency of ``model`` for every configured device and batch size, with ``cfg.threads``."""
     results = []
     devices = resolve_devices(cfg.devices)
-    if any(is_dynamic_int8_linear(m) for m in model.modules()):
+    if any(is_int8_layer(m) for m in model.modules()):
         devices = tuple(d for d in devices if d.type == "cpu")  # int8 kernels run on the CPU only
     with torch_threads(cfg.threads):
         for device in devices:

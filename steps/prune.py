@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from steps._checkpoint import is_quantized
 from steps._config import ShrinkflowError, config_to_params, parse_config
 from steps._cost import before_after_metrics, cost_summary, layer_costs, layer_table
 from steps._data import DataSplits, dataset_of
@@ -218,6 +219,11 @@ def execute(cfg: PruneConfig) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         model, description, checkpoint = _tracking.load_model(cfg.run_id, Path(tmp))
         costs_before = cost_summary(model, description, checkpoint)
+    if is_quantized(description):
+        raise ShrinkflowError(
+            f"run {cfg.run_id!r} holds a quantized model (storage {description['storage']}): prune first, "
+            "then quantize — pass the run id of the model it was quantized from"
+        )
     shape = description["architecture"]["input_shape"]
     layers_before = layer_table(layer_costs(model, shape))
     data = dataset_of(description)

@@ -131,3 +131,12 @@ def test_function_spec_of_missing_module():
 def test_unknown_dataset_lists_choices():
     with pytest.raises(ShrinkflowError, match="unknown dataset 'cifar'.*digits, mnist1d"):
         load_dataset("cifar")
+
+
+def test_table_too_small_to_split_says_so(tmp_path):
+    path = tmp_path / "tiny.csv"
+    _table(n=8).to_csv(path, index=False)
+    with pytest.raises(
+        ShrinkflowError, match="the dataset has 8 samples of 3 classes, too few for a stratified 70%/10%/20%"
+    ):
+        load_dataset(str(path), label_column="kind")

@@ -4,8 +4,9 @@ import mlflow
 import pytest
 import torch
 
-from steps import evaluate, quantize, train
+from steps import evaluate, prune, quantize, train
 from steps._checkpoint import load_checkpoint, save_checkpoint
+from steps._config import ShrinkflowError
 from steps._cost import cost_summary
 from steps._data import load_dataset
 from steps._quantization import (
@@ -183,6 +184,136 @@ def test_quantize_step_logs_a_packed_model_that_evaluates_identically(trained_ru
     assert evaluated.data.metrics["test_accuracy"] == metrics["test_accuracy"]
 
 
+@pytest.fixture(scope="module")
+def trained_cnn(digits):
+    cfg = train.TrainConfig(model="cnn", epochs=20, patience=0, device="cpu")
+    seed_everything(cfg.seed)
+    description = train.build_description(cfg, digits)
+    model = build_model(description["architecture"])
+    train.train(model, digits, cfg, CPU)
+    return model.cpu(), description
+
+
+def _graph_quantizer_bytes(model) -> int:
+    """Bytes of the scale (float32) and zero point (int64) of each quantize op in the int8 graph."""
+    return sum(t.numel() * t.element_size() for name, t in model.named_buffers() if "." not in name)
+
+
+@pytest.mark.parametrize("observer", ["histogram", "minmax"])
+def test_static_int8_cnn_runs_int8_layers_and_round_trips_exactly(trained_cnn, digits, tmp_path, observer):
+    from steps._quantization import is_int8_layer
+
+    model, description = _copy(trained_cnn)
+    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    cfg = quantize.QuantizeConfig(run_id="x", method="static-int8", observer=observer, device="cpu")
+    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    assert set(layers) == {"features.0", "features.3", "classifier.1", "classifier.3"}
+    assert all(is_int8_layer(model.get_submodule(name)) for name in layers)
+    seen = []
+    hook = model.get_submodule("features.3").register_forward_hook(lambda m, inputs, output: seen.append(output))
+    with torch.no_grad():
+        model(digits.x_test[:4])
+    hook.remove()
+    assert seen[0].dtype == torch.quint8  # activations travel between layers as int8
+    assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.01
+    int8 = quantize.quantized_description(description, encodings, layers, cfg)
+    assert int8["storage"] == "int8-static" and int8["quantize"]["observer"] == observer
+    folder = save_checkpoint(model, int8, tmp_path / "int8", encodings)
+    reloaded, _ = load_checkpoint(folder)
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+    cost = cost_summary(reloaded, int8, folder)
+    weights, channels = 288 + 18_432 + 32_768 + 1_280, 32 + 64 + 128 + 10
+    # int8 weights; per output channel a float32 scale, an int8 zero point and a float32 bias;
+    # per layer its output's float32 scale and int64 zero point; the graph's input quantizers
+    expected = weights + channels * (4 + 1 + 4) + len(layers) * (4 + 8) + _graph_quantizer_bytes(reloaded)
+    assert cost["cost_size_theoretical_bytes"] == expected
+    assert cost["cost_bops"] == 347_392 * 8 * 8
+    assert cost["cost_size_bytes"] < 0.3 * 4 * (weights + 2 * channels)
+
+
+def test_static_int8_traces_for_deployment(trained_cnn, digits):
+    from steps._latency import deployable
+
+    model, _ = _copy(trained_cnn)
+    cfg = quantize.QuantizeConfig(run_id="x", method="static-int8", calibration_batches=2, device="cpu")
+    model, *_ = quantize.quantize(model, digits, cfg, CPU)
+    traced = deployable(model, digits.x_test[:8], "traced")
+    with torch.no_grad():
+        assert torch.equal(traced(digits.x_test[:8]), model(digits.x_test[:8]))
+
+
+def test_more_calibration_batches_observe_more_of_the_range(trained_cnn, digits):
+    scales = {}
+    for batches in (1, 12):
+        model, _ = _copy(trained_cnn)
+        cfg = quantize.QuantizeConfig(
+            run_id="x", method="static-int8", observer="minmax", calibration_batches=batches, device="cpu"
+        )
+        model, *_ = quantize.quantize(model, digits, cfg, CPU)
+        scales[batches] = model.get_submodule("features.3").scale
+    assert scales[12] > scales[1]  # min/max over 1,200 images reach further than over 100
+
+
+def test_qat_fine_tunes_with_fake_quantization_and_converts_to_int8(trained_mlp, digits, tmp_path):
+    from steps._quantization import is_int8_layer
+
+    model, description = _copy(trained_mlp)
+    epochs = []
+    cfg = quantize.QuantizeConfig(run_id="x", method="qat", epochs=2, device="cpu")
+    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU, on_epoch=lambda e, m: epochs.append(e))
+    assert epochs == [1, 2]
+    assert set(layers) == {"layers.1", "layers.3", "layers.5"}
+    assert all(is_int8_layer(model.get_submodule(name)) for name in layers)
+    assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] > 0.95
+    int8 = quantize.quantized_description(description, encodings, layers, cfg)
+    assert int8["quantize"] == {"method": "qat", "source_run_id": "x", "observer": "moving-average"}
+    reloaded, _ = load_checkpoint(save_checkpoint(model, int8, tmp_path / "qat", encodings))
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+
+
+def test_quantize_step_logs_a_static_int8_model_that_evaluates_identically(trained_run_id):
+    cfg = quantize.QuantizeConfig(run_id=trained_run_id, method="static-int8", calibration_batches=3, device="cpu")
+    run = mlflow.get_run(quantize.execute(cfg))
+    metrics = run.data.metrics
+    assert metrics["cost_size_bytes"] < 0.3 * metrics["baseline_cost_size_bytes"]
+    evaluated = mlflow.get_run(evaluate.execute(evaluate.EvaluateConfig(run_id=run.info.run_id)))
+    assert evaluated.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+    line = "run .* already holds a quantized model \\(storage int8-static\\)"
+    with pytest.raises(ShrinkflowError, match=line):
+        quantize.execute(quantize.QuantizeConfig(run_id=run.info.run_id, device="cpu"))
+    with pytest.raises(ShrinkflowError, match="holds a quantized model .* prune first, then quantize"):
+        prune.execute(prune.PruneConfig(run_id=run.info.run_id, sparsity=0.5, device="cpu"))
+
+
+_SWITCHABLE_DATA = """
+import os
+from sklearn.datasets import load_digits
+
+def load():
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).reshape(-1, 1, 8, 8)
+    val = slice(0, 0) if os.environ.get("SHRINKFLOW_TEST_EMPTY_VAL") else slice(1000, 1200)
+    return {"train": (x[:1000], y[:1000]), "val": (x[val], y[val]), "test": (x[1200:], y[1200:])}
+"""
+
+
+def test_calibration_on_an_empty_split_fails_before_a_run(tmp_path, monkeypatch, fails_with_bad_input):
+    (tmp_path / "switchable_digits.py").write_text(_SWITCHABLE_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_id = train.execute(train.TrainConfig(model="mlp", dataset="switchable_digits:load", epochs=1, device="cpu"))
+    monkeypatch.setenv("SHRINKFLOW_TEST_EMPTY_VAL", "1")  # the user's data changed since training
+    runs_before = len(mlflow.search_runs(search_all_experiments=True))
+    argv = ["--run-id", run_id, "--method", "static-int8", "--calibration-split", "val"]
+    line = fails_with_bad_input(quantize.main, argv)
+    assert line == (
+        "error: calibration on an empty split: the 'val' split of dataset 'switchable_digits:load' has no samples; "
+        "choose calibration_split train"
+    )
+    assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before  # no run was started
+
+
 class TestBadInput:
     @pytest.mark.parametrize("bits", ["0", "9", "4.5", '{"*": 12}'])
     def test_bits_outside_supported_set(self, fails_with_bad_input, bits):
@@ -234,7 +365,20 @@ def test_dynamic_int8_traces_for_deployment(trained_mlp, digits):
 
 
 def test_dynamic_int8_has_no_fine_tuning():
-    from steps._config import ShrinkflowError
-
     with pytest.raises(ShrinkflowError, match="dynamic-int8 has no fine-tuning"):
         quantize.QuantizeConfig(run_id="r", method="dynamic-int8", epochs=3)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--method", "static-int8", "--observer", "max"], "unknown observer 'max': choose auto, histogram"),
+        (["--method", "qat"], "qat fine-tunes with fake quantization: set epochs >= 1"),
+        (["--method", "qat", "--epochs", "2", "--observer", "histogram"], "qat observes activations while training"),
+        (["--method", "static-int8", "--epochs", "2"], "static-int8 has no fine-tuning"),
+        (["--method", "static-int8", "--calibration-batches", "0"], "calibration_batches must be >= 1, got 0"),
+        (["--method", "static-int8", "--calibration-split", "test"], "unknown calibration split 'test': choose"),
+    ],
+)
+def test_int8_settings_are_checked(fails_with_bad_input, argv, message):
+    assert message in fails_with_bad_input(quantize.main, ["--run-id", "r", *argv])

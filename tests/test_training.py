@@ -76,3 +76,9 @@ def test_unknown_device_lists_choices():
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(ShrinkflowError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_training_refuses_an_empty_validation_split():
+    x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
+    with pytest.raises(ShrinkflowError, match="the val split is empty"):
+        fit(torch.nn.Linear(3, 2), (x, y), (x[:0], y[:0]), _settings(epochs=1), CPU)
