@@ -9,10 +9,10 @@ import torch
 
 from steps._latency import deployable, measure_latency
 
-FORMS = ("eager", "traced")
 
-
-def speedup_table(models: dict[str, torch.nn.Module], input_shape, runs: tuple[tuple[int, int], ...]) -> pd.DataFrame:
+def speedup_table(
+    models: dict[str, torch.nn.Module], input_shape, runs: tuple[tuple[int, int], ...], forms=("eager", "traced")
+) -> pd.DataFrame:
     """``models``: {baseline name: model, candidate name: model}; ``runs``: (batch size, timed
     passes) pairs. One row per batch size and execution form, 1 thread, 50 warm-up passes."""
     (base, candidate) = models
@@ -21,7 +21,7 @@ def speedup_table(models: dict[str, torch.nn.Module], input_shape, runs: tuple[t
     rows = []
     for batch_size, repetitions in runs:
         example = torch.randn(batch_size, *input_shape)
-        for form in FORMS:
+        for form in forms:
             p50 = {
                 name: measure_latency(deployable(model, example, form), example, cpu, 50, repetitions).p50_ms
                 for name, model in models.items()

@@ -2,8 +2,9 @@
 
 Builds the default digits ``cnn`` and a copy with 50% of its channels and hidden neurons removed
 by ``structured_prune``, saves and reloads both as checkpoints, and times both in one process
-(1 thread, 50 warm-up and 1,000 timed passes at batch 1, 200 at batch 64), eager and
-TorchScript-traced-and-frozen. Weights do not change latency, so no training is needed.
+(1 thread, 50 warm-up and 1,000 timed passes at batch 1, 200 at batch 64) in every execution
+form: eager, TorchScript-traced-and-frozen, and ONNX Runtime. Weights do not change latency, so
+no training is needed.
 Results: benchmarks/results/structured_speedup.csv, summarized in the README.
 
     python -m benchmarks.structured_speedup
@@ -19,6 +20,7 @@ import torch
 from benchmarks._speedup import speedup_table, write_results
 from steps._checkpoint import load_checkpoint, save_checkpoint
 from steps._cost import cost_summary
+from steps._latency import FORMS
 from steps._pruning import structured_prune
 from steps._zoo import build_model, describe, module_shapes
 
@@ -39,7 +41,7 @@ def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = _artifacts(Path(tmp))
-    write_results(speedup_table(models, (1, 8, 8), ((1, 1000), (64, 200))), RESULTS)
+    write_results(speedup_table(models, (1, 8, 8), ((1, 1000), (64, 200)), FORMS), RESULTS)
     macs = [cost_summary(m, {"architecture": {"input_shape": [1, 8, 8]}})["cost_macs"] for m in models.values()]
     print(f"MACs per sample: {macs[0]} -> {macs[1]} ({macs[0] / macs[1]:.2f}x fewer)  ->  {RESULTS}")
 

@@ -11,6 +11,8 @@ torch version and threads, GPU name) with
   ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, with a
   ``price_per_hour``, ``cost_per_million_<device>_bs<B>_usd``;
 - ``cost_latency_ms_p50``: CPU p50 at the smallest batch size, the search's latency objective;
+  in the ``onnxruntime`` form peak memory counts weights, input and output only: ONNX Runtime's
+  own activation arena is invisible to the PyTorch profiler;
 - the latency table as ``benchmark.json`` (MLflow table) and ``benchmark.csv``.
 The run id is the last line printed.
 
@@ -75,7 +77,7 @@ class BenchmarkConfig:
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing (recorded as a tag)"})
     devices: str = field(default="auto", metadata={"help": "auto (CPU, plus CUDA when present), cpu, cuda or cpu,cuda"})
     form: str = field(
-        default="eager", metadata={"help": "execution form timed: eager, or traced (TorchScript, frozen)"}
+        default="eager", metadata={"help": "form timed: eager, traced (TorchScript, frozen) or onnxruntime (CPU)"}
     )
     price_per_hour: float = field(
         default=0.0, metadata={"help": "machine price per hour (USD); > 0 adds cost per million inferences"}
@@ -108,8 +110,8 @@ def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[
     """Latency of ``model`` for every configured device and batch size, with ``cfg.threads``."""
     results = []
     devices = resolve_devices(cfg.devices)
-    if any(is_int8_layer(m) for m in model.modules()):
-        devices = tuple(d for d in devices if d.type == "cpu")  # int8 kernels run on the CPU only
+    if cfg.form == "onnxruntime" or any(is_int8_layer(m) for m in model.modules()):
+        devices = tuple(d for d in devices if d.type == "cpu")  # ORT's CPU provider; int8 kernels: CPU only
     with torch_threads(cfg.threads):
         for device in devices:
             for size in parse_batch_sizes(cfg.batch_sizes):

@@ -46,7 +46,7 @@ class CompareConfig:
     repetitions: int = field(default=200, metadata={"help": "timed forward passes per model"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing"})
     form: str = field(
-        default="eager", metadata={"help": "execution form timed: eager, or traced (TorchScript, frozen)"}
+        default="eager", metadata={"help": "form timed: eager, traced (TorchScript, frozen) or onnxruntime (CPU)"}
     )
 
     def __post_init__(self):

@@ -169,5 +169,49 @@ def test_benchmark_traced_form_is_tagged(trained_run_id):
 
 
 def test_unknown_form_lists_choices():
-    with pytest.raises(ShrinkflowError, match="unknown execution form 'onnx': choose eager, traced"):
+    with pytest.raises(ShrinkflowError, match="unknown execution form 'onnx': choose eager, traced, onnxruntime"):
         benchmark.BenchmarkConfig(run_id="r", form="onnx")
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("cnn", (1, 8, 8)), ("cnn1d", (1, 40)), ("lstm", (1, 40))])
+def test_onnxruntime_form_predicts_like_eager_at_any_batch_size(name, shape):
+    from steps._latency import deployable
+
+    torch.manual_seed(0)
+    model = build_model(describe(name, shape, 10)).eval()
+    runner = deployable(model, torch.randn(1, *shape), "onnxruntime")
+    for batch_size in (1, 7):
+        example = torch.randn(batch_size, *shape)
+        with torch.no_grad():
+            torch.testing.assert_close(runner(example).clone(), model(example))
+    example[0] += 1.0  # the bound input buffer: a changed tensor is read afresh on the next call
+    with torch.no_grad():
+        torch.testing.assert_close(runner(example).clone(), model(example))
+
+
+def test_onnxruntime_form_runs_on_the_cpu_only():
+    from steps._latency import deployable
+
+    runner = deployable(_mlp(), torch.randn(1, 1, 8, 8), "onnxruntime")
+    with pytest.raises(ShrinkflowError, match="the onnxruntime form runs on the CPU, not on cuda"):
+        runner.to("cuda")
+
+
+def test_onnxruntime_form_names_a_model_it_cannot_export():
+    from steps._latency import deployable
+
+    class Eigenvalues(torch.nn.Module):
+        def forward(self, x):
+            return torch.linalg.eigvals(x.reshape(len(x), 8, 8)).real  # no ONNX operator computes this
+
+    with pytest.raises(ShrinkflowError, match="cannot export this model to ONNX .*: use form eager or traced"):
+        deployable(Eigenvalues(), torch.randn(1, 1, 8, 8), "onnxruntime")
+
+
+def test_compare_in_onnxruntime_form(trained_run_id):
+    cfg = compare.CompareConfig(
+        run_ids=f"{trained_run_id},{trained_run_id}", warmup=2, repetitions=20, form="onnxruntime"
+    )
+    run_id = compare.execute(cfg)
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="comparison.csv"))
+    assert list(table["form"]) == ["onnxruntime", "onnxruntime"] and (table["latency_ms_p50"] > 0).all()
