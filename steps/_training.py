@@ -111,6 +111,7 @@ def fit(
     after_step: Callable[[int], None] | None = None,
     first_eligible_epoch: int = 1,
     loss_fn: LossFn | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """AdamW with a cosine learning-rate schedule and label smoothing; early stopping on
     validation accuracy (``patience`` epochs without improvement, 0 = never). ``model`` ends
@@ -119,7 +120,8 @@ def fit(
     (steps counted from 1), e.g. to keep pruned weights at zero. Epochs before
     ``first_eligible_epoch`` are trained but never kept as best (e.g. while a pruning schedule is
     still ramping up). ``loss_fn(logits, targets, inputs)`` replaces the default
-    label-smoothed cross-entropy (e.g. a distillation loss that asks a teacher about ``inputs``).
+    label-smoothed cross-entropy (e.g. a distillation loss that asks a teacher about ``inputs``);
+    ``augment(inputs)`` transforms each training batch before the model (and ``loss_fn``) sees it.
     """
     for split, (x, _) in (("train", train), ("val", val)):
         if len(x) == 0:
@@ -137,7 +139,7 @@ def fit(
     )
     for epoch in progress:
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_epoch(model, optimizer, train, settings, order, device, after_step, epoch, loss_fn)
+        train_loss = _train_epoch(model, optimizer, train, settings, order, device, after_step, epoch, loss_fn, augment)
         schedule.step()
         val_metrics = score(model, *val, device)
         metrics = {
@@ -170,7 +172,9 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     return -(-num_samples // batch_size)
 
 
-def _train_epoch(model, optimizer, train, settings: FitSettings, order, device, after_step, epoch, loss_fn) -> float:
+def _train_epoch(
+    model, optimizer, train, settings: FitSettings, order, device, after_step, epoch, loss_fn, augment
+) -> float:
     model.train()
     x, y = train
     permutation = torch.randperm(len(x), generator=order)
@@ -179,6 +183,8 @@ def _train_epoch(model, optimizer, train, settings: FitSettings, order, device, 
     for start in range(0, len(x), settings.batch_size):
         batch = permutation[start : start + settings.batch_size]
         inputs, targets = x[batch].to(device), y[batch].to(device)
+        if augment is not None:
+            inputs = augment(inputs)
         with _autocast(device):
             logits = model(inputs).float()
         if loss_fn is None:

@@ -13,8 +13,15 @@ Loss (per batch; teacher logits computed without gradients):
     α · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − α) · CE(y, z_s)
 The T² keeps the soft term's gradients on the scale of the hard term's as T changes.
 
+``input_noise`` > 0 adds Gaussian noise (that fraction of the train inputs' standard deviation) to
+every training batch, fresh each step; the teacher is asked about the same noisy inputs the
+student sees, so the student matches the teacher's function around each sample rather than at
+the samples alone ("function matching", Beyer et al. 2022), and long schedules keep paying. The
+control gets the same noise, so the gain is the teacher's alone.
+
 Example:
-    python -m steps.distill --run-id <teacher run id> --student cnn1d --student-width 0.4 --student-depth 4
+    python -m steps.distill --run-id <teacher run id> --student cnn1d --student-width 0.4 --student-depth 4 \
+        --input-noise 0.2 --epochs 600
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ class DistillConfig:
     temperature: float = field(default=4.0, metadata={"help": "softmax temperature T > 0 of the soft targets"})
     alpha: float = field(default=0.9, metadata={"help": "weight in [0, 1] of the soft-target term"})
     control: bool = field(default=True, metadata={"help": "also train the student from scratch as a control"})
+    input_noise: float = field(
+        default=0.0, metadata={"help": "std of Gaussian noise on training inputs, as a fraction of theirs; 0 = none"}
+    )
     epochs: int = field(default=150, metadata={"help": "training epochs (student and control alike)"})
     batch_size: int = field(default=100, metadata={"help": "training batch size"})
     lr: float = field(default=1e-2, metadata={"help": "peak AdamW learning rate (cosine decay to 0)"})
@@ -72,6 +82,8 @@ class DistillConfig:
             raise ShrinkflowError("need epochs >= 1, batch_size >= 1 and patience >= 0")
         if not 0.0 <= self.label_smoothing < 1.0 or self.lr <= 0 or self.weight_decay < 0:
             raise ShrinkflowError("need label_smoothing in [0, 1), lr > 0 and weight_decay >= 0")
+        if self.input_noise < 0:
+            raise ShrinkflowError(f"input_noise must be >= 0, got {self.input_noise}")
 
 
 def distillation_loss(teacher: nn.Module, temperature: float, alpha: float, label_smoothing: float) -> LossFn:
@@ -110,6 +122,16 @@ def _check_outputs(student: nn.Module, teacher: nn.Module, example: torch.Tensor
         )
 
 
+def input_noise(std: float, seed: int):
+    """An ``augment`` for ``fit`` adding N(0, std²) noise, drawn from its own seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def augment(inputs: torch.Tensor) -> torch.Tensor:
+        return inputs + std * torch.randn(inputs.shape, generator=generator).to(inputs.device)
+
+    return augment
+
+
 def distill(teacher: nn.Module, student_arch: dict, data: DataSplits, cfg: DistillConfig, device, on_epoch=None):
     """Return (student, control or None), both trained with ``cfg``'s recipe and seed."""
     seed_everything(cfg.seed)
@@ -117,13 +139,18 @@ def distill(teacher: nn.Module, student_arch: dict, data: DataSplits, cfg: Disti
     _check_outputs(student, teacher.cpu(), data.x_train[:2])
     teacher.to(device)
     train, val = (data.x_train, data.y_train), (data.x_val, data.y_val)
+    noise_std = cfg.input_noise * float(data.x_train.std())
+
+    def noise():  # the student and its control see the very same noise
+        return input_noise(noise_std, cfg.seed) if cfg.input_noise else None
+
     loss = distillation_loss(teacher, cfg.temperature, cfg.alpha, cfg.label_smoothing)
-    fit(student, train, val, cfg, device, on_epoch, loss_fn=loss)
+    fit(student, train, val, cfg, device, on_epoch, loss_fn=loss, augment=noise())
     control = None
     if cfg.control:
         seed_everything(cfg.seed)  # same initial weights and batch order as the student
         control = build_model(student_arch)
-        fit(control, train, val, cfg, device)  # the hard-label cross-entropy alone
+        fit(control, train, val, cfg, device, augment=noise())  # the hard-label cross-entropy alone
     return student.cpu(), control.cpu() if control is not None else None
 
 

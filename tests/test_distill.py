@@ -72,6 +72,28 @@ def test_distill_trains_student_and_control_from_the_same_start():
     assert torch.equal(plain.layers[1].weight, control_again.layers[1].weight)  # alpha 0 is the control
 
 
+def test_input_noise_is_seeded_and_has_the_asked_spread():
+    inputs = torch.zeros(4000, 1, 40)
+    first, again = distill.input_noise(0.5, seed=3), distill.input_noise(0.5, seed=3)
+    noisy = first(inputs)
+    assert noisy.std().item() == pytest.approx(0.5, rel=0.02)
+    assert torch.equal(noisy, again(inputs))  # same seed, same noise
+    assert not torch.equal(first(inputs), noisy)  # fresh noise every batch
+
+
+def test_student_and_control_see_the_same_noise():
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    teacher = build_model(describe("mlp", data.input_shape, 10))
+    cfg = distill.DistillConfig(run_id="x", student_width=0.1, epochs=2, alpha=0.0, input_noise=0.3, device="cpu")
+    arch = distill.student_architecture(cfg, describe("mlp", data.input_shape, 10))
+    student, control = distill.distill(teacher, arch, data, cfg, torch.device("cpu"))
+    assert torch.equal(student.layers[1].weight, control.layers[1].weight)  # alpha 0: only the noise differs
+    quiet = distill.DistillConfig(run_id="x", student_width=0.1, epochs=2, alpha=0.0, device="cpu")
+    without_noise, _ = distill.distill(teacher, arch, data, quiet, torch.device("cpu"))
+    assert not torch.equal(student.layers[1].weight, without_noise.layers[1].weight)
+
+
 def test_distill_step_logs_student_gain_and_table(trained_run_id):
     cfg = distill.DistillConfig(run_id=trained_run_id, student_width=0.25, epochs=3, device="cpu")
     run = mlflow.get_run(distill.execute(cfg))
@@ -103,6 +125,10 @@ class TestBadInput:
     def test_alpha_outside_unit_interval(self, fails_with_bad_input, alpha):
         line = fails_with_bad_input(distill.main, ["--run-id", "r", "--alpha", alpha])
         assert f"alpha must be in [0, 1], got {float(alpha)}" in line
+
+    def test_negative_input_noise(self, fails_with_bad_input):
+        line = fails_with_bad_input(distill.main, ["--run-id", "r", "--input-noise", "-0.1"])
+        assert line == "error: input_noise must be >= 0, got -0.1"
 
     def test_student_with_other_output_size(self, fails_with_bad_input, trained_run_id):
         line = fails_with_bad_input(
