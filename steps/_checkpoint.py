@@ -17,7 +17,8 @@ Storage formats (``description["storage"]``):
   integer codes packed k bits each plus float32 scales or codebook (``steps._quantization``);
   other tensors stay dense. Reloading decodes them to the very floats the model ran with.
 - ``int8-dynamic``: Linear layers as int8 weights with float32 scales and int8 zero points per
-  output channel, rebuilt on load into PyTorch's dynamic-int8 Linear (real int8 kernels, CPU).
+  output channel, LSTM layers as int8 weights with one float32 scale and int8 zero point each,
+  rebuilt on load into PyTorch's dynamic-int8 Linear and LSTM (real int8 kernels, CPU).
 - ``int8-static``: Linear and Conv layers as in ``int8-dynamic`` plus each layer's output scale and
   zero point and the input quantizers' ones; on load the float model is traced and converted
   again by the settings in ``description["quantize"]`` (method, observer), and these values

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
-from steps._quantization import int8_state, is_int8_layer, packed_size
+from steps._quantization import int8_lstm_tensors, int8_state, is_dynamic_int8_lstm, is_int8_layer, packed_size
 
 __all__ = [
     "LayerCost",
@@ -70,6 +70,10 @@ def _nonzero(tensors) -> int:
 def _own_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(weights that take part in MACs, all parameters) of one module, not of its children.
     An int8 layer keeps its weight packed: its int8 codes stand in for it."""
+    if is_dynamic_int8_lstm(module):
+        weights, biases = int8_lstm_tensors(module)
+        codes = [w.int_repr() for w in weights.values()]
+        return codes, codes + list(biases.values())
     if is_int8_layer(module):
         weight = module.weight().int_repr()
         return [weight], [weight] + ([module.bias()] if module.bias() is not None else [])
@@ -93,7 +97,7 @@ def _macs(module: nn.Module, inputs: tuple, output) -> tuple[int, int]:
         return positions * weights[0].numel(), positions * _nonzero(weights)
     # LSTM: (B, T, I) with batch_first, else (T, B, I); every weight is used once per step
     steps = inputs[0].shape[1] if module.batch_first else inputs[0].shape[0]
-    if module.proj_size:
+    if getattr(module, "proj_size", 0):
         raise ValueError("LSTM with proj_size is not supported by the cost model")
     return steps * sum(w.numel() for w in weights), steps * _nonzero(weights)
 

@@ -243,7 +243,7 @@ def _without_profiler_chatter():
 
 def state_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every tensor of the model's state, once each — also those inside the packed parameters of
-    quantized modules, whose state dicts hold tuples and dtypes beside tensors."""
+    quantized modules, whose state dicts hold tuples, dtypes and TorchScript objects beside tensors."""
     found: dict[int, torch.Tensor] = {}
 
     def visit(value) -> None:
@@ -252,6 +252,8 @@ def state_tensors(model: nn.Module) -> list[torch.Tensor]:
         elif isinstance(value, (tuple, list)):
             for item in value:
                 visit(item)
+        elif isinstance(value, torch.ScriptObject):  # packed int8 LSTM cells: their state holds the tensors
+            visit(value.__getstate__())
 
     for value in model.state_dict().values():
         visit(value)

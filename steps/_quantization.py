@@ -44,6 +44,7 @@ __all__ = [
     "int8_skeleton",
     "int8_state",
     "is_dynamic_int8_linear",
+    "is_dynamic_int8_lstm",
     "is_int8_layer",
     "load_int8_state",
     "prepare_static_int8",
@@ -187,12 +188,14 @@ _BACKEND = "x86"  # fbgemm/onednn kernels; activations use 7 bits of range (redu
 
 
 def dynamic_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose Linear layers run int8 kernels: weights int8 per output channel,
-    activations quantized to int8 on the fly, batch by batch."""
+    """A copy of ``model`` whose Linear and LSTM layers run int8 kernels: weights int8 (per output
+    channel for Linear, per tensor for LSTM, the only LSTM kernel there is), activations quantized
+    to int8 on the fly, batch by batch."""
     import torch.ao.quantization as tq
 
+    qconfigs = {nn.Linear: tq.per_channel_dynamic_qconfig, nn.LSTM: tq.default_dynamic_qconfig}
     with _quiet():
-        return tq.quantize_dynamic(model.eval(), {nn.Linear: tq.per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return tq.quantize_dynamic(model.eval(), qconfigs, dtype=torch.qint8)
 
 
 def _quiet():
@@ -251,11 +254,22 @@ def int8_skeleton(float_model: nn.Module, storage: str, input_shape, quantize: d
 
 
 def is_int8_layer(module: nn.Module) -> bool:
-    """A Linear or Conv layer with int8 weights (dynamic or static)."""
+    """A Linear or Conv layer with int8 weights (dynamic or static), or a dynamic-int8 LSTM."""
     from torch.ao.nn.quantized import Linear
     from torch.ao.nn.quantized.modules.conv import _ConvNd
 
-    return isinstance(module, (Linear, _ConvNd))
+    return isinstance(module, (Linear, _ConvNd)) or is_dynamic_int8_lstm(module)
+
+
+def is_dynamic_int8_lstm(module: nn.Module) -> bool:
+    from torch.ao.nn.quantized.dynamic import LSTM as DynamicLSTM
+
+    return isinstance(module, DynamicLSTM)
+
+
+def int8_lstm_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(int8 weights, float32 biases) of a dynamic-int8 LSTM, named as nn.LSTM names them."""
+    return module.get_weight(), module.get_bias()
 
 
 def is_dynamic_int8_linear(module: nn.Module) -> bool:
@@ -273,7 +287,14 @@ def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if is_int8_layer(module):
+        if is_dynamic_int8_lstm(module):  # per-tensor int8 weights, float32 biases
+            weights, biases = int8_lstm_tensors(module)
+            for key, weight in weights.items():
+                state[f"{prefix}{key}::int8"] = weight.int_repr().contiguous()
+                state[f"{prefix}{key}::scale"] = torch.tensor(weight.q_scale(), dtype=torch.float32)
+                state[f"{prefix}{key}::zero_point"] = torch.tensor(weight.q_zero_point(), dtype=torch.int8)
+            state.update({f"{prefix}{key}": bias.detach().contiguous().clone() for key, bias in biases.items()})
+        elif is_int8_layer(module):
             weight = module.weight()
             state[f"{prefix}weight::int8"] = weight.int_repr().contiguous()
             state[f"{prefix}weight::scales"] = weight.q_per_channel_scales().to(torch.float32).contiguous()
@@ -301,6 +322,9 @@ def load_int8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     used = set()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
+        if is_dynamic_int8_lstm(module):
+            used |= _load_int8_lstm(module, prefix, state)
+            continue
         if not is_int8_layer(module):
             continue
         keys = [f"{prefix}weight::int8", f"{prefix}weight::scales", f"{prefix}weight::zero_points", f"{prefix}bias"]
@@ -320,3 +344,17 @@ def load_int8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
         owner, _, attribute = key.rpartition(".")
         getattr(model.get_submodule(owner) if owner else model, attribute).copy_(tensor)
     return model.eval()
+
+
+def _load_int8_lstm(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> set[str]:
+    weights, biases = int8_lstm_tensors(module)
+    tensors, used = {}, set()
+    for key in weights:
+        codes, scale, zero_point = (state[f"{prefix}{key}::{part}"] for part in ("int8", "scale", "zero_point"))
+        tensors[key] = torch._make_per_tensor_quantized_tensor(codes, float(scale), int(zero_point))
+        used |= {f"{prefix}{key}::int8", f"{prefix}{key}::scale", f"{prefix}{key}::zero_point"}
+    for key in biases:
+        tensors[key] = state[f"{prefix}{key}"]
+        used.add(f"{prefix}{key}")
+    module.set_weight_bias(tensors)
+    return used

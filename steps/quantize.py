@@ -19,10 +19,10 @@ Methods (weights of Linear and Conv1d/Conv2d layers; biases stay float32):
   the first and last layers kept at 8 bits unless ``keep_first_last`` is false; STE fine-tuning;
 - ``kmeans``: Deep Compression weight sharing, 2^bits shared values per layer; fine-tuning
   refits each shared value to the mean of its weights after every step;
-- ``dynamic-int8``: Linear layers with int8 weights (per output channel) and activations
-  quantized to int8 on the fly, run by PyTorch's int8 kernels on the CPU — a real speed-up at
-  large batches; time it in the traced form (``benchmark --form traced``): in eager form Python
-  dispatch makes batch 1 slower than float32.
+- ``dynamic-int8``: Linear layers with int8 weights (per output channel; LSTM layers per
+  tensor) and activations quantized to int8 on the fly, run by PyTorch's int8 kernels on the
+  CPU — a real speed-up at large batches; time it in the traced form (``benchmark --form
+  traced``): in eager form Python dispatch makes an MLP's batch 1 slower than float32.
 - ``static-int8``: weights and activations int8 (post-training static quantization, FX graph
   mode): Conv/Linear layers are fused with the ReLU after them, observers (``observer``) record
   the activation ranges on ``calibration_batches`` batches of the ``calibration_split``, and the
@@ -244,10 +244,10 @@ def quantize(model: nn.Module, data: DataSplits, cfg: QuantizeConfig, device, on
     layer). Weight-only methods return the float model holding decoded weights; the int8 methods
     return a model whose layers run int8 kernels, and no encodings."""
     if cfg.method == "dynamic-int8":
-        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ShrinkflowError("dynamic-int8 quantizes Linear layers and this model has none: use kbit")
-        return dynamic_int8(model.cpu()), {}, dict.fromkeys(linears, 8)
+        layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.LSTM))]
+        if not layers:
+            raise ShrinkflowError("dynamic-int8 quantizes Linear and LSTM layers and this model has none: use kbit")
+        return dynamic_int8(model.cpu()), {}, dict.fromkeys(layers, 8)
     if cfg.method in INT8_METHODS:
         seed_everything(cfg.seed)
         int8 = _static_int8(model, data, cfg, device, on_epoch)

@@ -353,6 +353,38 @@ def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, dig
     assert cost["cost_bops"] == 50_200 * 8 * 8 and cost["cost_params"] == 50_610
 
 
+def test_dynamic_int8_lstm_runs_int8_and_round_trips_exactly(digits, tmp_path):
+    from steps._latency import state_tensors
+    from steps._quantization import is_dynamic_int8_lstm
+
+    cfg = train.TrainConfig(model="lstm", epochs=6, patience=0, device="cpu")
+    seed_everything(cfg.seed)
+    description = train.build_description(cfg, digits)
+    model = build_model(description["architecture"])
+    train.train(model, digits, cfg, CPU)
+    baseline = score(model.cpu(), digits.x_test, digits.y_test, CPU)["accuracy"]
+    quantized_cfg = quantize.QuantizeConfig(run_id="x", method="dynamic-int8", device="cpu")
+    model, encodings, layers = quantize.quantize(model, digits, quantized_cfg, CPU)
+    assert layers == {"lstm": 8, "fc": 8} and is_dynamic_int8_lstm(model.lstm)
+    assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.01
+    int8 = quantize.quantized_description(description, encodings, layers, quantized_cfg)
+    folder = save_checkpoint(model, int8, tmp_path / "lstm", encodings)
+    reloaded, _ = load_checkpoint(folder)
+    assert is_dynamic_int8_lstm(reloaded.lstm)
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+    cost = cost_summary(reloaded, int8, folder)
+    lstm_weights, lstm_biases = 4 * 128 * (8 + 128) + 4 * 128 * (128 + 128), 2 * 2 * 4 * 128
+    # LSTM: int8 weights, a float32 scale and int8 zero point per matrix (4), float32 biases;
+    # fc: int8 weights, per output channel a float32 scale, an int8 zero point and a float32 bias
+    expected = lstm_weights + 4 * (4 + 1) + 4 * lstm_biases + 128 * 10 + 10 * (4 + 1 + 4)
+    assert cost["cost_size_theoretical_bytes"] == expected
+    assert cost["cost_params"] == lstm_weights + lstm_biases + 128 * 10 + 10
+    assert cost["cost_bops"] == (8 * lstm_weights + 128 * 10) * 8 * 8  # the LSTM runs 8 steps, fc once
+    resident = sum(t.numel() * t.element_size() for t in state_tensors(reloaded))  # counted by benchmark
+    assert lstm_weights + 4 * lstm_biases < resident < expected
+
+
 def test_dynamic_int8_traces_for_deployment(trained_mlp, digits):
     from steps._latency import deployable
 
