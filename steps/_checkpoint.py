@@ -38,6 +38,18 @@ import torch
 from torch import nn
 
 from steps._config import ShrinkflowError
+from steps._quantization import (
+    INT8_STORAGES,
+    Encoded,
+    bitmap_pays,
+    decode,
+    int8_skeleton,
+    int8_state,
+    load_int8_state,
+    pack_codes,
+    unpack_codes,
+    zero_code,
+)
 from steps._zoo import build_model
 
 __all__ = [
@@ -55,8 +67,8 @@ __all__ = [
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTION_FILE = "model.json"
-STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed", "int8-dynamic", "int8-static")
-QUANTIZED_STORAGES = ("packed", "int8-dynamic", "int8-static")
+STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed", *INT8_STORAGES)
+QUANTIZED_STORAGES = ("packed", *INT8_STORAGES)
 _SHAPES_KEY = "sparse_shapes"  # safetensors metadata: JSON {tensor name: shape} of bitmap tensors
 _PACKED_KEY = "packed"  # safetensors metadata: JSON {tensor name: {scheme, bits, shape}}
 
@@ -109,8 +121,6 @@ def _decode_bitmaps(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int
 
 
 def _encode_packed(state: dict[str, torch.Tensor], encodings: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    from steps._quantization import bitmap_pays, pack_codes, zero_code
-
     tensors, metadata = {}, {}
     for name, tensor in state.items():
         if name in encodings:
@@ -130,8 +140,6 @@ def _encode_packed(state: dict[str, torch.Tensor], encodings: dict) -> tuple[dic
 
 
 def _decode_packed(tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str, torch.Tensor]:
-    from steps._quantization import Encoded, decode, unpack_codes, zero_code
-
     state = {name: t for name, t in tensors.items() if "::" not in name}
     for name, info in metadata.items():
         count = int(np.prod(info["shape"]))
@@ -159,9 +167,7 @@ def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path,
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if description.get("storage", "dense-fp32") in ("int8-dynamic", "int8-static"):
-        from steps._quantization import int8_state
-
+    if description.get("storage", "dense-fp32") in INT8_STORAGES:
         safetensors.torch.save_file(int8_state(model), str(folder / WEIGHTS_FILE))
     elif description.get("storage", "dense-fp32") == "packed":
         tensors, metadata = _encode_packed(model.state_dict(), encodings or {})
@@ -211,9 +217,7 @@ def _load_weights(model: nn.Module, path: Path, description: dict[str, Any]) -> 
         # strict, and restores tensors that safetensors stored once for several names
         safetensors.torch.load_model(model, str(path), strict=True, device="cpu")
         return model
-    if storage in ("int8-dynamic", "int8-static"):
-        from steps._quantization import int8_skeleton, load_int8_state
-
+    if storage in INT8_STORAGES:
         input_shape = description["architecture"]["input_shape"]
         skeleton = int8_skeleton(model, storage, input_shape, description.get("quantize", {}))
         return load_int8_state(skeleton, safetensors.torch.load_file(str(path)))
@@ -230,7 +234,7 @@ def _load_weights(model: nn.Module, path: Path, description: dict[str, Any]) -> 
 
 def runs_on_cpu_only(description: dict[str, Any]) -> bool:
     """int8 models run PyTorch's CPU int8 kernels only."""
-    return description.get("storage") in ("int8-dynamic", "int8-static")
+    return description.get("storage") in INT8_STORAGES
 
 
 def is_quantized(description: dict[str, Any]) -> bool:

@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
-from steps._quantization import int8_lstm_tensors, int8_state, is_dynamic_int8_lstm, is_int8_layer, packed_size
+from steps._quantization import (
+    INT8_STORAGES,
+    int8_lstm_tensors,
+    int8_state,
+    is_dynamic_int8_lstm,
+    is_int8_layer,
+    packed_size,
+)
 
 __all__ = [
     "LayerCost",
@@ -158,7 +165,7 @@ def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> 
     """Bytes the model's storage format needs for its tensors — values, bitmaps, indices — without
     the container's headers (see ``steps._checkpoint`` for the formats)."""
     storage = description.get("storage", "dense-fp32")
-    if storage in ("int8-dynamic", "int8-static"):
+    if storage in INT8_STORAGES:
         return sum(t.numel() * t.element_size() for t in int8_state(model).values())
     quantized = description.get("quantization", {}) if storage == "packed" else {}
     total, seen = 0, set()

@@ -351,7 +351,8 @@ def _load_int8_lstm(module: nn.Module, prefix: str, state: dict[str, torch.Tenso
     tensors, used = {}, set()
     for key in weights:
         codes, scale, zero_point = (state[f"{prefix}{key}::{part}"] for part in ("int8", "scale", "zero_point"))
-        tensors[key] = torch._make_per_tensor_quantized_tensor(codes, float(scale), int(zero_point))
+        values = ((codes.to(torch.float64) - int(zero_point)) * float(scale)).float()  # requantizes to codes
+        tensors[key] = torch.quantize_per_tensor(values, float(scale), int(zero_point), torch.qint8)
         used |= {f"{prefix}{key}::int8", f"{prefix}{key}::scale", f"{prefix}{key}::zero_point"}
     for key in biases:
         tensors[key] = state[f"{prefix}{key}"]
