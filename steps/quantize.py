@@ -248,7 +248,7 @@ def quantize(model: nn.Module, data: DataSplits, cfg: QuantizeConfig, device, on
         if not layers:
             raise ShrinkflowError("dynamic-int8 quantizes Linear and LSTM layers and this model has none: use kbit")
         return dynamic_int8(model.cpu()), {}, dict.fromkeys(layers, 8)
-    if cfg.method in INT8_METHODS:
+    if cfg.method in ("static-int8", "qat"):
         seed_everything(cfg.seed)
         int8 = _static_int8(model, data, cfg, device, on_epoch)
         return int8, {}, {name: 8 for name, m in int8.named_modules() if is_int8_layer(m)}
