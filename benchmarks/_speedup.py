@@ -1,4 +1,4 @@
-"""Shared by the speedup benchmarks: time a baseline and a candidate model in one process."""
+"""Shared by the benchmarks: time a baseline and a candidate model in one process; write a results table."""
 
 from __future__ import annotations
 

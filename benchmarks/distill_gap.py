@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks._speedup import write_results
 from steps import distill, train
 from steps._data import load_dataset
 from steps._training import score, seed_everything
@@ -65,10 +66,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     means = table.drop(columns="seed").groupby("recipe", sort=False).mean().reset_index().assign(seed="mean")
-    table = pd.concat([table, means], ignore_index=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS, index=False, float_format="%.4f")
-    print(table.to_string(index=False, float_format="%.2f"))
+    write_results(pd.concat([table, means], ignore_index=True), RESULTS)
     print(f"-> {RESULTS}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks._speedup import write_results
 from steps._latency import measure_latency
 from steps._zoo import build_model, describe
 
@@ -40,9 +41,7 @@ def main() -> None:
                 }
             )
     table = pd.DataFrame(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS, index=False, float_format="%.4f")
-    print(table.to_string(index=False, float_format="%.4f"))
+    write_results(table, RESULTS)
     print(f"worst |ratio - 1|: {(table['ratio'] - 1).abs().max():.3f}  ->  {RESULTS}")
 
 
