@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from steps._latency import deployable, measure_latency
+from shrinkflow.latency import deployable, measure_latency
 
 
 def speedup_table(

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from benchmarks._speedup import speedup_table, write_results
-from steps._checkpoint import load_checkpoint, save_checkpoint
-from steps._quantization import dynamic_int8
-from steps._zoo import build_model, describe
+from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from shrinkflow.encoding import dynamic_int8
+from shrinkflow.zoo import build_model, describe
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8_speedup.csv"
 

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from benchmarks._speedup import write_results
-from steps._latency import measure_latency
-from steps._zoo import build_model, describe
+from shrinkflow.latency import measure_latency
+from shrinkflow.zoo import build_model, describe
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency_repeatability.csv"
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}

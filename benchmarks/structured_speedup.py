@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from benchmarks._speedup import speedup_table, write_results
-from steps._checkpoint import load_checkpoint, save_checkpoint
-from steps._cost import cost_summary
-from steps._latency import FORMS
-from steps._pruning import structured_prune
-from steps._zoo import build_model, describe, module_shapes
+from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from shrinkflow.cost import cost_summary
+from shrinkflow.latency import FORMS
+from shrinkflow.masks import structured_prune
+from shrinkflow.zoo import build_model, describe, module_shapes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "structured_speedup.csv"
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import sys
 
+from shrinkflow.cli import run_main
+from shrinkflow.config import config_to_params, parse_config
 from steps import evaluate, train
-from steps._config import config_to_params, parse_config
-from steps._main import run_main
 
 __all__ = ["CONFIG", "execute", "main"]
 
@@ -25,9 +25,9 @@ CONFIG = train.TrainConfig  # the pipeline takes the train step's knobs
 def execute(cfg: train.TrainConfig) -> str:
     import mlflow
 
-    from steps import _tracking
+    from shrinkflow import tracking
 
-    with _tracking.step_run("pipeline", config_to_params(cfg)) as run:
+    with tracking.step_run("pipeline", config_to_params(cfg)) as run:
         train_run_id = train.execute(cfg)
         evaluate_run_id = evaluate.execute(
             evaluate.EvaluateConfig(run_id=train_run_id, split="test", device=cfg.device)

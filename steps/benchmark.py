@@ -23,20 +23,18 @@ Example:
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from steps._config import ShrinkflowError, config_to_params, parse_config
-from steps._cost import cost_summary, layer_costs, layer_table
-from steps._data import DataSplits, dataset_of
-from steps._latency import FORMS, LatencyResult, deployable, hardware_tags, measure_latency, torch_threads
-from steps._main import run_main
-from steps._quantization import is_int8_layer
+from shrinkflow.cli import run_main
+from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
+from shrinkflow.cost import layer_costs, layer_table
+from shrinkflow.data import DataSplits, dataset_of
+from shrinkflow.encoding import is_int8_layer
+from shrinkflow.latency import FORMS, LatencyResult, deployable, hardware_tags, measure_latency, torch_threads
 
 __all__ = ["CONFIG", "BenchmarkConfig", "benchmark", "example_batch", "main", "parse_batch_sizes"]
 
@@ -84,8 +82,7 @@ class BenchmarkConfig:
     )
 
     def __post_init__(self):
-        if not self.run_id.strip():
-            raise ShrinkflowError("run_id is required: pass the run id printed by a train step")
+        check_run_id(self.run_id)
         parse_batch_sizes(self.batch_sizes)
         resolve_devices(self.devices)
         if self.warmup < 0 or self.repetitions < 1 or self.threads < 1:
@@ -147,14 +144,13 @@ def latency_metrics(results: list[LatencyResult], price_per_hour: float) -> dict
 def execute(cfg: BenchmarkConfig) -> str:
     import mlflow
 
-    from steps import _tracking
+    from shrinkflow import tracking
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model, description, checkpoint = _tracking.load_model(cfg.run_id, Path(tmp))
-        costs = cost_summary(model, description, checkpoint)
+    artifact, costs = tracking.load_model(cfg.run_id)
+    model, description = artifact.model, artifact.description
     layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
     data = dataset_of(description)
-    with _tracking.step_run("benchmark", config_to_params(cfg)) as run:
+    with tracking.step_run("benchmark", config_to_params(cfg)) as run:
         mlflow.set_tags(
             {
                 "shrinkflow.source_run_id": cfg.run_id,
@@ -165,7 +161,7 @@ def execute(cfg: BenchmarkConfig) -> str:
         results = benchmark(model, data, cfg)
         table = latency_table(results, cfg.price_per_hour)
         mlflow.log_metrics({**costs, **latency_metrics(results, cfg.price_per_hour)})
-        _tracking.log_table(table, "benchmark")
+        tracking.log_table(table, "benchmark")
         mlflow.log_table(layers, artifact_file="layers.json")
         print(table.to_string(index=False, float_format="%.4f"), file=sys.stderr)
         print(" ".join(f"{k}={v:g}" for k, v in costs.items()), file=sys.stderr)

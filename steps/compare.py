@@ -14,19 +14,16 @@ Example:
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from steps._config import ShrinkflowError, config_to_params, parse_config
-from steps._cost import cost_summary
-from steps._data import SPLITS, dataset_of
-from steps._latency import FORMS, deployable, hardware_tags, measure_latency, torch_threads
-from steps._main import run_main
-from steps._training import score
+from shrinkflow.cli import run_main
+from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
+from shrinkflow.data import SPLITS, dataset_of
+from shrinkflow.latency import FORMS, deployable, hardware_tags, measure_latency, torch_threads
+from shrinkflow.training import score
 from steps.benchmark import example_batch
 
 __all__ = ["CONFIG", "CompareConfig", "comparison_table", "main"]
@@ -77,11 +74,11 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
-def _measure(run_id: str, cfg: CompareConfig, folder: Path) -> dict:
-    from steps import _tracking
+def _measure(run_id: str, cfg: CompareConfig) -> dict:
+    from shrinkflow import tracking
 
-    model, description, checkpoint = _tracking.load_model(run_id, folder)
-    costs = cost_summary(model, description, checkpoint)
+    artifact, costs = tracking.load_model(run_id)
+    model, description = artifact.model, artifact.description
     data = dataset_of(description)
     cpu = torch.device("cpu")
     example = example_batch(data, cfg.batch_size)
@@ -105,14 +102,14 @@ def _measure(run_id: str, cfg: CompareConfig, folder: Path) -> dict:
 def execute(cfg: CompareConfig) -> str:
     import mlflow
 
-    from steps import _tracking
+    from shrinkflow import tracking
 
-    with torch_threads(cfg.threads), tempfile.TemporaryDirectory() as tmp:
-        rows = [_measure(run_id, cfg, Path(tmp) / str(i)) for i, run_id in enumerate(cfg.ids())]
+    with torch_threads(cfg.threads):
+        rows = [_measure(run_id, cfg) for run_id in cfg.ids()]
     table = comparison_table(rows)
-    with _tracking.step_run("compare", config_to_params(cfg)) as run:
+    with tracking.step_run("compare", config_to_params(cfg)) as run:
         mlflow.set_tags({"shrinkflow.baseline_run_id": cfg.ids()[0], **hardware_tags(cfg.threads)})
-        _tracking.log_table(table, "comparison")
+        tracking.log_table(table, "comparison")
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g"), file=sys.stderr)
         return run.info.run_id

@@ -16,21 +16,20 @@ Example:
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from steps._checkpoint import runs_on_cpu_only
-from steps._config import ShrinkflowError, config_to_params, parse_config
-from steps._cost import cost_summary, layer_costs, layer_table
-from steps._data import SPLITS, dataset_of
-from steps._main import run_main
-from steps._training import predict_logits, resolve_device
+from shrinkflow.checkpoint import runs_on_cpu_only
+from shrinkflow.cli import run_main
+from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
+from shrinkflow.cost import layer_costs, layer_table
+from shrinkflow.data import SPLITS, dataset_of
+from shrinkflow.runtime import resolve_device
+from shrinkflow.training import predict_logits
 
 __all__ = ["CONFIG", "EvaluateConfig", "Evaluation", "evaluate", "main"]
 
@@ -44,8 +43,7 @@ class EvaluateConfig:
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"})
 
     def __post_init__(self):
-        if not self.run_id.strip():
-            raise ShrinkflowError("run_id is required: pass the run id printed by a train step")
+        check_run_id(self.run_id)
         if self.split not in SPLITS:
             raise ShrinkflowError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
 
@@ -100,20 +98,19 @@ def plot_confusion(confusion: np.ndarray, class_names, title: str):
 def execute(cfg: EvaluateConfig) -> str:
     import mlflow
 
-    from steps import _tracking
+    from shrinkflow import tracking
 
     device = resolve_device(cfg.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, description, checkpoint = _tracking.load_model(cfg.run_id, Path(tmp))
-        costs = cost_summary(model, description, checkpoint)
+    artifact, costs = tracking.load_model(cfg.run_id)
+    model, description = artifact.model, artifact.description
     if runs_on_cpu_only(description):
         device = torch.device("cpu")
     layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
     data = dataset_of(description)
     x, y = data.split(cfg.split)
-    with _tracking.step_run("evaluate", config_to_params(cfg)) as run:
+    with tracking.step_run("evaluate", config_to_params(cfg)) as run:
         mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)
-        _tracking.log_dataset(data, cfg.split)
+        tracking.log_dataset(data, cfg.split)
         result = evaluate(model, x, y, description["class_names"], device)
         mlflow.log_metrics({f"{cfg.split}_accuracy": result.accuracy, f"{cfg.split}_loss": result.loss, **costs})
         mlflow.log_table(result.per_class, artifact_file=f"per_class_{cfg.split}.json")

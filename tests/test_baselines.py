@@ -1,4 +1,5 @@
-"""The issue's accuracy floors for the default recipe, seed 0, CPU (real training, ~40 s in all).
+"""The issue's accuracy floors for the default recipe, seed 0, CPU (real training, ~40 s in all:
+``pytest -m slow``).
 
 Floors: digits mlp >= 97%, digits cnn >= 98%, mnist1d cnn1d >= 93% (paper: 94%),
 mnist1d mlp >= 65% (paper: 68%).
@@ -7,10 +8,9 @@ mnist1d mlp >= 65% (paper: 68%).
 import pytest
 import torch
 
-from steps import train
-from steps._data import load_dataset
-from steps._training import score, seed_everything
-from steps._zoo import build_model
+from shrinkflow import FitSettings, load_dataset, new_artifact, score, train
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
@@ -18,11 +18,9 @@ from steps._zoo import build_model
     [("digits", "mlp", 0.97), ("digits", "cnn", 0.98), ("mnist1d", "cnn1d", 0.93), ("mnist1d", "mlp", 0.65)],
 )
 def test_default_recipe_reaches_floor(dataset, model, floor):
-    cfg = train.TrainConfig(model=model, dataset=dataset, seed=0, device="cpu")
+    settings = FitSettings(seed=0)
     data = load_dataset(dataset)
-    seed_everything(cfg.seed)
-    network = build_model(train.build_description(cfg, data)["architecture"])
-    train.train(network, data, cfg, torch.device("cpu"))
-    accuracy = score(network, data.x_test, data.y_test, torch.device("cpu"))["accuracy"]
+    trained = train(new_artifact(model, data, seed=settings.seed), data, settings, torch.device("cpu")).artifact
+    accuracy = score(trained.model, data.x_test, data.y_test, torch.device("cpu"))["accuracy"]
     print(f"{dataset} {model}: test_accuracy={accuracy:.4f} (floor {floor})")
     assert accuracy >= floor

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.data import load_dataset
+from shrinkflow.latency import LatencyResult, measure_latency, peak_memory_bytes
+from shrinkflow.zoo import build_model, describe
 from steps import benchmark, compare, train
-from steps._config import ShrinkflowError
-from steps._data import load_dataset
-from steps._latency import LatencyResult, measure_latency, peak_memory_bytes
-from steps._zoo import build_model, describe
 
 CPU = torch.device("cpu")
 
@@ -139,7 +139,7 @@ class TestBadInput:
 
 @pytest.mark.parametrize("name,shape", [("cnn", (1, 8, 8)), ("lstm", (1, 40))])
 def test_traced_form_predicts_like_eager(name, shape):
-    from steps._latency import deployable
+    from shrinkflow.latency import deployable
 
     torch.manual_seed(0)
     model = build_model(describe(name, shape, 10)).eval()
@@ -150,7 +150,7 @@ def test_traced_form_predicts_like_eager(name, shape):
 
 
 def test_traced_form_still_counts_the_weights_as_resident_memory():
-    from steps._latency import deployable
+    from shrinkflow.latency import deployable
 
     model = _mlp()
     example = torch.randn(1, 1, 8, 8)
@@ -175,7 +175,7 @@ def test_unknown_form_lists_choices():
 
 @pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("cnn", (1, 8, 8)), ("cnn1d", (1, 40)), ("lstm", (1, 40))])
 def test_onnxruntime_form_predicts_like_eager_at_any_batch_size(name, shape):
-    from steps._latency import deployable
+    from shrinkflow.latency import deployable
 
     torch.manual_seed(0)
     model = build_model(describe(name, shape, 10)).eval()
@@ -190,7 +190,7 @@ def test_onnxruntime_form_predicts_like_eager_at_any_batch_size(name, shape):
 
 
 def test_onnxruntime_form_runs_on_the_cpu_only():
-    from steps._latency import deployable
+    from shrinkflow.latency import deployable
 
     runner = deployable(_mlp(), torch.randn(1, 1, 8, 8), "onnxruntime")
     with pytest.raises(ShrinkflowError, match="the onnxruntime form runs on the CPU, not on cuda"):
@@ -198,7 +198,7 @@ def test_onnxruntime_form_runs_on_the_cpu_only():
 
 
 def test_onnxruntime_form_names_a_model_it_cannot_export():
-    from steps._latency import deployable
+    from shrinkflow.latency import deployable
 
     class Eigenvalues(torch.nn.Module):
         def forward(self, x):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from steps._checkpoint import DESCRIPTION_FILE, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
-from steps._config import ShrinkflowError
-from steps._zoo import MODELS, build_model, describe
+from shrinkflow.checkpoint import DESCRIPTION_FILE, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.zoo import MODELS, build_model, describe
 
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}
 
@@ -65,7 +65,7 @@ class _Tied(torch.nn.Module):
 
 
 def test_tied_weights_survive_the_round_trip(tmp_path, monkeypatch):
-    from steps import _checkpoint
+    from shrinkflow import checkpoint as _checkpoint
 
     monkeypatch.setattr(_checkpoint, "build_model", lambda arch: _Tied())
     model = _Tied()

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from steps._config import ShrinkflowError, build_parser, config_to_params, parse_bool, parse_config
+from shrinkflow.config import ShrinkflowError, build_parser, config_to_params, parse_bool, parse_config
 
 
 @dataclasses.dataclass(frozen=True)

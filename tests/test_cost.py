@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from steps._checkpoint import save_checkpoint
-from steps._cost import cost_summary, layer_costs, layer_table, theoretical_size_bytes
-from steps._zoo import build_model, describe
+from shrinkflow.checkpoint import save_checkpoint
+from shrinkflow.cost import cost_summary, layer_costs, layer_table, theoretical_size_bytes
+from shrinkflow.zoo import build_model, describe
 
 # Hand-computed MACs per sample (matrix products only):
 MLP_DIGITS = 64 * 300 + 300 * 100 + 100 * 10  # LeNet-300-100 on 8x8 inputs

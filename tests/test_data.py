@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from steps._config import ShrinkflowError
-from steps._data import load_dataset
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.data import load_dataset
 
 
 def _class_counts(y: torch.Tensor) -> np.ndarray:
@@ -25,7 +25,7 @@ def test_digits_split_sizes_are_fixed_and_stratified():
 def test_split_covers_the_dataset_and_ignores_global_rng():
     from sklearn.datasets import load_digits
 
-    from steps import _data
+    from shrinkflow import data as _data
 
     first = load_dataset("digits")
     _data._load_digits.cache_clear()
@@ -44,7 +44,7 @@ def test_mnist1d_is_generated_locally_with_paper_split():
 
 
 def test_mnist1d_leaves_numpy_global_state_alone():
-    from steps import _data
+    from shrinkflow import data as _data
 
     _data._load_mnist1d.cache_clear()
     np.random.seed(5)

@@ -23,6 +23,7 @@ def _mlflow_run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_via_mlflow_run():
     trained = _mlflow_run("-e", "train", "-P", "model=cnn", "-P", "dataset=digits", "-P", "epochs=3")
     assert trained.returncode == 0, trained.stderr[-2000:]

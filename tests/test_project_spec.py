@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps._config import build_parser, flag_name, parse_bool
+from shrinkflow.config import build_parser, flag_name, parse_bool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _YAML_TYPES = {str: "string", int: "int", float: "float", bool: "string"}

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from steps import evaluate, prune, train
-from steps._checkpoint import load_checkpoint, save_checkpoint
-from steps._config import ShrinkflowError
-from steps._cost import cost_summary
-from steps._data import load_dataset
-from steps._pruning import (
+from shrinkflow import FitSettings, PruneSettings, new_artifact, prune, train
+from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.cost import cost_summary
+from shrinkflow.data import load_dataset
+from shrinkflow.masks import (
     apply_masks,
     cubic_sparsity,
     global_masks,
@@ -19,8 +19,11 @@ from steps._pruning import (
     structured_prune,
     threshold_masks,
 )
-from steps._training import score, seed_everything
-from steps._zoo import build_model, describe, module_shapes
+from shrinkflow.runtime import seed_everything
+from shrinkflow.training import score
+from shrinkflow.zoo import build_model, describe, module_shapes
+from steps import evaluate
+from steps import prune as prune_step
 
 CPU = torch.device("cpu")
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}
@@ -165,22 +168,21 @@ def digits():
     return load_dataset("digits")
 
 
-def _trained(name, digits):
-    cfg = train.TrainConfig(model=name, device="cpu")
-    seed_everything(cfg.seed)
-    model = build_model(train.build_description(cfg, digits)["architecture"])
-    train.train(model, digits, cfg, CPU)
-    return model.cpu()
+def _trained(name, digits, epochs=150):
+    """The default recipe (150 epochs, early stopping): what the acceptance bars were set on."""
+    settings = FitSettings(epochs=epochs)
+    return train(new_artifact(name, digits, seed=settings.seed), digits, settings, CPU).artifact
 
 
 def test_gradual_pruning_reaches_target_and_zeros_stay_zero(digits):
-    model = _trained("mlp", digits)
-    cfg = prune.PruneConfig(run_id="x", method="gradual", sparsity=0.8, epochs=6, device="cpu")
+    trained = _trained("mlp", digits, epochs=5)
+    settings = PruneSettings(method="gradual", sparsity=0.8, epochs=6)
     sparsity_seen = []
-    result = prune.prune(model, digits, cfg, CPU, on_epoch=lambda e, m: sparsity_seen.append(_zeros(model)))
+    result = prune(trained, digits, settings, CPU, on_epoch=lambda e, m: sparsity_seen.append(m["sparsity"]))
     assert result.sparsity == pytest.approx(0.8, abs=1e-4)
     assert sparsity_seen == sorted(sparsity_seen) and sparsity_seen[0] < 0.8  # ramps up, never back
-    assert _zeros(result.model) == pytest.approx(0.8, abs=1e-4)  # the kept epoch is at full sparsity
+    assert _zeros(result.artifact.model) == pytest.approx(0.8, abs=1e-4)  # the kept epoch is at full sparsity
+    assert _zeros(trained.model) == 0  # the artifact it was given is untouched
 
 
 def _zeros(model):
@@ -188,30 +190,31 @@ def _zeros(model):
     return sum(int((w == 0).sum()) for w in weights.values()) / sum(w.numel() for w in weights.values())
 
 
+@pytest.mark.slow
 def test_acceptance_mlp_global_90_percent(digits):
-    model = _trained("mlp", digits)
-    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    result = prune.prune(model, digits, prune.PruneConfig(run_id="x", sparsity=0.9, device="cpu"), CPU)
-    pruned = score(result.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    trained = _trained("mlp", digits)
+    baseline = score(trained.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    result = prune(trained, digits, PruneSettings(sparsity=0.9), CPU)
+    pruned = score(result.artifact.model, digits.x_test, digits.y_test, CPU)["accuracy"]
     print(f"mlp global 90%: {baseline:.4f} -> {pruned:.4f}")
-    assert _zeros(result.model) == pytest.approx(0.9, abs=1e-4)
+    assert _zeros(result.artifact.model) == pytest.approx(0.9, abs=1e-4)
     assert pruned >= baseline - 0.005
 
 
+@pytest.mark.slow
 def test_acceptance_cnn_half_the_channels(digits):
-    model = _trained("cnn", digits)
-    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    cfg = prune.PruneConfig(run_id="x", method="structured", sparsity=0.5, device="cpu")
-    result = prune.prune(model, digits, cfg, CPU)
-    pruned = score(result.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    trained = _trained("cnn", digits)
+    baseline = score(trained.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    result = prune(trained, digits, PruneSettings(method="structured", sparsity=0.5), CPU)
+    pruned = score(result.artifact.model, digits.x_test, digits.y_test, CPU)["accuracy"]
     print(f"cnn structured 50%: {baseline:.4f} -> {pruned:.4f}")
-    assert module_shapes(result.model)["features.3"]["out_channels"] == 32
+    assert module_shapes(result.artifact.model)["features.3"]["out_channels"] == 32
     assert pruned >= baseline - 0.01
 
 
 def test_prune_step_logs_a_smaller_model_that_evaluates_identically(trained_run_id):
-    cfg = prune.PruneConfig(run_id=trained_run_id, method="layerwise", sparsity=0.75, epochs=2, device="cpu")
-    run = mlflow.get_run(prune.execute(cfg))
+    cfg = prune_step.PruneConfig(run_id=trained_run_id, method="layerwise", sparsity=0.75, epochs=2, device="cpu")
+    run = mlflow.get_run(prune_step.execute(cfg))
     metrics = run.data.metrics
     assert metrics["prune_sparsity"] == pytest.approx(0.75, abs=1e-4)
     assert metrics["cost_macs_effective"] < 0.3 * metrics["baseline_cost_macs_effective"]
@@ -227,21 +230,21 @@ def test_prune_step_logs_a_smaller_model_that_evaluates_identically(trained_run_
 class TestBadInput:
     @pytest.mark.parametrize("sparsity", ["1.0", "-0.1", "1.5"])
     def test_sparsity_outside_unit_interval(self, fails_with_bad_input, sparsity):
-        line = fails_with_bad_input(prune.main, ["--run-id", "r", "--sparsity", sparsity])
+        line = fails_with_bad_input(prune_step.main, ["--run-id", "r", "--sparsity", sparsity])
         assert line == f"error: sparsity must be in [0, 1), got {float(sparsity)}"
 
     def test_negative_threshold(self, fails_with_bad_input):
-        line = fails_with_bad_input(prune.main, ["--run-id", "r", "--method", "threshold", "--thresholds", "-0.1"])
+        line = fails_with_bad_input(prune_step.main, ["--run-id", "r", "--method", "threshold", "--thresholds", "-0.1"])
         assert line == "error: thresholds must be >= 0, got -0.1"
 
     def test_unknown_method(self, fails_with_bad_input):
-        line = fails_with_bad_input(prune.main, ["--run-id", "r", "--method", "random"])
+        line = fails_with_bad_input(prune_step.main, ["--run-id", "r", "--method", "random"])
         assert "unknown pruning method 'random'" in line and "threshold, global, layerwise, gradual, structured" in line
 
     def test_unknown_layer_name(self, fails_with_bad_input, trained_run_id):
-        line = fails_with_bad_input(prune.main, ["--run-id", trained_run_id, "--layers", "conv9", "--epochs", "0"])
+        line = fails_with_bad_input(prune_step.main, ["--run-id", trained_run_id, "--layers", "conv9", "--epochs", "0"])
         assert "unknown layer 'conv9'" in line and "layers.1, layers.3, layers.5" in line
 
     def test_unknown_layer_in_thresholds(self, fails_with_bad_input, trained_run_id):
         argv = ["--run-id", trained_run_id, "--method", "threshold", "--thresholds", '{"fc9": 0.1}', "--epochs", "0"]
-        assert "unknown layer(s) ['fc9']" in fails_with_bad_input(prune.main, argv)
+        assert "unknown layer(s) ['fc9']" in fails_with_bad_input(prune_step.main, argv)

@@ -4,12 +4,12 @@ import mlflow
 import pytest
 import torch
 
-from steps import evaluate, prune, quantize, train
-from steps._checkpoint import load_checkpoint, save_checkpoint
-from steps._config import ShrinkflowError
-from steps._cost import cost_summary
-from steps._data import load_dataset
-from steps._quantization import (
+from shrinkflow import FitSettings, QuantizeSettings, new_artifact, quantize, train
+from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.cost import cost_summary
+from shrinkflow.data import load_dataset
+from shrinkflow.encoding import (
     decode,
     encode_binary,
     encode_codebook,
@@ -18,8 +18,11 @@ from steps._quantization import (
     pack_codes,
     unpack_codes,
 )
-from steps._training import score, seed_everything
-from steps._zoo import build_model
+from shrinkflow.training import score
+from steps import evaluate
+from steps import prune as prune_step
+from steps import quantize as quantize_step
+from steps import train as train_step
 
 CPU = torch.device("cpu")
 
@@ -78,28 +81,21 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained_mlp(digits):
-    cfg = train.TrainConfig(model="mlp", device="cpu")
-    seed_everything(cfg.seed)
-    model = build_model(train.build_description(cfg, digits)["architecture"])
-    train.train(model, digits, cfg, CPU)
-    return model.cpu(), train.build_description(cfg, digits)
+    """The default recipe: the accuracy bars below were set on it."""
+    return train(new_artifact("mlp", digits), digits, FitSettings(), CPU).artifact
 
 
-def _copy(trained):
-    model, description = trained
-    clone = build_model(description["architecture"])
-    clone.load_state_dict(model.state_dict())
-    return clone, description
+def _quantize(artifact, digits, on_epoch=None, **settings):
+    """(model, encodings, layers, description) of the quantized artifact."""
+    result = quantize(artifact, digits, QuantizeSettings(**settings), CPU, on_epoch=on_epoch)
+    return result.artifact.model, result.artifact.encodings, result.layers, result.artifact.description
 
 
 @pytest.mark.parametrize(
     "method,bits", [("kbit", "4"), ("kbit", '{"layers.1": 8, "*": 3}'), ("binary", "1"), ("kmeans", "4")]
 )
 def test_every_method_round_trips_exactly_and_matches_theoretical_size(trained_mlp, digits, tmp_path, method, bits):
-    model, description = _copy(trained_mlp)
-    cfg = quantize.QuantizeConfig(run_id="x", method=method, bits=bits, device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
-    packed = quantize.quantized_description(description, encodings, layers, cfg)
+    model, encodings, layers, packed = _quantize(trained_mlp, digits, method=method, bits=bits)
     folder = save_checkpoint(model, packed, tmp_path / method, encodings)
     reloaded, _ = load_checkpoint(folder)
     with torch.no_grad():
@@ -109,12 +105,9 @@ def test_every_method_round_trips_exactly_and_matches_theoretical_size(trained_m
 
 
 def test_four_bit_mlp_within_one_point_and_seven_times_smaller(trained_mlp, digits, tmp_path):
-    model, description = _copy(trained_mlp)
-    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    cfg = quantize.QuantizeConfig(run_id="x", bits="4", device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    baseline = score(trained_mlp.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    model, encodings, layers, packed = _quantize(trained_mlp, digits, bits="4")
     accuracy = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    packed = quantize.quantized_description(description, encodings, layers, cfg)
     theoretical = cost_summary(model, packed)["cost_size_theoretical_bytes"]
     # at most 50,200 weights at 4 bits + 410 float scales + 410 float biases (a layer whose codes
     # are over a quarter zeros stores a bitmap and its non-zero codes instead)
@@ -124,13 +117,11 @@ def test_four_bit_mlp_within_one_point_and_seven_times_smaller(trained_mlp, digi
 
 
 def test_pruned_then_quantized_stores_bitmap_and_nonzero_codes(trained_mlp, digits, tmp_path):
-    from steps._pruning import apply_masks, global_masks, prunable_weights
+    from shrinkflow.masks import apply_masks, global_masks, prunable_weights
 
-    model, description = _copy(trained_mlp)
-    apply_masks(model, global_masks(prunable_weights(model), 0.9))
-    cfg = quantize.QuantizeConfig(run_id="x", bits="4", device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
-    packed = quantize.quantized_description(description, encodings, layers, cfg)
+    pruned = trained_mlp.copy()
+    apply_masks(pruned.model, global_masks(prunable_weights(pruned.model), 0.9))
+    model, encodings, layers, packed = _quantize(pruned, digits, bits="4")
     nonzero = sum(int(torch.count_nonzero(model.get_parameter(f"{name}.weight"))) for name in layers)
     assert nonzero <= 5_020  # pruned weights stay zero under the symmetric grid
     folder = save_checkpoint(model, packed, tmp_path / "pruned4", encodings)
@@ -148,33 +139,28 @@ def test_pruned_then_quantized_stores_bitmap_and_nonzero_codes(trained_mlp, digi
 
 
 def test_binary_weights_take_one_bit(trained_mlp, digits):
-    model, description = _copy(trained_mlp)
-    cfg = quantize.QuantizeConfig(run_id="x", method="binary", keep_first_last=False, device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    model, encodings, layers, int8 = _quantize(trained_mlp, digits, method="binary", keep_first_last=False)
     assert set(layers.values()) == {1}
     codes_bytes = sum(-(-e.codes.numel() // 8) for e in encodings.values())
     assert codes_bytes * 32 == pytest.approx(4 * 50_200, rel=0.001)  # 1/32 of the fp32 weights
 
 
 def test_binary_keeps_first_and_last_layer_at_8_bits(trained_mlp, digits):
-    model, _ = _copy(trained_mlp)
-    cfg = quantize.QuantizeConfig(run_id="x", method="binary", device="cpu")
-    assert quantize._layers(model, cfg) == {"layers.1": 8, "layers.3": 1, "layers.5": 8}
+    _, _, layers, _ = _quantize(trained_mlp, digits, method="binary")
+    assert layers == {"layers.1": 8, "layers.3": 1, "layers.5": 8}
 
 
 def test_straight_through_fine_tuning_recovers_two_bit_accuracy(trained_mlp, digits):
     results = {}
     for epochs in (0, 5):
-        model, _ = _copy(trained_mlp)
-        cfg = quantize.QuantizeConfig(run_id="x", bits="2", epochs=epochs, device="cpu")
-        model, *_ = quantize.quantize(model, digits, cfg, CPU)
+        model, *_ = _quantize(trained_mlp, digits, bits="2", epochs=epochs)
         results[epochs] = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
     assert results[5] > results[0] + 0.2
 
 
 def test_quantize_step_logs_a_packed_model_that_evaluates_identically(trained_run_id):
-    cfg = quantize.QuantizeConfig(run_id=trained_run_id, method="kmeans", bits="3", device="cpu")
-    run = mlflow.get_run(quantize.execute(cfg))
+    cfg = quantize_step.QuantizeConfig(run_id=trained_run_id, method="kmeans", bits="3", device="cpu")
+    run = mlflow.get_run(quantize_step.execute(cfg))
     metrics = run.data.metrics
     assert metrics["cost_size_bytes"] < metrics["baseline_cost_size_bytes"] / 8
     assert metrics["cost_size_huffman_bytes"] <= metrics["cost_size_bytes"]
@@ -186,12 +172,7 @@ def test_quantize_step_logs_a_packed_model_that_evaluates_identically(trained_ru
 
 @pytest.fixture(scope="module")
 def trained_cnn(digits):
-    cfg = train.TrainConfig(model="cnn", epochs=20, patience=0, device="cpu")
-    seed_everything(cfg.seed)
-    description = train.build_description(cfg, digits)
-    model = build_model(description["architecture"])
-    train.train(model, digits, cfg, CPU)
-    return model.cpu(), description
+    return train(new_artifact("cnn", digits), digits, FitSettings(epochs=20, patience=0), CPU).artifact
 
 
 def _graph_quantizer_bytes(model) -> int:
@@ -201,12 +182,10 @@ def _graph_quantizer_bytes(model) -> int:
 
 @pytest.mark.parametrize("observer", ["histogram", "minmax"])
 def test_static_int8_cnn_runs_int8_layers_and_round_trips_exactly(trained_cnn, digits, tmp_path, observer):
-    from steps._quantization import is_int8_layer
+    from shrinkflow.encoding import is_int8_layer
 
-    model, description = _copy(trained_cnn)
-    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    cfg = quantize.QuantizeConfig(run_id="x", method="static-int8", observer=observer, device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    baseline = score(trained_cnn.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    model, encodings, layers, int8 = _quantize(trained_cnn, digits, method="static-int8", observer=observer)
     assert set(layers) == {"features.0", "features.3", "classifier.1", "classifier.3"}
     assert all(is_int8_layer(model.get_submodule(name)) for name in layers)
     seen = []
@@ -216,7 +195,6 @@ def test_static_int8_cnn_runs_int8_layers_and_round_trips_exactly(trained_cnn, d
     hook.remove()
     assert seen[0].dtype == torch.quint8  # activations travel between layers as int8
     assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.01
-    int8 = quantize.quantized_description(description, encodings, layers, cfg)
     assert int8["storage"] == "int8-static" and int8["quantize"]["observer"] == observer
     folder = save_checkpoint(model, int8, tmp_path / "int8", encodings)
     reloaded, _ = load_checkpoint(folder)
@@ -233,11 +211,9 @@ def test_static_int8_cnn_runs_int8_layers_and_round_trips_exactly(trained_cnn, d
 
 
 def test_static_int8_traces_for_deployment(trained_cnn, digits):
-    from steps._latency import deployable
+    from shrinkflow.latency import deployable
 
-    model, _ = _copy(trained_cnn)
-    cfg = quantize.QuantizeConfig(run_id="x", method="static-int8", calibration_batches=2, device="cpu")
-    model, *_ = quantize.quantize(model, digits, cfg, CPU)
+    model, *_ = _quantize(trained_cnn, digits, method="static-int8", calibration_batches=2)
     traced = deployable(model, digits.x_test[:8], "traced")
     with torch.no_grad():
         assert torch.equal(traced(digits.x_test[:8]), model(digits.x_test[:8]))
@@ -246,45 +222,40 @@ def test_static_int8_traces_for_deployment(trained_cnn, digits):
 def test_more_calibration_batches_observe_more_of_the_range(trained_cnn, digits):
     scales = {}
     for batches in (1, 12):
-        model, _ = _copy(trained_cnn)
-        cfg = quantize.QuantizeConfig(
-            run_id="x", method="static-int8", observer="minmax", calibration_batches=batches, device="cpu"
-        )
-        model, *_ = quantize.quantize(model, digits, cfg, CPU)
+        model, *_ = _quantize(trained_cnn, digits, method="static-int8", observer="minmax", calibration_batches=batches)
         scales[batches] = model.get_submodule("features.3").scale
     assert scales[12] > scales[1]  # min/max over 1,200 images reach further than over 100
 
 
 def test_qat_fine_tunes_with_fake_quantization_and_converts_to_int8(trained_mlp, digits, tmp_path):
-    from steps._quantization import is_int8_layer
+    from shrinkflow.encoding import is_int8_layer
 
-    model, description = _copy(trained_mlp)
     epochs = []
-    cfg = quantize.QuantizeConfig(run_id="x", method="qat", epochs=2, device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU, on_epoch=lambda e, m: epochs.append(e))
+    model, encodings, layers, int8 = _quantize(
+        trained_mlp, digits, on_epoch=lambda e, m: epochs.append(e), method="qat", epochs=2
+    )
     assert epochs == [1, 2]
     assert set(layers) == {"layers.1", "layers.3", "layers.5"}
     assert all(is_int8_layer(model.get_submodule(name)) for name in layers)
     assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] > 0.95
-    int8 = quantize.quantized_description(description, encodings, layers, cfg)
-    assert int8["quantize"] == {"method": "qat", "source_run_id": "x", "observer": "moving-average"}
+    assert int8["quantize"] == {"method": "qat", "observer": "moving-average"}
     reloaded, _ = load_checkpoint(save_checkpoint(model, int8, tmp_path / "qat", encodings))
     with torch.no_grad():
         assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
 
 
 def test_quantize_step_logs_a_static_int8_model_that_evaluates_identically(trained_run_id):
-    cfg = quantize.QuantizeConfig(run_id=trained_run_id, method="static-int8", calibration_batches=3, device="cpu")
-    run = mlflow.get_run(quantize.execute(cfg))
+    cfg = quantize_step.QuantizeConfig(run_id=trained_run_id, method="static-int8", calibration_batches=3, device="cpu")
+    run = mlflow.get_run(quantize_step.execute(cfg))
     metrics = run.data.metrics
     assert metrics["cost_size_bytes"] < 0.3 * metrics["baseline_cost_size_bytes"]
     evaluated = mlflow.get_run(evaluate.execute(evaluate.EvaluateConfig(run_id=run.info.run_id)))
     assert evaluated.data.metrics["test_accuracy"] == metrics["test_accuracy"]
-    line = "run .* already holds a quantized model \\(storage int8-static\\)"
+    line = "run .*: the model is already quantized \\(storage int8-static\\): quantize the float model"
     with pytest.raises(ShrinkflowError, match=line):
-        quantize.execute(quantize.QuantizeConfig(run_id=run.info.run_id, device="cpu"))
-    with pytest.raises(ShrinkflowError, match="holds a quantized model .* prune first, then quantize"):
-        prune.execute(prune.PruneConfig(run_id=run.info.run_id, sparsity=0.5, device="cpu"))
+        quantize_step.execute(quantize_step.QuantizeConfig(run_id=run.info.run_id, device="cpu"))
+    with pytest.raises(ShrinkflowError, match="already quantized .*: prune the float model it was quantized from"):
+        prune_step.execute(prune_step.PruneConfig(run_id=run.info.run_id, sparsity=0.5, device="cpu"))
 
 
 _SWITCHABLE_DATA = """
@@ -302,11 +273,13 @@ def load():
 def test_calibration_on_an_empty_split_fails_before_a_run(tmp_path, monkeypatch, fails_with_bad_input):
     (tmp_path / "switchable_digits.py").write_text(_SWITCHABLE_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
-    run_id = train.execute(train.TrainConfig(model="mlp", dataset="switchable_digits:load", epochs=1, device="cpu"))
+    run_id = train_step.execute(
+        train_step.TrainConfig(model="mlp", dataset="switchable_digits:load", epochs=1, device="cpu")
+    )
     monkeypatch.setenv("SHRINKFLOW_TEST_EMPTY_VAL", "1")  # the user's data changed since training
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
     argv = ["--run-id", run_id, "--method", "static-int8", "--calibration-split", "val"]
-    line = fails_with_bad_input(quantize.main, argv)
+    line = fails_with_bad_input(quantize_step.main, argv)
     assert line == (
         "error: calibration on an empty split: the 'val' split of dataset 'switchable_digits:load' has no samples; "
         "choose calibration_split train"
@@ -317,30 +290,27 @@ def test_calibration_on_an_empty_split_fails_before_a_run(tmp_path, monkeypatch,
 class TestBadInput:
     @pytest.mark.parametrize("bits", ["0", "9", "4.5", '{"*": 12}'])
     def test_bits_outside_supported_set(self, fails_with_bad_input, bits):
-        line = fails_with_bad_input(quantize.main, ["--run-id", "r", "--bits", bits])
+        line = fails_with_bad_input(quantize_step.main, ["--run-id", "r", "--bits", bits])
         assert "bits must be integers in 1-8 (the supported set)" in line or "bits must be an integer 1-8" in line
 
     def test_unsupported_layer_type(self, fails_with_bad_input, trained_run_id):
-        line = fails_with_bad_input(quantize.main, ["--run-id", trained_run_id, "--bits", '{"layers.2": 4}'])
+        line = fails_with_bad_input(quantize_step.main, ["--run-id", trained_run_id, "--bits", '{"layers.2": 4}'])
         assert (
             "layer 'layers.2' is a ReLU, an unsupported layer type" in line and "layers.1, layers.3, layers.5" in line
         )
 
     def test_unknown_method(self, fails_with_bad_input):
-        line = fails_with_bad_input(quantize.main, ["--run-id", "r", "--method", "int3"])
+        line = fails_with_bad_input(quantize_step.main, ["--run-id", "r", "--method", "int3"])
         assert "unknown quantization method 'int3': choose kbit, binary, kmeans" in line
 
 
 def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, digits, tmp_path):
-    from steps._quantization import is_dynamic_int8_linear
+    from shrinkflow.encoding import is_dynamic_int8_linear
 
-    model, description = _copy(trained_mlp)
-    baseline = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    cfg = quantize.QuantizeConfig(run_id="x", method="dynamic-int8", device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, cfg, CPU)
+    baseline = score(trained_mlp.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    model, encodings, layers, int8 = _quantize(trained_mlp, digits, method="dynamic-int8")
     assert all(is_dynamic_int8_linear(model.get_submodule(name)) for name in layers)
     assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.005
-    int8 = quantize.quantized_description(description, encodings, layers, cfg)
     folder = save_checkpoint(model, int8, tmp_path / "int8", encodings)
     reloaded, _ = load_checkpoint(folder)
     assert all(is_dynamic_int8_linear(reloaded.get_submodule(name)) for name in layers)
@@ -354,20 +324,14 @@ def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, dig
 
 
 def test_dynamic_int8_lstm_runs_int8_and_round_trips_exactly(digits, tmp_path):
-    from steps._latency import state_tensors
-    from steps._quantization import is_dynamic_int8_lstm
+    from shrinkflow.encoding import is_dynamic_int8_lstm
+    from shrinkflow.latency import state_tensors
 
-    cfg = train.TrainConfig(model="lstm", epochs=6, patience=0, device="cpu")
-    seed_everything(cfg.seed)
-    description = train.build_description(cfg, digits)
-    model = build_model(description["architecture"])
-    train.train(model, digits, cfg, CPU)
-    baseline = score(model.cpu(), digits.x_test, digits.y_test, CPU)["accuracy"]
-    quantized_cfg = quantize.QuantizeConfig(run_id="x", method="dynamic-int8", device="cpu")
-    model, encodings, layers = quantize.quantize(model, digits, quantized_cfg, CPU)
+    trained = train(new_artifact("lstm", digits), digits, FitSettings(epochs=6, patience=0), CPU).artifact
+    baseline = score(trained.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    model, encodings, layers, int8 = _quantize(trained, digits, method="dynamic-int8")
     assert layers == {"lstm": 8, "fc": 8} and is_dynamic_int8_lstm(model.lstm)
     assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.01
-    int8 = quantize.quantized_description(description, encodings, layers, quantized_cfg)
     folder = save_checkpoint(model, int8, tmp_path / "lstm", encodings)
     reloaded, _ = load_checkpoint(folder)
     assert is_dynamic_int8_lstm(reloaded.lstm)
@@ -386,11 +350,9 @@ def test_dynamic_int8_lstm_runs_int8_and_round_trips_exactly(digits, tmp_path):
 
 
 def test_dynamic_int8_traces_for_deployment(trained_mlp, digits):
-    from steps._latency import deployable
+    from shrinkflow.latency import deployable
 
-    model, _ = _copy(trained_mlp)
-    cfg = quantize.QuantizeConfig(run_id="x", method="dynamic-int8", device="cpu")
-    model, *_ = quantize.quantize(model, digits, cfg, CPU)
+    model, *_ = _quantize(trained_mlp, digits, method="dynamic-int8")
     traced = deployable(model, digits.x_test[:8], "traced")
     with torch.no_grad():
         assert torch.equal(traced(digits.x_test[:8]), model(digits.x_test[:8]))
@@ -398,7 +360,7 @@ def test_dynamic_int8_traces_for_deployment(trained_mlp, digits):
 
 def test_dynamic_int8_has_no_fine_tuning():
     with pytest.raises(ShrinkflowError, match="dynamic-int8 has no fine-tuning"):
-        quantize.QuantizeConfig(run_id="r", method="dynamic-int8", epochs=3)
+        quantize_step.QuantizeConfig(run_id="r", method="dynamic-int8", epochs=3)
 
 
 @pytest.mark.parametrize(
@@ -413,4 +375,4 @@ def test_dynamic_int8_has_no_fine_tuning():
     ],
 )
 def test_int8_settings_are_checked(fails_with_bad_input, argv, message):
-    assert message in fails_with_bad_input(quantize.main, ["--run-id", "r", *argv])
+    assert message in fails_with_bad_input(quantize_step.main, ["--run-id", "r", *argv])

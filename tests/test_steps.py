@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from steps import _tracking, evaluate, train
-from steps._data import load_dataset
+from shrinkflow import tracking
+from shrinkflow.data import load_dataset
+from steps import evaluate, train
 
 
 def test_train_run_logs_params_metrics_datasets_and_model(trained_run_id):
@@ -37,7 +38,8 @@ def test_logged_model_has_signature_and_input_example(trained_run_id):
 
 
 def test_model_reloads_with_identical_predictions_through_pyfunc(trained_run_id, tmp_path):
-    model, description, _ = _tracking.load_model(trained_run_id, tmp_path)
+    artifact, _ = tracking.load_model(trained_run_id)
+    model, description = artifact.model, artifact.description
     x = load_dataset("digits").x_test[:16]
     with torch.no_grad():
         ours = model(x).numpy()
@@ -71,8 +73,8 @@ def test_evaluate_on_validation_split(trained_run_id):
 
 
 def test_evaluate_confusion_matrix_matches_accuracy():
-    from steps._training import seed_everything
-    from steps._zoo import build_model, describe
+    from shrinkflow.runtime import seed_everything
+    from shrinkflow.zoo import build_model, describe
 
     data = load_dataset("digits")
     seed_everything(0)

@@ -1,12 +1,11 @@
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from steps._config import ShrinkflowError
-from steps._data import load_dataset
-from steps._training import fit, resolve_device, score, seed_everything
-from steps._zoo import build_model, describe
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.data import load_dataset
+from shrinkflow.runtime import resolve_device, seed_everything
+from shrinkflow.training import FitSettings, fit, score
+from shrinkflow.zoo import build_model, describe
 
 CPU = torch.device("cpu")
 
@@ -14,7 +13,7 @@ CPU = torch.device("cpu")
 def _settings(**overrides):
     values = dict(epochs=5, batch_size=100, lr=1e-2, weight_decay=0.1, label_smoothing=0.1, patience=0, seed=0)
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return FitSettings(**values)
 
 
 def _fit(settings, model_name="mlp"):
@@ -22,9 +21,7 @@ def _fit(settings, model_name="mlp"):
     seed_everything(settings.seed)
     model = build_model(describe(model_name, data.input_shape, data.num_classes))
     history = []
-    result = fit(
-        model, (data.x_train, data.y_train), (data.x_val, data.y_val), settings, CPU, lambda e, m: history.append(m)
-    )
+    result = fit(model, data.train, data.val, settings, CPU, on_epoch=lambda e, m: history.append(m))
     return model, result, history, data
 
 

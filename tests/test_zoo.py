@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from steps._config import ShrinkflowError
-from steps._zoo import MODELS, build_model, describe
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.zoo import MODELS, build_model, describe
 
 # (model, input shape) pairs that every zoo model must handle
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}

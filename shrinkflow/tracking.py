@@ -1,6 +1,6 @@
 """The one place that talks to MLflow about runs, models and datasets.
 
-Models are logged as MLflow "models from code" (``steps/_pyfunc_model.py``) with the checkpoint
+Models are logged as MLflow "models from code" (``shrinkflow/pyfunc_model.py``) with the checkpoint
 folder as their artifact, a signature and an input example; in MLflow 3 they live at
 ``models:/<model_id>`` and are found from a run id through the run's logged-model outputs.
 """
@@ -22,15 +22,15 @@ import torch
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from torch import nn
 
-from steps._checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
-from steps._config import ShrinkflowError
-from steps._data import DataSplits
+from shrinkflow.artifact import Artifact
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.cost import cost_summary
+from shrinkflow.data import DataSplits
 
 __all__ = ["load_model", "log_dataset", "log_model", "log_table", "step_run"]
 
-_STEPS_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent
 # MLflow draws a progress bar per artifact download: noise for files of a few hundred KB.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _MODEL_NAME = "model"
@@ -73,27 +73,24 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
-def log_model(model: nn.Module, description: dict[str, Any], example: torch.Tensor, encodings=None) -> tuple[str, int]:
-    """Log ``model`` with its description; return (model_id, bytes of the checkpoint on disk).
-
-    ``encodings``: packed codes of quantized weights (see ``steps._checkpoint.save_checkpoint``).
-    """
+def log_model(artifact: Artifact, example: torch.Tensor) -> str:
+    """Log ``artifact``'s checkpoint as the run's model (signature and input example from
+    ``example``); return its model id (``models:/<model_id>``)."""
     example_np = example.detach().cpu().numpy()
     with torch.no_grad():
-        output = model.cpu().eval()(example.cpu()).numpy()
+        output = artifact.model.cpu().eval()(example.cpu()).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_checkpoint(model, description, Path(tmp) / "checkpoint", encodings)
-        size = checkpoint_bytes(folder)
+        folder = artifact.save(Path(tmp) / "checkpoint")
         info = mlflow.pyfunc.log_model(
             name=_MODEL_NAME,
-            python_model=str(_STEPS_DIR / "_pyfunc_model.py"),
+            python_model=str(_PACKAGE_DIR / "pyfunc_model.py"),
             artifacts={"checkpoint": str(folder)},
-            code_paths=[str(_STEPS_DIR)],
+            code_paths=[str(_PACKAGE_DIR)],
             signature=infer_signature(example_np, output),
             input_example=example_np,
             pip_requirements=_pip_requirements(),
         )
-    return info.model_id, size
+    return info.model_id
 
 
 def _logged_model(run_id: str):
@@ -113,20 +110,21 @@ def _logged_model(run_id: str):
     return mlflow.get_logged_model(outputs[-1].model_id)
 
 
-def load_model(run_id: str, folder: Path) -> tuple[nn.Module, dict[str, Any], Path]:
-    """Download the model that ``run_id`` logged into ``folder`` and rebuild it.
-
-    Returns (model, description, checkpoint folder).
-    """
+def load_model(run_id: str) -> tuple[Artifact, dict[str, float]]:
+    """Download the model that ``run_id`` logged and rebuild it; return the artifact and its
+    ``cost_*`` metrics, ``cost_size_bytes`` measured on the checkpoint as it was logged."""
     logged = _logged_model(run_id)
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{logged.artifact_location}/artifacts/checkpoint", dst_path=str(folder)
-        )
-    except (MlflowException, OSError) as exc:
-        raise ShrinkflowError(f"model {logged.model_id} of run {run_id!r} has no readable checkpoint: {exc}") from exc
-    model, description = load_checkpoint(Path(local))
-    return model, description, Path(local)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{logged.artifact_location}/artifacts/checkpoint", dst_path=tmp
+            )
+        except (MlflowException, OSError) as exc:
+            raise ShrinkflowError(
+                f"model {logged.model_id} of run {run_id!r} has no readable checkpoint: {exc}"
+            ) from exc
+        artifact = Artifact.load(Path(local))
+        return artifact, cost_summary(artifact.model, artifact.description, Path(local))
 
 
 def log_table(table: pd.DataFrame, name: str) -> None:

@@ -16,6 +16,7 @@ the sparse bitmap format, 1 bit per element plus 4 bytes per non-zero of each bi
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from steps._checkpoint import checkpoint_bytes, tensor_storage_bytes
-from steps._quantization import (
+from shrinkflow.artifact import Artifact
+from shrinkflow.checkpoint import checkpoint_bytes, tensor_storage_bytes
+from shrinkflow.encoding import (
     INT8_STORAGES,
     int8_lstm_tensors,
     int8_state,
@@ -38,6 +40,7 @@ from steps._quantization import (
 __all__ = [
     "LayerCost",
     "before_after_metrics",
+    "cost",
     "cost_summary",
     "layer_costs",
     "layer_table",
@@ -163,7 +166,7 @@ def layer_table(costs: list[LayerCost]) -> pd.DataFrame:
 
 def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> int:
     """Bytes the model's storage format needs for its tensors — values, bitmaps, indices — without
-    the container's headers (see ``steps._checkpoint`` for the formats)."""
+    the container's headers (see ``shrinkflow.checkpoint`` for the formats)."""
     storage = description.get("storage", "dense-fp32")
     if storage in INT8_STORAGES:
         return sum(t.numel() * t.element_size() for t in int8_state(model).values())
@@ -206,6 +209,14 @@ def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: P
     if checkpoint is not None:
         summary["cost_size_bytes"] = checkpoint_bytes(checkpoint)
     return summary
+
+
+def cost(artifact: Artifact) -> dict[str, float]:
+    """Every ``cost_*`` metric of ``artifact``, ``cost_size_bytes`` measured on the checkpoint it
+    saves (to a temporary folder: what ``mlflow`` logs is the same bytes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = artifact.save(Path(tmp) / "checkpoint")
+        return cost_summary(artifact.model, artifact.description, folder)
 
 
 def before_after_metrics(

@@ -12,11 +12,25 @@ import argparse
 import dataclasses
 from typing import Any, get_type_hints
 
-__all__ = ["ShrinkflowError", "build_parser", "config_to_params", "flag_name", "parse_bool", "parse_config"]
+__all__ = [
+    "ShrinkflowError",
+    "build_parser",
+    "check_run_id",
+    "config_to_params",
+    "flag_name",
+    "parse_bool",
+    "parse_config",
+]
 
 
 class ShrinkflowError(ValueError):
     """Bad user input: reported as one line, with the valid choices, and a non-zero exit."""
+
+
+def check_run_id(run_id: str, producer: str = "a train step") -> None:
+    """A step that reads a logged model needs the run id of the step that logged it."""
+    if not run_id.strip():
+        raise ShrinkflowError(f"run_id is required: pass the run id printed by {producer}")
 
 
 _TRUE = {"true", "1", "yes", "on"}

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from steps._config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError
 
 __all__ = ["is_import_spec", "load_callable"]
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from steps._config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError
 
-__all__ = ["EXIT_BAD_INPUT", "run_main"]
+__all__ = ["EXIT_BAD_INPUT", "about_run", "run_main"]
 
 EXIT_BAD_INPUT = 2
 
@@ -20,3 +21,12 @@ def run_main(step: Callable[[], str]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     print(run_id, flush=True)
+
+
+@contextlib.contextmanager
+def about_run(run_id: str) -> Iterator[None]:
+    """Name the run whose model a library error is about: ``run '<id>': <error>``."""
+    try:
+        yield
+    except ShrinkflowError as exc:
+        raise ShrinkflowError(f"run {run_id!r}: {exc}") from exc

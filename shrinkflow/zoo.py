@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from steps._config import ShrinkflowError
-from steps._imports import is_import_spec, load_callable
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.imports import is_import_spec, load_callable
 
 __all__ = ["MODELS", "build_model", "describe", "model_choices", "module_shapes"]
 

@@ -5,7 +5,7 @@ Layout of a checkpoint folder:
   (stricter than ``torch.load(weights_only=True)``), and its container costs ~80 bytes a tensor
   where ``torch.save``'s zip costs ~1.5 KB plus ~200 bytes a tensor: on a 5,000-parameter model
   that is the difference between 5% and 18% over the weights' own bytes;
-- ``model.json``: the architecture description (``steps._zoo.describe``), the class names, the
+- ``model.json``: the architecture description (``shrinkflow.zoo.describe``), the class names, the
   dataset it was trained on and the storage format, so a later step can rebuild model and data.
 
 Storage formats (``description["storage"]``):
@@ -14,7 +14,7 @@ Storage formats (``description["storage"]``):
   non-zeros (1 bit an element, packed) plus the non-zero values; other tensors stay dense. At 90%
   sparsity a float32 matrix takes 0.1 × 4 + 1/8 = 0.525 bytes an element instead of 4.
 - ``packed``: quantized weights (``description["quantization"]`` names them) are stored as their
-  integer codes packed k bits each plus float32 scales or codebook (``steps._quantization``);
+  integer codes packed k bits each plus float32 scales or codebook (``shrinkflow.encoding``);
   other tensors stay dense. Reloading decodes them to the very floats the model ran with.
 - ``int8-dynamic``: Linear layers as int8 weights with float32 scales and int8 zero points per
   output channel, LSTM layers as int8 weights with one float32 scale and int8 zero point each,
@@ -37,8 +37,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from steps._config import ShrinkflowError
-from steps._quantization import (
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.encoding import (
     INT8_STORAGES,
     Encoded,
     bitmap_pays,
@@ -50,7 +50,7 @@ from steps._quantization import (
     unpack_codes,
     zero_code,
 )
-from steps._zoo import build_model
+from shrinkflow.zoo import build_model
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,6 +60,7 @@ __all__ = [
     "checkpoint_bytes",
     "is_quantized",
     "load_checkpoint",
+    "read_checkpoint",
     "runs_on_cpu_only",
     "save_checkpoint",
 ]
@@ -139,8 +140,9 @@ def _encode_packed(state: dict[str, torch.Tensor], encodings: dict) -> tuple[dic
     return tensors, metadata
 
 
-def _decode_packed(tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str, torch.Tensor]:
+def _decode_packed(tensors: dict[str, torch.Tensor], metadata: dict) -> tuple[dict[str, torch.Tensor], dict]:
     state = {name: t for name, t in tensors.items() if "::" not in name}
+    encodings = {}
     for name, info in metadata.items():
         count = int(np.prod(info["shape"]))
         encoded = Encoded(info["scheme"], info["bits"], tuple(info["shape"]), None, tensors[f"{name}::scales"])
@@ -150,8 +152,8 @@ def _decode_packed(tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str
             encoded.codes[keep] = unpack_codes(tensors[f"{name}::codes"], info["bits"], int(keep.sum()))
         else:
             encoded.codes = unpack_codes(tensors[f"{name}::codes"], info["bits"], count)
-        state[name] = decode(encoded)
-    return state
+        state[name], encodings[name] = decode(encoded), encoded
+    return state, encodings
 
 
 def _compact(value) -> str:
@@ -162,7 +164,7 @@ def _compact(value) -> str:
 def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path, encodings=None) -> Path:
     """Write ``model``'s weights and ``description`` to ``folder``; return the folder.
 
-    ``encodings`` (``packed`` storage): the ``steps._quantization.Encoded`` of each quantized
+    ``encodings`` (``packed`` storage): the ``shrinkflow.encoding.Encoded`` of each quantized
     weight, whose decoded values the model holds.
     """
     folder = Path(folder)
@@ -183,6 +185,13 @@ def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path,
 
 def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` and load its weights (no unpickling of anything)."""
+    model, description, _ = read_checkpoint(folder)
+    return model, description
+
+
+def read_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Encoded]]:
+    """``load_checkpoint``, plus the codes of packed weights (by state-dict name; else empty), so
+    that saving the model again stores them packed again."""
     folder = Path(folder)
     for name in (DESCRIPTION_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
@@ -198,38 +207,40 @@ def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     model = build_model(description["architecture"])
     try:
-        model = _load_weights(model, folder / WEIGHTS_FILE, description)
+        model, encodings = _load_weights(model, folder / WEIGHTS_FILE, description)
     except (safetensors.SafetensorError, KeyError, ValueError) as exc:
         raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {WEIGHTS_FILE}: {exc}") from exc
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise ShrinkflowError(f"checkpoint in {folder} does not match its architecture: {first_line}") from exc
     model.eval()
-    return model, description
+    return model, description, encodings
 
 
-def _load_weights(model: nn.Module, path: Path, description: dict[str, Any]) -> nn.Module:
-    """Load the weights into ``model``; returns the model (a new one for int8 storages)."""
+def _load_weights(model: nn.Module, path: Path, description: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """Load the weights into ``model``; return the model (a new one for int8 storages) and the
+    codes of packed weights."""
     storage = description.get("storage", "dense-fp32")
     if storage not in STORAGE_FORMATS:
         raise ValueError(f"unknown storage format {storage!r}: this Shrinkflow reads {', '.join(STORAGE_FORMATS)}")
     if storage == "dense-fp32":
         # strict, and restores tensors that safetensors stored once for several names
         safetensors.torch.load_model(model, str(path), strict=True, device="cpu")
-        return model
+        return model, {}
     if storage in INT8_STORAGES:
         input_shape = description["architecture"]["input_shape"]
         skeleton = int8_skeleton(model, storage, input_shape, description.get("quantize", {}))
-        return load_int8_state(skeleton, safetensors.torch.load_file(str(path)))
+        return load_int8_state(skeleton, safetensors.torch.load_file(str(path))), {}
     with safetensors.safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     tensors = safetensors.torch.load_file(str(path))
+    encodings = {}
     if storage == "packed":
-        state = _decode_packed(tensors, json.loads(metadata[_PACKED_KEY]))
+        state, encodings = _decode_packed(tensors, json.loads(metadata[_PACKED_KEY]))
     else:
         state = _decode_bitmaps(tensors, json.loads(metadata[_SHAPES_KEY]))
     model.load_state_dict(state, strict=True)
-    return model
+    return model, encodings
 
 
 def runs_on_cpu_only(description: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from steps._config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError
 
 __all__ = [
     "FORMS",

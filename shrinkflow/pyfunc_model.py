@@ -10,7 +10,7 @@ import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-from steps._checkpoint import load_checkpoint
+from shrinkflow.checkpoint import load_checkpoint
 
 
 class ShrinkflowPyfunc(PythonModel):

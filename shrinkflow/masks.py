@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from steps._config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError
 
 __all__ = [
     "apply_masks",
@@ -166,7 +166,7 @@ def structured_prune(model: nn.Module, ratio: float, p: int, example: torch.Tens
     model.eval()
     lstms = [m for m in model.modules() if isinstance(m, nn.LSTM)]
     if lstms:
-        from steps._zoo import LSTMClassifier
+        from shrinkflow.zoo import LSTMClassifier
 
         if not isinstance(model, LSTMClassifier):
             raise ShrinkflowError("structured pruning of LSTM layers is supported for the zoo 'lstm' model only")

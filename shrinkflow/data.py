@@ -17,6 +17,7 @@ dataset is scored on the same test examples.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Mapping
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steps._config import ShrinkflowError
-from steps._imports import is_import_spec, load_callable
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.imports import is_import_spec, load_callable
 
 __all__ = ["BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "dataset_of", "load_dataset"]
 
@@ -52,6 +53,20 @@ class DataSplits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     class_names: tuple[str, ...]
+    spec: str = ""  # what ``load_dataset`` was given, so a saved model can name its data
+    label_column: str = "label"
+
+    @property
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_train, self.y_train
+
+    @property
+    def val(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_val, self.y_val
+
+    def reference(self) -> dict[str, str]:
+        """How a model's description names this dataset (``dataset_of`` loads it back)."""
+        return {"spec": self.spec, "label_column": self.label_column}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -80,14 +95,16 @@ def dataset_choices() -> str:
 def load_dataset(spec: str, label_column: str = "label") -> DataSplits:
     """Load and split the dataset that ``spec`` names; raise ShrinkflowError on bad input."""
     if spec == "digits":
-        return _load_digits()
-    if spec == "mnist1d":
-        return _load_mnist1d()
-    if spec.lower().endswith(_TABLE_SUFFIXES):
-        return _load_table(spec, label_column)
-    if is_import_spec(spec):
-        return _load_user_function(spec)
-    raise ShrinkflowError(f"unknown dataset {spec!r}: choose {dataset_choices()}")
+        data = _load_digits()
+    elif spec == "mnist1d":
+        data = _load_mnist1d()
+    elif spec.lower().endswith(_TABLE_SUFFIXES):
+        data = _load_table(spec, label_column)
+    elif is_import_spec(spec):
+        data = _load_user_function(spec)
+    else:
+        raise ShrinkflowError(f"unknown dataset {spec!r}: choose {dataset_choices()}")
+    return dataclasses.replace(data, spec=spec, label_column=label_column)
 
 
 def dataset_of(description: dict) -> DataSplits:

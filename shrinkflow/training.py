@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from steps._config import ShrinkflowError
+from shrinkflow.artifact import Artifact
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.data import DataSplits
 
-__all__ = [
-    "DEVICES",
-    "FitResult",
-    "FitSettings",
-    "fit",
-    "predict_logits",
-    "resolve_device",
-    "score",
-    "seed_everything",
-    "steps_per_epoch",
-]
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise ShrinkflowError(f"unknown device {name!r}: choose {', '.join(DEVICES)} or cuda:N")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ShrinkflowError(f"device {name!r} requested but CUDA is not available: use cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ShrinkflowError("device 'mps' requested but MPS is not available: use cpu or auto")
-    return torch.device(name)
+__all__ = ["FitResult", "FitSettings", "TrainResult", "fit", "predict_logits", "score", "steps_per_epoch", "train"]
 
 
 def _autocast(device: torch.device):
@@ -81,16 +46,38 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.devi
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, inputs)
 
 
-class FitSettings(Protocol):
-    """The knobs ``fit`` reads (``steps.train.TrainConfig`` provides them)."""
+@dataclass(frozen=True)
+class FitSettings:
+    """The knobs ``fit`` reads, with the baseline's defaults; every technique's settings extend
+    it (with their own defaults) so one check covers all of them."""
 
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    label_smoothing: float
-    patience: int
-    seed: int
+    MIN_EPOCHS: ClassVar[int] = 1  # 0 where training is optional (fine-tuning after pruning)
+
+    # 150 epochs of 100 at lr 1e-2 is the MNIST-1D paper's budget (~6,000 steps); the cosine
+    # schedule, weight decay 0.1 and label smoothing 0.1 lift digits mlp from ~97% to ~98%.
+    epochs: int = field(default=150, metadata={"help": "maximum training epochs"})
+    batch_size: int = field(default=100, metadata={"help": "training batch size"})
+    lr: float = field(default=1e-2, metadata={"help": "peak AdamW learning rate (cosine decay to 0)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decoupled weight decay"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
+    patience: int = field(
+        default=30, metadata={"help": "stop after this many epochs without a better val accuracy; 0 = never"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed for weights and batch order (the split is fixed)"})
+
+    def __post_init__(self):
+        if self.epochs < self.MIN_EPOCHS:
+            raise ShrinkflowError(f"epochs must be >= {self.MIN_EPOCHS}, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ShrinkflowError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.patience < 0:
+            raise ShrinkflowError(f"patience must be >= 0 (0 = never stop early), got {self.patience}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ShrinkflowError(
+                f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ShrinkflowError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
@@ -107,6 +94,7 @@ def fit(
     val: tuple[torch.Tensor, torch.Tensor],
     settings: FitSettings,
     device: torch.device,
+    *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     after_step: Callable[[int], None] | None = None,
     first_eligible_epoch: int = 1,
@@ -166,6 +154,22 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_epoch, epoch, max(best_accuracy, 0.0), stopped_early=epoch < settings.epochs)
+
+
+@dataclass
+class TrainResult:
+    artifact: Artifact
+    fit: FitResult
+
+
+def train(artifact: Artifact, data: DataSplits, settings: FitSettings, device: torch.device, *, on_epoch=None):
+    """Train a copy of ``artifact``'s model on the train split, early-stopping on val accuracy;
+    return a ``TrainResult`` holding the trained artifact (on the CPU)."""
+    artifact.require_float("train")
+    trained = artifact.copy()
+    result = fit(trained.model, data.train, data.val, settings, device, on_epoch=on_epoch)
+    trained.model.cpu()
+    return TrainResult(trained, result)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

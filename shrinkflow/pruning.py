@@ -1,0 +1,265 @@
+"""Pruning as a technique: settings, the method registry and the ``prune`` core.
+
+A method is a function registered under its name with ``@pruning_method``; it receives a copy of
+the model and returns a ``Pruning``: the pruned model, the masks fine-tuning must hold (none for
+methods that remove channels physically) and, where the method keeps pruning while fine-tuning
+(``gradual``), the hook that does it. ``prune`` does the rest for every method alike — the
+guards, the fine-tuning with masks enforced, the sparsity and the new description — and
+``tests/test_methods.py`` runs its contract over every registered method.
+
+Methods:
+- ``threshold``: zero every weight with |w| < t (``thresholds``: one t, or a JSON mapping of
+  layer names to t, ``"*"`` for the rest);
+- ``global``: magnitude pruning to ``sparsity`` across all prunable layers at once;
+- ``layerwise``: the same ``sparsity`` in every prunable layer;
+- ``gradual``: Zhu & Gupta's cubic schedule from ``initial_sparsity`` to ``sparsity`` over the
+  first ``ramp_epochs`` epochs of fine-tuning (global ranking, updated every epoch);
+- ``structured``: physically remove ``sparsity`` of the channels/neurons of every layer but the
+  output, ranked by their weights' ``norm`` (Torch-Pruning's dependency graph).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from shrinkflow.artifact import Artifact
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.data import DataSplits
+from shrinkflow.masks import (
+    Masks,
+    apply_masks,
+    cubic_sparsity,
+    global_masks,
+    layerwise_masks,
+    masks_sparsity,
+    prunable_weights,
+    sparsity_error,
+    structured_prune,
+    threshold_masks,
+)
+from shrinkflow.runtime import seed_everything
+from shrinkflow.training import FitResult, FitSettings, fit, steps_per_epoch
+from shrinkflow.zoo import module_shapes
+
+__all__ = [
+    "NORMS",
+    "PRUNING_METHODS",
+    "PruneResult",
+    "PruneSettings",
+    "Pruning",
+    "PruningMethod",
+    "check_pruning",
+    "prune",
+    "pruning_method",
+]
+
+NORMS = {"l1": 1, "l2": 2}
+
+
+@dataclass
+class Pruning:
+    """What a method hands to fine-tuning."""
+
+    model: nn.Module
+    masks: Masks  # weights that must stay zero; empty when channels were removed
+    after_step: Callable[[int], None] | None = None  # None: re-apply the masks after every step
+    first_eligible_epoch: int = 1  # epochs before it are never kept as the best
+
+
+@dataclass(frozen=True)
+class PruningMethod:
+    name: str
+    start: Callable[[nn.Module, PruneSettings, DataSplits], Pruning]
+    structural: bool = False  # removes channels: the model changes shape instead of holding zeros
+    needs_epochs: bool = False  # prunes while fine-tuning
+
+
+PRUNING_METHODS: dict[str, PruningMethod] = {}
+
+
+def pruning_method(name: str, *, structural: bool = False, needs_epochs: bool = False):
+    """Register ``start(model, settings, data) -> Pruning`` as the pruning method ``name``."""
+
+    def register(start):
+        PRUNING_METHODS[name] = PruningMethod(name, start, structural, needs_epochs)
+        return start
+
+    return register
+
+
+@dataclass(frozen=True)
+class PruneSettings(FitSettings):
+    """How to prune and fine-tune (the defaults fine-tune a trained model for 60 epochs)."""
+
+    MIN_EPOCHS: ClassVar[int] = 0
+
+    method: str = field(default="global", metadata={"help": "threshold, global, layerwise, gradual or structured"})
+    sparsity: float = field(
+        default=0.9, metadata={"help": "target share of zero weights in [0, 1); structured: share of channels removed"}
+    )
+    thresholds: str = field(default="", metadata={"help": 'threshold method: one t >= 0, or JSON {"layer": t, "*": t}'})
+    layers: str = field(default="", metadata={"help": "comma-separated layers to prune (unstructured); empty = all"})
+    norm: str = field(default="l1", metadata={"help": "structured: channel importance norm, l1 or l2"})
+    initial_sparsity: float = field(default=0.0, metadata={"help": "gradual: sparsity at the start of the ramp"})
+    ramp_epochs: int = field(default=0, metadata={"help": "gradual: epochs to reach the target; 0 = 2/3 of epochs"})
+    epochs: int = field(default=60, metadata={"help": "fine-tuning epochs after pruning (0 = none)"})
+    # Fine-tuning starts from trained weights: under a third of the training learning rate.
+    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    patience: int = field(default=0, metadata={"help": "early stopping patience in epochs; 0 = never"})
+    seed: int = field(default=0, metadata={"help": "seed for fine-tuning batch order"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method not in PRUNING_METHODS:
+            raise ShrinkflowError(f"unknown pruning method {self.method!r}: choose {', '.join(PRUNING_METHODS)}")
+        for name in ("sparsity", "initial_sparsity"):
+            if message := sparsity_error(getattr(self, name), name):
+                raise ShrinkflowError(message)
+        if self.method == "threshold":
+            self.threshold_map()  # validates
+        if self.norm not in NORMS:
+            raise ShrinkflowError(f"unknown norm {self.norm!r}: choose {', '.join(NORMS)}")
+        if self.ramp_epochs < 0:
+            raise ShrinkflowError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}")
+        if PRUNING_METHODS[self.method].needs_epochs and self.epochs < 1:
+            raise ShrinkflowError(f"{self.method} pruning happens during fine-tuning: set epochs >= 1")
+
+    def threshold_map(self) -> dict[str, float]:
+        text = self.thresholds.strip()
+        if not text:
+            raise ShrinkflowError('method threshold needs thresholds: one value such as 0.05, or JSON {"layer": t}')
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            raise ShrinkflowError(f"thresholds must be a number or a JSON object, got {text!r}") from None
+        mapping = {"*": parsed} if isinstance(parsed, (int, float)) else parsed
+        if not isinstance(mapping, dict) or not all(isinstance(v, (int, float)) for v in mapping.values()):
+            raise ShrinkflowError(f"thresholds must be a number or a JSON object of numbers, got {text!r}")
+        if any(v < 0 for v in mapping.values()):
+            raise ShrinkflowError(f"thresholds must be >= 0, got {text}")
+        return {str(k): float(v) for k, v in mapping.items()}
+
+    def layer_list(self) -> list[str] | None:
+        return [name.strip() for name in self.layers.split(",") if name.strip()] or None
+
+    def ramp(self) -> int:
+        return self.ramp_epochs or max(1, (2 * self.epochs) // 3)
+
+
+@dataclass
+class PruneResult:
+    artifact: Artifact
+    masks: Masks  # empty for structural methods
+    fit: FitResult | None
+    sparsity: float  # share of zeros in the pruned tensors (structural: share of parameters removed)
+
+
+def check_pruning(artifact: Artifact, settings: PruneSettings) -> None:
+    """Fail on what ``prune`` cannot do: a quantized model, layer names the model does not have."""
+    artifact.require_float("prune")
+    if PRUNING_METHODS[settings.method].structural:
+        return
+    weights = prunable_weights(artifact.model, settings.layer_list())
+    if settings.method == "threshold":
+        known = {name.rsplit(".", 1)[0] for name in weights}
+        unknown = sorted(set(settings.threshold_map()) - known - {"*"})
+        if unknown:
+            raise ShrinkflowError(f"thresholds name unknown layer(s) {unknown}: prunable layers are {sorted(known)}")
+
+
+def prune(
+    artifact: Artifact, data: DataSplits, settings: PruneSettings, device: torch.device, *, on_epoch=None
+) -> PruneResult:
+    """Prune a copy of ``artifact``'s model with ``settings.method``, then fine-tune it with the
+    pruned weights held at zero; return the pruned artifact (on the CPU). ``on_epoch(epoch,
+    metrics)`` sees the fine-tuning metrics and, for masking methods, the ``sparsity`` reached."""
+    check_pruning(artifact, settings)
+    method = PRUNING_METHODS[settings.method]
+    model = artifact.copy().model
+    seed_everything(settings.seed)
+    before = sum(p.numel() for p in model.parameters())
+    plan = method.start(model, settings, data)
+    model, masks = plan.model, plan.masks
+    after_step = plan.after_step
+    if after_step is None and masks:
+        after_step = lambda step: apply_masks(model, masks)  # noqa: E731  (fine-tuning must not revive a weight)
+    report = on_epoch
+    if on_epoch is not None and masks:  # the share of zeros so far (it grows under gradual pruning)
+        report = lambda epoch, metrics: on_epoch(epoch, {**metrics, "sparsity": masks_sparsity(masks)})  # noqa: E731
+    result = None
+    if settings.epochs:
+        first_eligible = plan.first_eligible_epoch
+        result = fit(
+            model, data.train, data.val, settings, device,
+            on_epoch=report, after_step=after_step, first_eligible_epoch=first_eligible,
+        )  # fmt: skip
+    model.cpu()
+    sparsity = masks_sparsity(masks) if masks else 1.0 - sum(p.numel() for p in model.parameters()) / before
+    description = _pruned_description(artifact.description, model, method, sparsity)
+    return PruneResult(Artifact(model, description), masks, result, sparsity)
+
+
+def _pruned_description(description: dict, model: nn.Module, method: PruningMethod, sparsity: float) -> dict:
+    architecture = dict(description["architecture"])
+    if method.structural:
+        architecture["resized"] = module_shapes(model)
+    return {
+        **description,
+        "architecture": architecture,
+        "storage": "dense-fp32" if method.structural else "sparse-bitmap",
+        "pruning": {"method": method.name, "sparsity": sparsity},
+    }
+
+
+def _masked(model: nn.Module, masks: Masks) -> Pruning:
+    apply_masks(model, masks)
+    return Pruning(model, masks)
+
+
+@pruning_method("threshold")
+def _threshold(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
+    return _masked(model, threshold_masks(prunable_weights(model, settings.layer_list()), settings.threshold_map()))
+
+
+@pruning_method("global")
+def _global(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
+    return _masked(model, global_masks(prunable_weights(model, settings.layer_list()), settings.sparsity))
+
+
+@pruning_method("layerwise")
+def _layerwise(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
+    return _masked(model, layerwise_masks(prunable_weights(model, settings.layer_list()), settings.sparsity))
+
+
+@pruning_method("gradual", needs_epochs=True)
+def _gradual(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
+    """Start at ``initial_sparsity``; every epoch of the ramp, re-rank globally at the cubic
+    schedule's sparsity. The mask only grows (a pruned weight stays pruned), and only weights at
+    the final sparsity may be kept as the best epoch."""
+    weights = prunable_weights(model, settings.layer_list())
+    masks = global_masks(weights, settings.initial_sparsity)
+    apply_masks(model, masks)
+    per_epoch = steps_per_epoch(len(data.x_train), settings.batch_size)
+    ramp_steps = settings.ramp() * per_epoch
+
+    def after_step(step: int) -> None:
+        if step % per_epoch == 0 and step <= ramp_steps:
+            target = cubic_sparsity(step, settings.sparsity, settings.initial_sparsity, ramp_steps)
+            current = {name: model.get_parameter(name) for name in masks}
+            for name, mask in global_masks(current, target).items():
+                masks[name] &= mask.to(masks[name].device)
+        apply_masks(model, masks)
+
+    return Pruning(model, masks, after_step, first_eligible_epoch=settings.ramp())
+
+
+@pruning_method("structured", structural=True)
+def _structured(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
+    return Pruning(structured_prune(model, settings.sparsity, NORMS[settings.norm], data.x_train[:1]), {})

@@ -1,0 +1,169 @@
+"""The contract every registered pruning and quantization method keeps; a new method registered
+with ``@pruning_method`` or ``@quantization_method`` is tested here without a line of its own."""
+
+import pytest
+import torch
+
+from shrinkflow import (
+    PRUNING_METHODS,
+    QUANTIZATION_METHODS,
+    Artifact,
+    FitSettings,
+    PruneSettings,
+    QuantizeSettings,
+    ShrinkflowError,
+    cost,
+    load_dataset,
+    new_artifact,
+    prune,
+    quantize,
+    train,
+)
+from shrinkflow.cost import model_parameters
+from shrinkflow.encoding import is_dynamic_int8_linear, is_int8_layer
+
+CPU = torch.device("cpu")
+# What a method needs beyond the defaults to run at all (and briefly).
+_PRUNE_NEEDS = {"threshold": {"thresholds": "0.05"}}
+_QUANTIZE_NEEDS = {"qat": {"epochs": 1}}
+# Quantizing a pruned model must keep its zeros; these methods do not yet (issue 12). kmeans
+# keeps them on this model (a shared value lands on 0 where zeros dominate), not on every one.
+_LOSES_ZEROS = {"binary": "1 bit has no code for zero", "qat": "its fine-tuning does not hold the pruning mask"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    return train(new_artifact("mlp", digits), digits, FitSettings(epochs=3, patience=0), CPU).artifact
+
+
+@pytest.fixture(scope="module")
+def pruned(trained, digits):
+    return prune(trained, digits, PruneSettings(sparsity=0.8, epochs=0), CPU).artifact
+
+
+def _prune_settings(method, **overrides):
+    return PruneSettings(
+        **{"method": method, "sparsity": 0.6, "epochs": 2, **_PRUNE_NEEDS.get(method, {}), **overrides}
+    )
+
+
+def _quantize_settings(method, **overrides):
+    return QuantizeSettings(method=method, **{**_QUANTIZE_NEEDS.get(method, {}), **overrides})
+
+
+def _state(artifact: Artifact) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in artifact.model.state_dict().items()}
+
+
+def _same_state(before: dict, artifact: Artifact) -> bool:
+    after = artifact.model.state_dict()
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _reloaded(artifact: Artifact, folder) -> Artifact:
+    return Artifact.load(artifact.save(folder))
+
+
+def _predictions(artifact: Artifact, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return artifact.model.eval()(x)
+
+
+def _weight_zeros(model) -> dict[str, torch.Tensor]:
+    """Positions of the zero weights of every Linear layer, float or int8 (its int8 codes)."""
+    zeros = {}
+    for name, module in model.named_modules():
+        if is_int8_layer(module) or is_dynamic_int8_linear(module):
+            weight = module.weight()
+            zeros[name] = (weight.int_repr() if weight.is_quantized else weight) == 0
+        elif isinstance(module, torch.nn.Linear):
+            zeros[name] = module.weight.detach() == 0
+    return zeros
+
+
+# --- pruning ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(PRUNING_METHODS))
+def test_pruning_leaves_its_input_alone_and_round_trips(method, trained, digits, tmp_path):
+    before = _state(trained)
+    result = prune(trained, digits, _prune_settings(method), CPU)
+    assert _same_state(before, trained)
+    reloaded = _reloaded(result.artifact, tmp_path)
+    x = digits.x_test
+    assert torch.equal(_predictions(result.artifact, x), _predictions(reloaded, x))
+    assert cost(reloaded) == cost(result.artifact)
+    assert cost(result.artifact)["cost_size_bytes"] < cost(trained)["cost_size_bytes"]
+
+
+@pytest.mark.parametrize("method", sorted(PRUNING_METHODS))
+def test_pruning_keeps_its_zeros_through_fine_tuning_and_reload(method, trained, digits, tmp_path):
+    result = prune(trained, digits, _prune_settings(method), CPU)
+    model = result.artifact.model
+    if PRUNING_METHODS[method].structural:
+        params = sum(p.numel() for p in model.parameters())
+        assert params == pytest.approx((1 - result.sparsity) * sum(p.numel() for p in trained.model.parameters()))
+        assert result.sparsity > 0.3 and not result.masks
+    else:
+        assert result.masks and 0 < result.sparsity < 1
+        for name, mask in result.masks.items():
+            assert torch.count_nonzero(model.get_parameter(name)[~mask]) == 0  # fine-tuning revived none
+    reloaded = _reloaded(result.artifact, tmp_path).model
+    assert all(torch.equal(a, b) for a, b in zip(model_parameters(model), model_parameters(reloaded), strict=True))
+
+
+@pytest.mark.parametrize("method", sorted(PRUNING_METHODS))
+def test_pruning_refuses_bad_input(method, pruned, digits):
+    with pytest.raises(ShrinkflowError, match=r"sparsity must be in \[0, 1\), got 1.0"):
+        _prune_settings(method, sparsity=1.0)
+    quantized = quantize(pruned, digits, QuantizeSettings(bits="4"), CPU).artifact
+    with pytest.raises(ShrinkflowError, match=r"already quantized \(storage packed\): prune the float model"):
+        prune(quantized, digits, _prune_settings(method), CPU)
+
+
+# --- quantization ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(QUANTIZATION_METHODS))
+def test_quantization_leaves_its_input_alone_and_round_trips(method, trained, digits, tmp_path):
+    before = _state(trained)
+    result = quantize(trained, digits, _quantize_settings(method), CPU)
+    assert _same_state(before, trained)
+    assert result.artifact.storage == QUANTIZATION_METHODS[method].storage
+    reloaded = _reloaded(result.artifact, tmp_path / "once")
+    x = digits.x_test
+    assert torch.equal(_predictions(result.artifact, x), _predictions(reloaded, x))
+    assert cost(reloaded) == cost(result.artifact)  # saved again: the same bytes, codes included
+    assert cost(result.artifact)["cost_size_bytes"] < 0.5 * cost(trained)["cost_size_bytes"]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=f"issue 12: {_LOSES_ZEROS[m]}"))
+        if m in _LOSES_ZEROS
+        else m
+        for m in sorted(QUANTIZATION_METHODS)
+    ],
+)
+def test_quantizing_a_pruned_model_keeps_its_zeros(method, pruned, digits, tmp_path):
+    zeros_before = _weight_zeros(pruned.model)
+    result = quantize(pruned, digits, _quantize_settings(method), CPU)
+    reloaded = _reloaded(result.artifact, tmp_path)
+    for model in (result.artifact.model, reloaded.model):
+        zeros_after = _weight_zeros(model)
+        assert all(torch.equal(zeros_after[name], zeros_before[name]) for name in zeros_before)
+
+
+@pytest.mark.parametrize("method", sorted(QUANTIZATION_METHODS))
+def test_quantization_refuses_bad_input(method, trained, digits):
+    with pytest.raises(ShrinkflowError, match="bits must be integers in 1-8"):
+        _quantize_settings(method, bits="9")
+    quantized = quantize(trained, digits, _quantize_settings(method), CPU).artifact
+    with pytest.raises(ShrinkflowError, match="already quantized"):
+        quantize(quantized, digits, _quantize_settings(method), CPU)
