@@ -1,4 +1,5 @@
-"""Pruning primitives: magnitude masks, the gradual schedule, and physical channel removal.
+"""Pruning primitives: magnitude masks, the gradual schedule, and physical channel removal
+(``shrinkflow.pruning`` turns them into methods).
 
 Pure PyTorch (and Torch-Pruning for the dependency graph); no MLflow, no files.
 
@@ -18,12 +19,15 @@ from torch import nn
 from shrinkflow.config import ShrinkflowError
 
 __all__ = [
+    "Masks",
     "apply_masks",
     "cubic_sparsity",
     "global_masks",
     "layerwise_masks",
+    "masks_sparsity",
     "prunable_layers",
     "prunable_weights",
+    "sparsity_error",
     "structured_prune",
     "threshold_masks",
 ]

@@ -1,11 +1,8 @@
 """Shrinkflow's steps: one module per MLflow entry point (``python -m steps.<verb>``).
 
-Shared machinery lives in private modules: ``_config`` (config dataclass → CLI), ``_data``
-(datasets and splits), ``_zoo`` (models, rebuilt from their description), ``_training``
-(fit/score loops), ``_checkpoint`` (safetensors + JSON on disk, dense or sparse-bitmap),
-``_cost`` (exact MACs, BOPs, sizes), ``_latency`` (timing, peak memory), ``_pruning`` (masks,
-schedule, channel removal) and ``_tracking`` (the only module that logs or loads models through
-MLflow).
+Each is a thin shell over the ``shrinkflow`` library: a config dataclass (the technique's
+settings plus ``run_id`` and ``device``), ``execute(config)`` that loads the input model by run id
+through ``shrinkflow.tracking``, calls the library's core and logs what it returns, and ``main()``.
 """
 
-__all__ = ["benchmark", "compare", "distill", "evaluate", "prune", "train"]
+__all__ = ["benchmark", "compare", "distill", "evaluate", "prune", "quantize", "train"]

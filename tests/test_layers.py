@@ -1,0 +1,75 @@
+"""The layering: the library stands alone, only its tracking module talks to MLflow, no module
+reaches into another package's private modules, and the library's imports form no circle."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("shrinkflow", "steps", "pipelines", "search", "benchmarks", "tests")
+_MLFLOW_MODULES = {"tracking", "pyfunc_model"}  # the one place that logs, and the file MLflow loads
+
+
+def _python_files(package: str) -> list[Path]:
+    return sorted((REPO_ROOT / package).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it (lazy imports in functions included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_every_package_is_checked():
+    assert all(_python_files(package) for package in PACKAGES)
+
+
+@pytest.mark.parametrize("path", _python_files("shrinkflow"), ids=lambda p: p.stem)
+def test_the_library_imports_no_step_pipeline_or_search(path):
+    upward = {name for name in _imports(path) if name.split(".")[0] in set(PACKAGES) - {"shrinkflow"}}
+    assert upward == set(), f"{path.name} imports {upward}"
+
+
+@pytest.mark.parametrize("path", _python_files("shrinkflow"), ids=lambda p: p.stem)
+def test_only_tracking_talks_to_mlflow(path):
+    uses_mlflow = any(name.split(".")[0] == "mlflow" for name in _imports(path))
+    assert uses_mlflow == (path.stem in _MLFLOW_MODULES), path.name
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_private_module_is_imported_from_outside_its_package(package):
+    for path in _python_files(package):
+        for name in _imports(path):
+            parts = name.split(".")
+            private = [part for part in parts[1:] if part.startswith("_") and not part.startswith("__")]
+            if parts[0] in PACKAGES and parts[0] != package and private:
+                pytest.fail(f"{path.relative_to(REPO_ROOT)} imports the private {name}")
+
+
+def test_library_imports_form_no_circle():
+    modules = {path.stem: path for path in _python_files("shrinkflow") if path.stem != "__init__"}
+    graph = {
+        module: {name.split(".")[1] for name in _imports(path) if name.startswith("shrinkflow.")} & set(modules)
+        for module, path in modules.items()
+    }
+    done, visiting = set(), []
+
+    def visit(module):
+        if module in visiting:
+            pytest.fail("import circle: " + " -> ".join([*visiting[visiting.index(module) :], module]))
+        if module not in done:
+            visiting.append(module)
+            for imported in sorted(graph[module]):
+                visit(imported)
+            visiting.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
