@@ -1,7 +1,9 @@
 """Optuna search over compression settings for the accuracy-versus-cost Pareto front.
 
-Not built yet: it arrives with its own issue, on top of the prune, quantize and distill steps.
-Only ``main()`` functions and this package talk to MLflow.
+``search.space`` reads the YAML search space, ``search.trial`` runs one trial in memory on the
+``shrinkflow`` library (no MLflow), ``search.study`` holds the Optuna side (storage, samplers,
+the exact trial count, front, hypervolume) and ``search.main`` is the entry point that logs
+everything to MLflow. Steps never import this package.
 """
 
-__all__: list[str] = []
+__all__ = ["main", "space", "study", "trial"]

@@ -37,6 +37,12 @@ def test_the_library_imports_no_step_pipeline_or_search(path):
     assert upward == set(), f"{path.name} imports {upward}"
 
 
+@pytest.mark.parametrize("path", _python_files("steps"), ids=lambda p: p.stem)
+def test_steps_never_import_the_search_or_pipelines(path):
+    upward = {name for name in _imports(path) if name.split(".")[0] in ("search", "pipelines")}
+    assert upward == set(), f"{path.name} imports {upward}"
+
+
 @pytest.mark.parametrize("path", _python_files("shrinkflow"), ids=lambda p: p.stem)
 def test_only_tracking_talks_to_mlflow(path):
     uses_mlflow = any(name.split(".")[0] == "mlflow" for name in _imports(path))

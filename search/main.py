@@ -1,0 +1,336 @@
+"""Search distill × prune × quantize for the Pareto front of validation accuracy versus cost.
+
+Consumes: a baseline — the run id of a logged model, or the train step's settings (a FINISHED
+train run with the same settings is reused, else the baseline is trained) — and a search space
+(``search/default_space.yaml`` unless ``space`` names a YAML file; see ``search.space``).
+Produces: a parent MLflow run (tag ``shrinkflow.step=search``) holding one nested run per trial
+(its settings as params, val accuracy per stage, every ``cost_*`` metric, a per-layer cost table
+and the compressed model); front members tagged ``is_pareto=true`` and given their
+``test_accuracy`` (computed after the search, for them only); on the parent the front
+(``front.json``/``.csv``), a Pareto plot (``pareto.png``), the hypervolume after each trial
+(metric ``hypervolume``) and the champion — the front member with the lowest first cost —
+registered as ``models:/<register_name>@champion``. The Optuna study lives in ``storage``
+(SQLite by default): rerunning the same command resumes it. The last line printed is the
+champion trial's run id (a model that later steps accept).
+
+Example:
+    python -m search.main --model mlp --dataset digits --trials 40 --costs size --max-accuracy-drop 0.5
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import optuna
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from search.space import load_space
+from search.study import (
+    ACCURACY,
+    SAMPLERS,
+    Surplus,
+    front,
+    hypervolume_history,
+    is_surplus,
+    make_sampler,
+    open_study,
+    run_until,
+)
+from search.trial import COSTS, LatencySetup, measure_costs, objective_values, run_trial
+from shrinkflow import Artifact, DataSplits, ShrinkflowError, score
+from shrinkflow.cli import run_main
+from shrinkflow.config import config_to_params, parse_config
+from shrinkflow.cost import layer_costs, layer_table
+from shrinkflow.data import dataset_of
+from shrinkflow.runtime import resolve_device
+from steps import train as train_step
+
+__all__ = ["CONFIG", "SearchConfig", "main"]
+
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class SearchConfig(train_step.TrainConfig):
+    """Search compression settings for the accuracy-versus-cost Pareto front."""
+
+    run_id: str = field(default="", metadata={"help": "baseline model's run id; empty = train it (train settings)"})
+    space: str = field(default="", metadata={"help": "search space YAML file; empty = search/default_space.yaml"})
+    trials: int = field(default=20, metadata={"help": "done (complete or pruned) trials the study ends with"})
+    costs: str = field(
+        default="size", metadata={"help": "comma-separated costs to minimize: size, macs, bops, latency"}
+    )
+    max_accuracy_drop: float = field(
+        default=1.0, metadata={"help": "constraint: validation accuracy at most this many pp below the baseline's"}
+    )
+    sampler: str = field(default="tpe", metadata={"help": "tpe, nsga2 or random (seeded with seed)"})
+    storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL (SQLite, PostgreSQL)"})
+    study_name: str = field(default="shrinkflow", metadata={"help": "Optuna study; the same name resumes it"})
+    register_name: str = field(default="shrinkflow-champion", metadata={"help": "registered model of the champion"})
+    early_stop_pp: float = field(
+        default=5.0, metadata={"help": "stop a trial whose val accuracy is this far below the floor at half its epochs"}
+    )
+    latency_form: str = field(default="eager", metadata={"help": "latency cost: eager, traced or onnxruntime"})
+    latency_batch_size: int = field(default=1, metadata={"help": "latency cost: batch size"})
+    latency_threads: int = field(default=1, metadata={"help": "latency cost: torch CPU threads"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.trials < 1:
+            raise ShrinkflowError(f"trials must be >= 1, got {self.trials}")
+        unknown = [name for name in self.cost_names() if name not in COSTS]
+        if unknown or not self.cost_names():
+            raise ShrinkflowError(f"unknown cost(s) {unknown or [self.costs]}: choose from {', '.join(COSTS)}")
+        if len(set(self.cost_names())) != len(self.cost_names()):
+            raise ShrinkflowError(f"costs name one cost twice: {self.costs!r}")
+        if self.sampler not in SAMPLERS:
+            raise ShrinkflowError(f"unknown sampler {self.sampler!r}: choose {', '.join(SAMPLERS)}")
+        if not 0 <= self.max_accuracy_drop <= 100 or self.early_stop_pp < 0:
+            raise ShrinkflowError("need max_accuracy_drop in [0, 100] pp and early_stop_pp >= 0")
+        self.latency()  # validates
+
+    def cost_names(self) -> list[str]:
+        return [name.strip() for name in self.costs.split(",") if name.strip()]
+
+    def latency(self) -> LatencySetup:
+        return LatencySetup(self.latency_form, self.latency_batch_size, self.latency_threads)
+
+    def train_config(self) -> train_step.TrainConfig:
+        names = {f for f in train_step.TrainConfig.__dataclass_fields__}
+        return train_step.TrainConfig(**{k: v for k, v in vars(self).items() if k in names})
+
+
+def execute(cfg: SearchConfig) -> str:
+    import mlflow
+
+    from shrinkflow import tracking
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tqdm bar and the summary say enough
+    device = resolve_device(cfg.device)
+    space = load_space(cfg.space)
+    study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed))
+    with tracking.step_run("search", config_to_params(cfg)) as parent:
+        mlflow.set_tags({"shrinkflow.study": cfg.study_name, "shrinkflow.storage": cfg.storage})
+        baseline_run_id = cfg.run_id or _baseline_run(cfg)
+        baseline, _ = tracking.load_model(baseline_run_id)
+        data = dataset_of(baseline.description)
+        base = _measure(baseline, data, cfg)
+        mlflow.set_tag("shrinkflow.baseline_run_id", baseline_run_id)
+        mlflow.log_metrics({f"baseline_{k}": v for k, v in base.items()})
+        floor = base[ACCURACY] - cfg.max_accuracy_drop / 100
+        _mark_stale_runs_killed(study)
+        objective = _objective(cfg, study, baseline, data, space, device, floor, parent.info.run_id)
+        progress = tqdm(total=cfg.trials, initial=_done(study), desc="search", unit="trial", disable=None)
+        run_until(study, cfg.trials, objective, catch=(ShrinkflowError, Surplus),
+                  on_trial=lambda s, t: progress.update(_done(s) - progress.n))  # fmt: skip
+        progress.close()
+        return _report(cfg, study, data, base, baseline_run_id)
+
+
+def _done(study: optuna.Study) -> int:
+    return len(
+        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    )
+
+
+def _measure(artifact: Artifact, data: DataSplits, cfg: SearchConfig) -> dict[str, float]:
+    costs = measure_costs(artifact, data, cfg.cost_names(), cfg.latency())
+    return {ACCURACY: score(artifact.model, *data.val, CPU)["accuracy"], **costs}
+
+
+def _baseline_run(cfg: SearchConfig) -> str:
+    """A FINISHED train run with these settings (MLflow keeps params as strings), or a new one."""
+    import mlflow
+
+    wanted = {k: str(v) for k, v in config_to_params(cfg.train_config()).items()}
+    runs = mlflow.search_runs(
+        filter_string="tags.`shrinkflow.step` = 'train' and attributes.status = 'FINISHED'", output_format="list"
+    )
+    for run in runs:
+        if {k: run.data.params.get(k) for k in wanted} == wanted and run.outputs and run.outputs.model_outputs:
+            print(f"search: reusing baseline train run {run.info.run_id}", file=sys.stderr)
+            return run.info.run_id
+    return train_step.execute(cfg.train_config())
+
+
+def _objective(cfg, study, baseline, data, space, device, floor: float, parent_run_id: str):
+    import mlflow
+
+    def objective(trial: optuna.Trial):
+        if is_surplus(study, trial.number, cfg.trials):
+            raise Surplus(f"trial {trial.number}: the study already holds {cfg.trials} trials")
+        pruned = None
+        with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, parent_run_id=parent_run_id) as run:
+            mlflow.set_tags({"shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
+                             "shrinkflow.trial_number": str(trial.number)})  # fmt: skip
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            try:
+                artifact = run_trial(trial, baseline, data, space, device, floor, cfg.early_stop_pp)
+            except optuna.TrialPruned as exc:  # the run itself ends FINISHED: stopping early is no failure
+                mlflow.set_tags({"shrinkflow.trial_state": "PRUNED", "shrinkflow.pruned_because": str(exc)})
+                pruned = exc
+            except ShrinkflowError as exc:  # an invalid combination fails this trial, not the study
+                mlflow.set_tag("shrinkflow.error", str(exc))
+                raise
+            mlflow.log_params(_trial_params(trial))
+            if pruned is None:
+                values = _log_trial(trial, artifact, data, cfg, floor)
+        if pruned is not None:
+            raise pruned
+        return values
+
+    return objective
+
+
+def _log_trial(trial: optuna.Trial, artifact: Artifact, data: DataSplits, cfg: SearchConfig, floor: float) -> list:
+    """Measure the trial's model, log it with its metrics and cost table; return its objectives."""
+    import mlflow
+
+    from shrinkflow import tracking
+
+    measured = _measure(artifact, data, cfg)
+    trial.set_constraint("accuracy_drop", floor - measured[ACCURACY])  # <= 0: within the budget
+    mlflow.log_metrics({**measured, **_stage_accuracies(trial)})
+    model_id = tracking.log_model(artifact, data.x_train[:2])
+    mlflow.set_tag("shrinkflow.model_id", model_id)
+    table = layer_table(layer_costs(artifact.model, artifact.input_shape, artifact.description.get("bits")))
+    tracking.log_table(table, "layers")
+    return [measured[ACCURACY], *objective_values(measured, cfg.cost_names())]
+
+
+def _trial_params(trial: optuna.Trial) -> dict[str, object]:
+    params = {}
+    for key, value in trial.user_attrs.items():
+        if key.endswith(".settings"):
+            stage = key.removesuffix(".settings")
+            params.update({f"{stage}.{name}": setting for name, setting in value.items()})
+    params["stages"] = ",".join(key.removesuffix(".settings") for key in trial.user_attrs if key.endswith(".settings"))
+    return params
+
+
+def _stage_accuracies(trial: optuna.Trial) -> dict[str, float]:
+    return {f"{k.removesuffix('.val_accuracy')}_val_accuracy": v for k, v in trial.user_attrs.items()
+            if k.endswith(".val_accuracy")}  # fmt: skip
+
+
+def _mark_stale_runs_killed(study: optuna.Study) -> None:
+    """MLflow runs of this study left RUNNING whose trial is no longer running (a killed worker)."""
+    import mlflow
+
+    running_trials = {
+        t.user_attrs.get("mlflow_run_id") for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    }
+    stale = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`shrinkflow.study` = '{study.study_name}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    active = mlflow.active_run().info.run_id
+    for run in stale:
+        if run.info.run_id not in running_trials and run.info.run_id != active:
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict, baseline_run_id: str) -> str:
+    """Tag the front, score it on test, log front table, plot and hypervolume, register the champion."""
+    import mlflow
+
+    from shrinkflow import tracking
+
+    client = mlflow.MlflowClient()
+    members = front(study)
+    rows = []
+    for trial in members:
+        run_id = trial.user_attrs["mlflow_run_id"]
+        artifact, _ = tracking.load_model(run_id)
+        test_accuracy = score(artifact.model, data.x_test, data.y_test, CPU)["accuracy"]
+        client.log_metric(run_id, "test_accuracy", test_accuracy)
+        client.set_tag(run_id, "is_pareto", "true")
+        rows.append(_front_row(trial, run_id, test_accuracy, cfg))
+    table = pd.DataFrame(rows)
+    costs = [base[_cost_key(name)] for name in cfg.cost_names()]
+    for number, volume in hypervolume_history(study, costs):
+        mlflow.log_metric("hypervolume", volume, step=number)
+    mlflow.log_metric("front_size", len(members))
+    if rows:
+        tracking.log_table(table, "front")
+        mlflow.log_figure(_pareto_plot(study, members, base, cfg), "pareto.png")
+    champion = _champion(cfg, members)
+    print(_summary(table, base, cfg), file=sys.stderr)
+    print(f"open the MLflow UI: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
+    return champion or baseline_run_id
+
+
+def _front_row(trial, run_id: str, test_accuracy: float, cfg: SearchConfig) -> dict:
+    methods = {k: v for k, v in _trial_params(trial).items() if k.endswith((".method", "stages"))}
+    costs = dict(zip(cfg.cost_names(), trial.values[1:], strict=True))
+    return {"trial": trial.number, "run_id": run_id, ACCURACY: trial.values[0], "test_accuracy": test_accuracy,
+            **costs, **methods}  # fmt: skip
+
+
+def _cost_key(name: str) -> str:
+    from search.trial import COST_METRICS
+
+    return COST_METRICS[name] or "cost_latency_ms_p50"
+
+
+def _champion(cfg: SearchConfig, members) -> str | None:
+    """Register the front member with the lowest first cost; return its run id."""
+    import mlflow
+
+    if not members:
+        print("search: no trial kept the accuracy budget, so there is no champion", file=sys.stderr)
+        return None
+    best = min(members, key=lambda t: (t.values[1], -t.values[0]))
+    run_id = best.user_attrs["mlflow_run_id"]
+    model_id = mlflow.get_run(run_id).data.tags["shrinkflow.model_id"]
+    version = mlflow.register_model(f"models:/{model_id}", cfg.register_name)
+    mlflow.MlflowClient().set_registered_model_alias(cfg.register_name, "champion", version.version)
+    mlflow.set_tags({"shrinkflow.champion_run_id": run_id, "shrinkflow.champion": f"{cfg.register_name}@champion"})
+    print(f"champion: trial {best.number}, run {run_id}, models:/{cfg.register_name}@champion", file=sys.stderr)
+    return run_id
+
+
+def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cost = cfg.cost_names()[0]
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    axes.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=14, c="0.7", label="trials")
+    best = sorted(members, key=lambda t: t.values[1])
+    axes.plot([t.values[1] for t in best], [t.values[0] for t in best], "o-", c="tab:blue", label="Pareto front")
+    axes.scatter([base[_cost_key(cost)]], [base[ACCURACY]], marker="*", s=120, c="tab:red", label="baseline")
+    axes.axhline(base[ACCURACY] - cfg.max_accuracy_drop / 100, ls="--", c="tab:red", lw=0.8, label="accuracy floor")
+    axes.set(xscale="log", xlabel=cost, ylabel="validation accuracy", title=f"study {study.study_name}")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def _summary(table: pd.DataFrame, base: dict, cfg: SearchConfig) -> str:
+    if table.empty:
+        return "search: the front is empty"
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        shown = table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g")
+    cost = cfg.cost_names()[0]
+    return f"Pareto front ({len(table)} trials; baseline {cost} {base[_cost_key(cost)]:.4g}, " \
+           f"val_accuracy {base[ACCURACY]:.4f}):\n{shown}"  # fmt: skip
+
+
+CONFIG = SearchConfig  # the entry point's config, read by tests/test_project_spec.py
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(lambda: execute(parse_config(SearchConfig, argv)))
+
+
+if __name__ == "__main__":
+    main()

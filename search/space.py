@@ -1,0 +1,248 @@
+"""The search space: which stages run and how each knob is chosen, read from YAML.
+
+A space maps the stages ``distill``, ``prune`` and ``quantize`` to their knobs. ``enabled`` is
+``true``, ``false`` or ``search``; every other key is a field of the stage's settings
+(``shrinkflow.DistillSettings``, ``PruneSettings``, ``QuantizeSettings``), given as
+- a fixed value: ``sparsity: 0.9``;
+- a range: ``sparsity: {low: 0.5, high: 0.97}`` (ints stay ints; ``log: true``, ``step: 0.05``);
+- a choice: ``method: {choices: [global, gradual]}``;
+and ``per_layer: true`` on a range or choice of ``prune.thresholds`` or ``quantize.bits`` samples
+one value per layer of the model the stage receives. ``quantize.method`` may include ``none``.
+
+Every fixed value, range end and choice is checked against the settings class when the file is
+read, so a knob outside its range fails before a study exists. Knobs that do not apply to the
+sampled method (``sparsity`` for ``threshold``, ``bits`` for the int8 methods, ...) are not
+sampled; a stage's fine-tuning ``epochs`` are forced to 0 for methods that have none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from torch import nn
+
+from shrinkflow import (
+    PRUNING_METHODS,
+    QUANTIZATION_METHODS,
+    DistillSettings,
+    PruneSettings,
+    QuantizeSettings,
+    ShrinkflowError,
+)
+from shrinkflow.masks import prunable_layers
+
+__all__ = ["DEFAULT_SPACE", "STAGES", "Knob", "Space", "load_space"]
+
+DEFAULT_SPACE = Path(__file__).resolve().parent / "default_space.yaml"
+STAGES = {"distill": DistillSettings, "prune": PruneSettings, "quantize": QuantizeSettings}
+NO_QUANTIZATION = "none"
+_ENABLED = (True, False, "search")
+_PER_LAYER = {"prune": "thresholds", "quantize": "bits"}
+# knob -> the methods it applies to; knobs not listed apply to every method of their stage
+_APPLIES = {
+    "prune": {
+        "sparsity": ("global", "layerwise", "gradual", "structured"),
+        "thresholds": ("threshold",),
+        "layers": ("threshold", "global", "layerwise", "gradual"),
+        "norm": ("structured",),
+        "initial_sparsity": ("gradual",),
+        "ramp_epochs": ("gradual",),
+    },
+    "quantize": {
+        "bits": ("kbit", "kmeans"),
+        "keep_first_last": ("binary",),
+        "observer": ("static-int8", "qat"),
+        "calibration_batches": ("static-int8",),
+        "calibration_split": ("static-int8",),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How one setting is chosen: ``fixed`` or sampled from ``choices`` or [``low``, ``high``]."""
+
+    name: str
+    fixed: Any = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    per_layer: bool = False
+
+    @property
+    def searched(self) -> bool:
+        return self.choices is not None or self.low is not None
+
+    def suggest(self, trial: optuna.Trial, param: str) -> Any:
+        if not self.searched:
+            return self.fixed
+        if self.choices is not None:
+            return trial.suggest_categorical(param, list(self.choices))
+        if isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.step, float):
+            return trial.suggest_int(param, self.low, self.high, step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(param, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def values_to_check(self) -> list:
+        if self.choices is not None:
+            return list(self.choices)
+        return [self.low, self.high] if self.searched else [self.fixed]
+
+
+@dataclass(frozen=True)
+class Space:
+    stages: dict[str, dict[str, Knob]]  # stage -> knob name -> knob; "enabled" among them
+
+    def sample(self, trial: optuna.Trial, stage: str, model: nn.Module):
+        """The settings of ``stage`` for this trial, or None when the stage is off (or ``none``)."""
+        knobs = self.stages.get(stage)
+        if not knobs or not knobs["enabled"].suggest(trial, f"{stage}.enabled"):
+            return None
+        values = {}
+        method = knobs["method"].suggest(trial, f"{stage}.method") if "method" in knobs else None
+        if method == NO_QUANTIZATION:
+            return None
+        if method is not None:
+            values["method"] = method
+        for name, knob in knobs.items():
+            if name in ("enabled", "method") or not _applies(stage, name, method) or _no_epochs(stage, name, method):
+                continue
+            if knob.per_layer:
+                values[name] = json.dumps(
+                    {layer: knob.suggest(trial, f"{stage}.{name}.{layer}") for layer in _layers(stage, model)}
+                )
+            else:
+                values[name] = _as_field(stage, name, knob.suggest(trial, f"{stage}.{name}"))
+        _fit_epochs_to_method(stage, values)
+        return STAGES[stage](**values)
+
+
+def _as_field(stage: str, name: str, value: Any) -> Any:
+    """YAML's 4 or 0.05 for a text setting (``bits``, ``thresholds``) becomes the JSON text it takes."""
+    text_field = STAGES[stage].__dataclass_fields__[name].type in ("str", str)
+    return json.dumps(value) if text_field and not isinstance(value, str) else value
+
+
+def _applies(stage: str, knob: str, method: str | None) -> bool:
+    methods = _APPLIES.get(stage, {}).get(knob)
+    return methods is None or method in methods
+
+
+def _no_epochs(stage: str, knob: str, method: str | None) -> bool:
+    """int8 post-training methods take no fine-tuning: their epochs are not sampled."""
+    return stage == "quantize" and knob == "epochs" and QUANTIZATION_METHODS[method].fine_tuning == "none"
+
+
+def _layers(stage: str, model: nn.Module) -> list[str]:
+    if stage == "prune":
+        return prunable_layers(model)
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+
+
+def _fit_epochs_to_method(stage: str, values: dict) -> None:
+    """int8 post-training methods take no epochs; ``qat`` needs one at least."""
+    if stage != "quantize":
+        return
+    fine_tuning = QUANTIZATION_METHODS[values["method"]].fine_tuning
+    if fine_tuning == "none":
+        values["epochs"] = 0
+    elif fine_tuning == "required":
+        values["epochs"] = max(1, values.get("epochs", 1))
+
+
+def load_space(path: str | Path | None = None) -> Space:
+    """Read and check a space file (the built-in default when ``path`` is empty)."""
+    path = Path(path) if path else DEFAULT_SPACE
+    if not path.is_file():
+        raise ShrinkflowError(f"search space file {str(path)!r} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ShrinkflowError(f"search space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(document, dict) or not document:
+        raise ShrinkflowError(f"search space file {path} is empty: give at least one of {', '.join(STAGES)}")
+    unknown = sorted(set(document) - set(STAGES))
+    if unknown:
+        raise ShrinkflowError(f"search space {path}: unknown stage(s) {unknown}: stages are {', '.join(STAGES)}")
+    stages = {stage: _stage(stage, spec, path) for stage, spec in document.items()}
+    if all(knobs["enabled"].fixed is False for knobs in stages.values()):
+        raise ShrinkflowError(f"search space {path}: every stage is disabled, so there is nothing to search")
+    return Space(stages)
+
+
+def _stage(stage: str, spec: Any, path: Path) -> dict[str, Knob]:
+    if not isinstance(spec, dict):
+        raise ShrinkflowError(f"search space {path}: stage {stage!r} must be a mapping of knobs, got {spec!r}")
+    fields = {f.name for f in dataclasses.fields(STAGES[stage])}
+    unknown = sorted(set(spec) - fields - {"enabled"})
+    if unknown:
+        raise ShrinkflowError(
+            f"search space {path}: unknown knob(s) {unknown} in {stage}: knobs are enabled, {', '.join(sorted(fields))}"
+        )
+    enabled = spec.get("enabled", True)
+    if enabled not in _ENABLED:
+        raise ShrinkflowError(f"search space {path}: {stage}.enabled must be true, false or search, got {enabled!r}")
+    knobs = {"enabled": Knob("enabled", choices=(True, False)) if enabled == "search" else Knob("enabled", enabled)}
+    for name, value in spec.items():
+        if name != "enabled":
+            knobs[name] = _knob(stage, name, value, path)
+            _check_values(stage, knobs[name], path)
+    return knobs
+
+
+def _knob(stage: str, name: str, value: Any, path: Path) -> Knob:
+    where = f"search space {path}: {stage}.{name}"
+    if not isinstance(value, dict):
+        return Knob(name, fixed=value)
+    allowed = {"choices", "low", "high", "log", "step", "per_layer"}
+    if set(value) - allowed or not ({"choices"} <= set(value) or {"low", "high"} <= set(value)):
+        raise ShrinkflowError(f"{where} must be a value, {{low: .., high: ..}} or {{choices: [..]}}, got {value}")
+    if value.get("per_layer") and _PER_LAYER.get(stage) != name:
+        raise ShrinkflowError(f"{where}: per_layer applies to prune.thresholds and quantize.bits only")
+    if "choices" in value:
+        choices = value["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ShrinkflowError(f"{where}: choices must be a non-empty list, got {choices!r}")
+        return Knob(name, choices=tuple(choices), per_layer=bool(value.get("per_layer")))
+    low, high = value["low"], value["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+        raise ShrinkflowError(f"{where}: need numbers low < high, got low={low!r}, high={high!r}")
+    return Knob(name, low=low, high=high, log=bool(value.get("log")), step=value.get("step"),
+                per_layer=bool(value.get("per_layer")))  # fmt: skip
+
+
+def _check_values(stage: str, knob: Knob, path: Path) -> None:
+    """Build the stage's settings with each value the knob can take: its checks are the space's."""
+    if knob.name == "method":
+        valid = {**PRUNING_METHODS} if stage == "prune" else {**QUANTIZATION_METHODS, NO_QUANTIZATION: None}
+        bad = [m for m in knob.values_to_check() if stage != "distill" and m not in valid]
+        if bad:
+            raise ShrinkflowError(f"search space {path}: unknown {stage} method(s) {bad}: choose {', '.join(valid)}")
+        return
+    for value in knob.values_to_check():
+        setting = json.dumps({"*": value}) if knob.per_layer else _as_field(stage, knob.name, value)
+        try:
+            STAGES[stage](**_probe(stage, knob.name, setting))
+        except (ShrinkflowError, TypeError) as exc:
+            raise ShrinkflowError(f"search space {path}: {stage}.{knob.name}={value!r} is invalid: {exc}") from None
+
+
+def _probe(stage: str, name: str, value: Any) -> dict:
+    """Settings that accept ``name=value`` on its own: a method the knob applies to, epochs when
+    the method needs them."""
+    probe = {name: value}
+    methods = _APPLIES.get(stage, {}).get(name)
+    if methods:
+        probe["method"] = methods[0]
+    if stage == "prune" and probe.get("method") == "threshold" and name != "thresholds":
+        probe["thresholds"] = "0"
+    if stage == "prune" and probe.get("method") == "gradual" and name != "epochs":
+        probe["epochs"] = 1
+    return probe

@@ -1,0 +1,151 @@
+"""The Optuna side of the search: storage, samplers, the study's objectives, the exact trial
+count shared by every worker, the front and its hypervolume. No MLflow here."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from shrinkflow import ShrinkflowError
+
+__all__ = [
+    "ACCURACY",
+    "SAMPLERS",
+    "Surplus",
+    "front",
+    "hypervolume",
+    "hypervolume_history",
+    "make_sampler",
+    "open_study",
+    "run_until",
+]
+
+ACCURACY = "val_accuracy"
+SAMPLERS = ("tpe", "nsga2", "random")
+HEARTBEAT_S = 5  # a worker's trial proves it is alive this often ...
+GRACE_S = 20  # ... and is failed as stale (killed worker) after this long without
+_DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Surplus(Exception):
+    """Raised by a trial that another worker's trials already make one too many."""
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ShrinkflowError(f"unknown sampler {name!r}: choose {', '.join(SAMPLERS)}")
+
+
+def open_study(url: str, name: str, costs: Sequence[str], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create the study, or load it to resume; a study of that name with other objectives is an
+    error. Heartbeats let a rerun fail the trials of a killed worker."""
+    metric_names = [ACCURACY, *costs]
+    directions = [optuna.study.StudyDirection.MAXIMIZE] + [optuna.study.StudyDirection.MINIMIZE] * len(costs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    except Exception as exc:  # sqlalchemy raises by driver and URL: one line whatever it is
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShrinkflowError(f"cannot open the Optuna storage {url!r}: {first_line}") from None
+    existing = {summary.study_name: summary for summary in storage.get_all_studies()}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        if list(study.directions) != directions or study.metric_names != metric_names:
+            raise ShrinkflowError(
+                f"study {name!r} in {url} has objectives {study.metric_names} ({_directions(study.directions)}); "
+                f"this search has {metric_names}: pass another study_name"
+            )
+        return study
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metric_names)
+    return study
+
+
+def _directions(directions) -> str:
+    return ", ".join(d.name.lower() for d in directions)
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(*_DONE, TrialState.RUNNING))
+    done = sum(t.state in _DONE for t in trials)
+    return done, len(trials) - done
+
+
+def is_surplus(study: optuna.Study, number: int, trials: int) -> bool:
+    """Do the done or running trials numbered before ``number`` already make ``trials``? (Two
+    workers that both saw one trial missing both asked; the later one steps back.)"""
+    earlier = study.get_trials(deepcopy=False, states=(*_DONE, TrialState.RUNNING))
+    return sum(t.number < number for t in earlier) >= trials
+
+
+def run_until(
+    study: optuna.Study, trials: int, objective: Callable, catch: tuple, on_trial: Callable | None = None
+) -> None:
+    """Run ``objective`` until the study holds exactly ``trials`` done (complete or pruned)
+    trials, whatever other workers do. A worker waits while the running trials of others may
+    finish the count, and fails trials left running by a killed worker once their heartbeat
+    is older than the grace period."""
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        done, running = _counts(study)
+        if done >= trials:
+            return
+        if done + running >= trials:
+            time.sleep(1.0)
+            continue
+        study.optimize(objective, n_trials=1, catch=catch, callbacks=[on_trial] if on_trial else None)
+
+
+def front(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible Pareto front (trials within the accuracy constraint), by trial number."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """Exact hypervolume dominated by ``points`` (all objectives minimized) up to ``reference``,
+    by slicing along the last objective; fine for the few dozen points of a front."""
+    inside = sorted((tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))),
+                    key=lambda p: p[-1])  # fmt: skip
+    if not inside:
+        return 0.0
+    if len(reference) == 1:
+        return reference[0] - min(p[0] for p in inside)
+    volume = 0.0
+    for i, point in enumerate(inside):
+        upper = inside[i + 1][-1] if i + 1 < len(inside) else reference[-1]
+        if upper > point[-1]:
+            volume += hypervolume([p[:-1] for p in inside[: i + 1]], reference[:-1]) * (upper - point[-1])
+    return volume
+
+
+def normalized(trial: FrozenTrial, baseline_costs: Sequence[float]) -> tuple[float, ...]:
+    """A trial in the hypervolume's space: validation error, then each cost ÷ the baseline's."""
+    accuracy, *costs = trial.values
+    return (1.0 - accuracy, *(c / b for c, b in zip(costs, baseline_costs, strict=True)))
+
+
+def hypervolume_history(study: optuna.Study, baseline_costs: Sequence[float]) -> list[tuple[int, float]]:
+    """(trial number, hypervolume of the feasible trials up to it) for every done trial. Space:
+    validation error and costs relative to the baseline; reference point: error 1, every cost
+    equal to the baseline's — a model counts for the part of the space it beats the baseline in."""
+    reference = (1.0, *[1.0] * len(baseline_costs))
+    points, history = [], []
+    for trial in sorted(study.get_trials(deepcopy=False, states=_DONE), key=lambda t: t.number):
+        if trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.constraints.values()):
+            points.append(normalized(trial, baseline_costs))
+        history.append((trial.number, hypervolume(points, reference)))
+    return history

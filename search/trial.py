@@ -1,0 +1,104 @@
+"""One trial: distill → prune → quantize on the baseline artifact, in memory, then score and cost.
+
+No MLflow here (``search.main`` logs what a trial returns) and no files but the temporary
+checkpoint every size and latency is measured on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from search.space import Space
+from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, prune, quantize, score
+from shrinkflow.latency import FORMS, deployable, measure_latency, torch_threads
+from steps.benchmark import example_batch
+
+__all__ = ["COSTS", "COST_METRICS", "LatencySetup", "measure_costs", "objective_values", "run_trial"]
+
+# cost name -> the cost_* metric it reads (latency is measured, not a static cost)
+COST_METRICS = {"size": "cost_size_bytes", "macs": "cost_macs_effective", "bops": "cost_bops", "latency": None}
+COSTS = tuple(COST_METRICS)
+TECHNIQUES = {"distill": distill, "prune": prune, "quantize": quantize}
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class LatencySetup:
+    """How the ``latency`` cost is measured: on the reloaded artifact, on the CPU."""
+
+    form: str = "eager"
+    batch_size: int = 1
+    threads: int = 1
+    warmup: int = 10
+    repetitions: int = 50
+
+    def __post_init__(self):
+        if self.form not in FORMS:
+            raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
+        if self.batch_size < 1 or self.threads < 1 or self.repetitions < 1 or self.warmup < 0:
+            raise ShrinkflowError("latency needs batch_size, threads and repetitions >= 1 and warmup >= 0")
+
+
+def measure_costs(artifact: Artifact, data: DataSplits, names, latency: LatencySetup) -> dict[str, float]:
+    """Every ``cost_*`` metric of ``artifact`` (size on its saved checkpoint) and, when ``latency``
+    is among ``names``, the median latency of the checkpoint reloaded, in ``latency.form``."""
+    costs = cost(artifact)
+    if "latency" in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            reloaded = Artifact.load(artifact.save(Path(tmp) / "checkpoint"))
+        example = example_batch(data, latency.batch_size)
+        with torch_threads(latency.threads):
+            runnable = deployable(reloaded.model, example, latency.form)
+            timing = measure_latency(runnable, example, CPU, latency.warmup, latency.repetitions, reloaded.model)
+        costs["cost_latency_ms_p50"] = timing.p50_ms
+    return costs
+
+
+def objective_values(costs: dict[str, float], names) -> list[float]:
+    return [costs[COST_METRICS[name] or "cost_latency_ms_p50"] for name in names]
+
+
+def run_trial(
+    trial: optuna.Trial,
+    baseline: Artifact,
+    data: DataSplits,
+    space: Space,
+    device: torch.device,
+    accuracy_floor: float,
+    early_stop_pp: float,
+) -> Artifact:
+    """Sample each stage's settings, run it on the previous stage's artifact, and return the last.
+
+    Early stopping (Optuna's pruners refuse multi-objective studies): a stage that fine-tunes is
+    stopped, and the trial PRUNED, when at or after half its epochs its validation accuracy is
+    still more than ``early_stop_pp`` points below ``accuracy_floor`` (0 turns this off).
+    """
+    artifact = baseline
+    for stage, technique in TECHNIQUES.items():
+        settings = space.sample(trial, stage, artifact.model)
+        if settings is None:
+            continue
+        trial.set_user_attr(f"{stage}.settings", {k: v for k, v in vars(settings).items()})
+        watch = _early_stop(stage, settings.epochs, accuracy_floor, early_stop_pp)
+        artifact = technique(artifact, data, settings, device, on_epoch=watch).artifact
+        trial.set_user_attr(f"{stage}.val_accuracy", score(artifact.model, *data.val, CPU)["accuracy"])
+    return artifact
+
+
+def _early_stop(stage: str, epochs: int, floor: float, margin_pp: float):
+    if margin_pp <= 0 or epochs < 2:
+        return None
+
+    def watch(epoch: int, metrics: dict[str, float]) -> None:
+        if 2 * epoch >= epochs and metrics["val_accuracy"] < floor - margin_pp / 100:
+            raise optuna.TrialPruned(
+                f"{stage} epoch {epoch}/{epochs}: val_accuracy {metrics['val_accuracy']:.4f} is more than "
+                f"{margin_pp} pp below the floor {floor:.4f}"
+            )
+
+    return watch

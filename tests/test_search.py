@@ -1,0 +1,176 @@
+"""The search: space files, the exact trial count, MLflow lineage, the front, the champion, resume."""
+
+import json
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from search import main as search
+from search.space import load_space
+from search.study import hypervolume
+from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
+
+SMALL_SPACE = """
+prune:
+  method: {choices: [global, structured]}
+  sparsity: {low: 0.3, high: 0.9}
+  epochs: 1
+quantize:
+  method: {choices: [kbit, dynamic-int8, none]}
+  bits: {choices: [4, 8], per_layer: true}
+  epochs: 0
+"""
+
+
+@pytest.fixture
+def small_space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SMALL_SPACE)
+    return str(path)
+
+
+def _config(tmp_path, small_space, **overrides):
+    settings = {
+        "space": small_space, "trials": 4, "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "study_name": "test", "max_accuracy_drop": 5.0, "device": "cpu", "register_name": f"champion-{tmp_path.name}",
+    }  # fmt: skip
+    settings.update(overrides)
+    return search.SearchConfig(**settings)
+
+
+def _study(cfg):
+    return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+
+
+def _done(study):
+    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def _children(parent_run_id):
+    return mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`shrinkflow.step` = 'trial'",
+        output_format="list",
+    )
+
+
+def test_search_logs_every_trial_tags_the_front_and_registers_a_champion(trained_run_id, tmp_path, small_space):
+    cfg = _config(tmp_path, small_space, run_id=trained_run_id)
+    champion_run_id = search.execute(cfg)
+    study = _study(cfg)
+    assert len(_done(study)) == 4 and study.metric_names == ["val_accuracy", "size"]
+    parent = mlflow.get_run(champion_run_id).data.tags["mlflow.parentRunId"]
+    trials = _children(parent)
+    assert len(trials) == 4 and all(run.info.status == "FINISHED" for run in trials)
+    front = [run for run in trials if run.data.tags.get("is_pareto") == "true"]
+    assert front and all("test_accuracy" in run.data.metrics for run in front)
+    assert all("test_accuracy" not in run.data.metrics for run in trials if run not in front)  # test: front only
+    assert champion_run_id in {run.info.run_id for run in front}
+    sizes = {run.info.run_id: run.data.metrics["cost_size_bytes"] for run in front}
+    assert sizes[champion_run_id] == min(sizes.values())  # the cheapest member within the budget
+    artifact, _ = tracking.load_model(champion_run_id)
+    x = load_dataset("digits").x_test[:8]
+    served = mlflow.pyfunc.load_model(f"models:/{cfg.register_name}@champion").predict(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_array_equal(artifact.model(x).numpy(), served)
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(parent)}
+    assert {"front.json", "front.csv", "pareto.png"} <= files
+    history = mlflow.MlflowClient().get_metric_history(parent, "hypervolume")
+    assert len(history) == 4 and [m.value for m in history] == sorted(m.value for m in history)
+
+
+def test_rerun_resumes_the_study_without_repeating_a_trial(trained_run_id, tmp_path, small_space):
+    search.execute(_config(tmp_path, small_space, run_id=trained_run_id, trials=2))
+    first = {t.number: t.values for t in _done(_study(_config(tmp_path, small_space)))}
+    search.execute(_config(tmp_path, small_space, run_id=trained_run_id, trials=3))
+    search.execute(_config(tmp_path, small_space, run_id=trained_run_id, trials=3))  # already done: no trial
+    done = _done(_study(_config(tmp_path, small_space)))
+    assert sorted(t.number for t in done) == [0, 1, 2]
+    assert {t.number: t.values for t in done if t.number in first} == first
+
+
+def test_without_a_run_id_the_baseline_is_trained_once_then_reused(tmp_path, small_space):
+    cfg = _config(tmp_path, small_space, trials=1, epochs=2, width=0.5)
+
+    def train_runs():
+        return mlflow.search_runs(filter_string="tags.`shrinkflow.step` = 'train' and params.width = '0.5'")
+
+    search.execute(cfg)
+    assert len(train_runs()) == 1
+    search.execute(_config(tmp_path, small_space, trials=2, epochs=2, width=0.5))
+    assert len(train_runs()) == 1
+
+
+def test_space_samples_per_layer_bits_and_only_the_knobs_a_method_uses(small_space):
+    space = load_space(small_space)
+    model = new_artifact("mlp", load_dataset("digits")).model
+    fixed = {"prune.enabled": True, "prune.method": "structured", "prune.sparsity": 0.5}
+    prune = space.sample(optuna.trial.FixedTrial(fixed), "prune", model)
+    assert (prune.method, prune.sparsity, prune.epochs) == ("structured", 0.5, 1)
+    bits = {"quantize.enabled": True, "quantize.method": "kbit", "quantize.bits.layers.1": 8,
+            "quantize.bits.layers.3": 4, "quantize.bits.layers.5": 4}  # fmt: skip
+    quantize = space.sample(optuna.trial.FixedTrial(bits), "quantize", model)
+    assert json.loads(quantize.bits) == {"layers.1": 8, "layers.3": 4, "layers.5": 4}
+    int8 = space.sample(optuna.trial.FixedTrial({"quantize.enabled": True, "quantize.method": "dynamic-int8"}),
+                        "quantize", model)  # fmt: skip
+    assert int8.method == "dynamic-int8" and int8.epochs == 0  # no bits sampled for it
+    assert space.sample(optuna.trial.FixedTrial({"quantize.method": "none"}), "quantize", model) is None
+
+
+def test_hypervolume_is_exact():
+    assert hypervolume([(0.5, 0.5)], (1.0, 1.0)) == pytest.approx(0.25)
+    assert hypervolume([(0.2, 0.6), (0.6, 0.2)], (1.0, 1.0)) == pytest.approx(0.48)
+    assert hypervolume([(0.2, 0.6), (0.6, 0.2), (0.7, 0.7)], (1.0, 1.0)) == pytest.approx(0.48)  # dominated
+    assert hypervolume([(0.5, 0.5, 0.5), (1.5, 0.1, 0.1)], (1.0, 1.0, 1.0)) == pytest.approx(0.125)
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "argv,message",
+        [
+            (["--costs", "energy"], "unknown cost(s) ['energy']: choose from size, macs, bops, latency"),
+            (["--sampler", "grid"], "unknown sampler 'grid': choose tpe, nsga2, random"),
+            (["--trials", "0"], "trials must be >= 1, got 0"),
+            (["--space", "/nonexistent.yaml"], "search space file '/nonexistent.yaml' does not exist"),
+            (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the Optuna storage"),
+        ],
+    )
+    def test_one_line_and_no_study_or_run(self, fails_with_bad_input, argv, message):
+        runs_before = len(mlflow.search_runs(search_all_experiments=True))
+        assert message in fails_with_bad_input(search.main, argv)
+        assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
+
+    @pytest.mark.parametrize(
+        "text,message",
+        [
+            ("", "is empty"),
+            ("prune: [1, 2", "is not valid YAML"),
+            ("tune:\n  epochs: 1\n", "unknown stage(s) ['tune']"),
+            (
+                "prune:\n  sparsity: {low: 0.5, high: 1.5}\n",
+                "prune.sparsity=1.5 is invalid: sparsity must be in [0, 1)",
+            ),
+            ("quantize:\n  bits: {choices: [4, 12]}\n", "quantize.bits=12 is invalid"),
+            ("quantize:\n  method: {choices: [kbit, int3]}\n", "unknown quantize method(s) ['int3']"),
+            ("prune:\n  epoch: 3\n", "unknown knob(s) ['epoch'] in prune"),
+            ("prune:\n  enabled: false\n", "every stage is disabled"),
+        ],
+    )
+    def test_bad_space_file(self, tmp_path, fails_with_bad_input, text, message):
+        path = tmp_path / "space.yaml"
+        path.write_text(text)
+        line = fails_with_bad_input(search.main, ["--space", str(path), "--storage", f"sqlite:///{tmp_path}/o.db"])
+        assert message in line
+        assert not (tmp_path / "o.db").exists()  # no study was created
+
+    def test_study_with_other_objectives(self, tmp_path, fails_with_bad_input, small_space):
+        storage = f"sqlite:///{tmp_path / 'o.db'}"
+        optuna.create_study(study_name="taken", storage=storage, directions=["maximize"])
+        line = fails_with_bad_input(search.main, ["--storage", storage, "--study-name", "taken"])
+        assert "study 'taken'" in line and "pass another study_name" in line
+
+    def test_library_errors_are_shrinkflow_errors(self):
+        with pytest.raises(ShrinkflowError, match="costs name one cost twice"):
+            search.SearchConfig(costs="size,size")
