@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -76,11 +78,14 @@ class SearchConfig(train_step.TrainConfig):
     latency_form: str = field(default="eager", metadata={"help": "latency cost: eager, traced or onnxruntime"})
     latency_batch_size: int = field(default=1, metadata={"help": "latency cost: batch size"})
     latency_threads: int = field(default=1, metadata={"help": "latency cost: torch CPU threads"})
+    workers: int = field(default=1, metadata={"help": "processes on the study at once; CPU threads split between"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.trials < 1:
             raise ShrinkflowError(f"trials must be >= 1, got {self.trials}")
+        if self.workers < 1:
+            raise ShrinkflowError(f"workers must be >= 1, got {self.workers}")
         unknown = [name for name in self.cost_names() if name not in COSTS]
         if unknown or not self.cost_names():
             raise ShrinkflowError(f"unknown cost(s) {unknown or [self.costs]}: choose from {', '.join(COSTS)}")
@@ -109,8 +114,8 @@ def execute(cfg: SearchConfig) -> str:
     from shrinkflow import tracking
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tqdm bar and the summary say enough
-    device = resolve_device(cfg.device)
-    space = load_space(cfg.space)
+    resolve_device(cfg.device)  # an unavailable device fails before anything is created
+    load_space(cfg.space)
     study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed))
     with tracking.step_run("search", config_to_params(cfg)) as parent:
         mlflow.set_tags({"shrinkflow.study": cfg.study_name, "shrinkflow.storage": cfg.storage})
@@ -120,14 +125,63 @@ def execute(cfg: SearchConfig) -> str:
         base = _measure(baseline, data, cfg)
         mlflow.set_tag("shrinkflow.baseline_run_id", baseline_run_id)
         mlflow.log_metrics({f"baseline_{k}": v for k, v in base.items()})
-        floor = base[ACCURACY] - cfg.max_accuracy_drop / 100
         _mark_stale_runs_killed(study)
-        objective = _objective(cfg, study, baseline, data, space, device, floor, parent.info.run_id)
-        progress = tqdm(total=cfg.trials, initial=_done(study), desc="search", unit="trial", disable=None)
-        run_until(study, cfg.trials, objective, catch=(ShrinkflowError, Surplus),
-                  on_trial=lambda s, t: progress.update(_done(s) - progress.n))  # fmt: skip
-        progress.close()
+        job = _Job(cfg, baseline_run_id, parent.info.run_id, parent.info.experiment_id, mlflow.get_tracking_uri(),
+                   floor=base[ACCURACY] - cfg.max_accuracy_drop / 100,
+                   threads=max(1, (os.cpu_count() or 1) // cfg.workers))  # fmt: skip
+        _work_in_processes(job)
+        study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)  # as the workers left it
+        _mark_stale_runs_killed(study)  # a killed worker's trial is failed by now (heartbeat)
         return _report(cfg, study, data, base, baseline_run_id)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker process needs to join the search (picklable)."""
+
+    cfg: SearchConfig
+    baseline_run_id: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    floor: float  # lowest validation accuracy within the budget
+    threads: int  # torch CPU threads of each worker
+
+
+def _work_in_processes(job: _Job) -> None:
+    """``workers`` - 1 helper processes and this one run trials on the study until it is full."""
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's and MLflow's threads
+    helpers = [context.Process(target=_work, args=(job, index), daemon=True) for index in range(1, job.cfg.workers)]
+    for helper in helpers:
+        helper.start()
+    _work(job, 0)
+    for helper in helpers:
+        helper.join()
+    failed = [helper.exitcode for helper in helpers if helper.exitcode]
+    if failed:
+        raise ShrinkflowError(f"{len(failed)} of {len(helpers)} helper workers failed (exit codes {failed})")
+
+
+def _work(job: _Job, index: int) -> None:
+    """One worker: its own sampler seed, a share of the CPU threads, trials until the study is full."""
+    import mlflow
+
+    from shrinkflow import tracking
+
+    cfg = job.cfg
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    mlflow.set_tracking_uri(job.tracking_uri)
+    torch.set_num_threads(job.threads)
+    study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed + index))
+    baseline, _ = tracking.load_model(job.baseline_run_id)
+    data = dataset_of(baseline.description)
+    objective = _objective(job, study, baseline, data, load_space(cfg.space), resolve_device(cfg.device), index)
+    progress = tqdm(
+        total=cfg.trials, initial=_done(study), desc="search", unit="trial", disable=None if index == 0 else True
+    )
+    run_until(study, cfg.trials, objective, catch=(ShrinkflowError, Surplus),
+              on_trial=lambda s, t: progress.update(_done(s) - progress.n))  # fmt: skip
+    progress.close()
 
 
 def _done(study: optuna.Study) -> int:
@@ -156,14 +210,18 @@ def _baseline_run(cfg: SearchConfig) -> str:
     return train_step.execute(cfg.train_config())
 
 
-def _objective(cfg, study, baseline, data, space, device, floor: float, parent_run_id: str):
+def _objective(job: _Job, study, baseline, data, space, device, worker: int):
     import mlflow
+
+    cfg, floor = job.cfg, job.floor
 
     def objective(trial: optuna.Trial):
         if is_surplus(study, trial.number, cfg.trials):
             raise Surplus(f"trial {trial.number}: the study already holds {cfg.trials} trials")
         pruned = None
-        with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, parent_run_id=parent_run_id) as run:
+        trial.set_user_attr("worker", worker)
+        with mlflow.start_run(run_name=f"trial {trial.number}", experiment_id=job.experiment_id,
+                              parent_run_id=job.parent_run_id, nested=True) as run:  # fmt: skip
             mlflow.set_tags({"shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
                              "shrinkflow.trial_number": str(trial.number)})  # fmt: skip
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -217,22 +275,21 @@ def _stage_accuracies(trial: optuna.Trial) -> dict[str, float]:
 
 
 def _mark_stale_runs_killed(study: optuna.Study) -> None:
-    """MLflow runs of this study left RUNNING whose trial is no longer running (a killed worker)."""
+    """Mark KILLED the MLflow runs a killed worker left RUNNING: trial runs whose Optuna trial no
+    longer runs and, once no trial of the study runs, the searches' parent runs but this one."""
     import mlflow
 
-    running_trials = {
-        t.user_attrs.get("mlflow_run_id") for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    }
+    running = {t.user_attrs.get("mlflow_run_id") for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))}
     stale = mlflow.search_runs(
         search_all_experiments=True,
         filter_string=f"tags.`shrinkflow.study` = '{study.study_name}' and attributes.status = 'RUNNING'",
         output_format="list",
     )
-    client = mlflow.MlflowClient()
     active = mlflow.active_run().info.run_id
     for run in stale:
-        if run.info.run_id not in running_trials and run.info.run_id != active:
-            client.set_terminated(run.info.run_id, status="KILLED")
+        is_trial = run.data.tags.get("shrinkflow.step") == "trial"
+        if run.info.run_id != active and run.info.run_id not in running and (is_trial or not running):
+            mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
 
 
 def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict, baseline_run_id: str) -> str:

@@ -1,6 +1,12 @@
 """The search: space files, the exact trial count, MLflow lineage, the front, the champion, resume."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,6 +19,7 @@ from search.space import load_space
 from search.study import hypervolume
 from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_SPACE = """
 prune:
   method: {choices: [global, structured]}
@@ -174,3 +181,65 @@ class TestBadInput:
     def test_library_errors_are_shrinkflow_errors(self):
         with pytest.raises(ShrinkflowError, match="costs name one cost twice"):
             search.SearchConfig(costs="size,size")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_storage(request, tmp_path):
+    """A study storage two processes share; the PostgreSQL study is deleted afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}", "shared"
+        return
+    url, name = "postgresql://postgres@127.0.0.1:5432/test", f"shared-{uuid.uuid4().hex[:8]}"
+    yield url, name
+    optuna.delete_study(study_name=name, storage=url)
+
+
+@pytest.mark.slow
+def test_two_workers_finish_exactly_the_trials_asked_without_duplicates(trained_run_id, tmp_path, shared_storage):
+    storage, name = shared_storage
+    slower = tmp_path / "slower.yaml"  # trials of ~2 s, so the helper (~5 s to start) gets some
+    slower.write_text(SMALL_SPACE.replace("epochs: 1", "epochs: 60"))
+    cfg = _config(tmp_path, str(slower), run_id=trained_run_id, trials=8, workers=2, storage=storage, study_name=name)
+    champion = search.execute(cfg)
+    done = _done(_study(cfg))
+    assert len(done) == 8 and len({t.number for t in done}) == 8
+    assert {t.user_attrs["worker"] for t in done} == {0, 1}  # both processes ran trials
+    runs = _children(mlflow.get_run(champion).data.tags["mlflow.parentRunId"])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["shrinkflow.trial_number"]) for r in finished) == sorted(t.number for t in done)
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(trained_run_id, tmp_path, running_runs):
+    slower = tmp_path / "slower.yaml"
+    slower.write_text(SMALL_SPACE.replace("epochs: 1", "epochs: 60"))
+    cfg = _config(tmp_path, str(slower), trials=6)
+    argv = [sys.executable, "-m", "search.main", "--run-id", trained_run_id, "--space", str(slower), "--trials", "6",
+            "--storage", cfg.storage, "--study-name", cfg.study_name, "--max-accuracy-drop", "5", "--device", "cpu",
+            "--register-name", cfg.register_name]  # fmt: skip
+    worker = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _killable(cfg):
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    before = {t.number: t.values for t in _done(_study(cfg))}
+    assert 2 <= len(before) < 6 and _running(cfg)  # killed with trials done and one running
+    rerun = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    done = _done(_study(cfg))
+    assert len(done) == 6 and len({t.number for t in done}) == 6
+    assert {t.number: t.values for t in done if t.number in before} == before  # none lost, none redone
+    assert not _running(cfg) and running_runs() == []
+
+
+def _running(cfg):
+    return _study(cfg).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def _killable(cfg):
+    try:
+        return len(_done(_study(cfg))) >= 2 and _running(cfg)
+    except KeyError:  # the study does not exist yet
+        return False
