@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -63,9 +64,26 @@ def test_bad_input_via_mlflow_run_fails_the_run():
 
 @pytest.mark.slow
 def test_default_pipeline_on_digits_cnn_reaches_floor():
-    """The issue's acceptance run, full default recipe: `mlflow run . -P model=cnn`."""
-    result = _mlflow_run("-P", "model=cnn", "-P", "dataset=digits")
+    """The issue's acceptance run, full default recipe: `mlflow run . -e pipeline -P model=cnn`."""
+    result = _mlflow_run("-e", "pipeline", "-P", "model=cnn", "-P", "dataset=digits")
     assert result.returncode == 0, result.stderr[-2000:]
     parent = mlflow.get_run(result.stdout.strip().splitlines()[-1])
     train_run = mlflow.get_run(parent.data.tags["shrinkflow.train_run_id"])
     assert parent.data.metrics["test_accuracy"] == train_run.data.metrics["test_accuracy"] >= 0.98
+
+
+@pytest.mark.slow
+def test_quick_start_main_job_is_a_short_search_ending_with_a_model_run_id(tmp_path):
+    """`mlflow run .` (the README's first command), with the study in a temporary file."""
+    started = time.perf_counter()
+    result = _mlflow_run("-P", f"storage=sqlite:///{tmp_path / 'optuna.db'}")
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert seconds < 300, f"the main job took {seconds:.0f} s"
+    assert "Pareto front" in result.stderr and "champion: trial" in result.stderr
+    champion = mlflow.get_run(result.stdout.strip().splitlines()[-1])
+    assert champion.data.tags["shrinkflow.step"] == "trial" and champion.data.tags["is_pareto"] == "true"
+    assert champion.outputs.model_outputs  # a run later steps accept
+    search_run = mlflow.get_run(champion.data.tags["mlflow.parentRunId"])
+    assert search_run.data.tags["mlflow.project.entryPoint"] == "main"
+    print(f"main job: {seconds:.0f} s, front size {search_run.data.metrics['front_size']:.0f}")

@@ -1,10 +1,13 @@
 """The search: space files, the exact trial count, MLflow lineage, the front, the champion, resume."""
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -243,3 +246,39 @@ def _killable(cfg):
         return len(_done(_study(cfg))) >= 2 and _running(cfg)
     except KeyError:  # the study does not exist yet
         return False
+
+
+@pytest.mark.slow
+def test_the_champion_answers_rest_requests_like_the_local_model(trained_run_id, tmp_path, small_space):
+    cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=2)
+    artifact, _ = tracking.load_model(search.execute(cfg))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{cfg.register_name}@champion",
+            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    server = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        x = load_dataset("digits").x_test[:16]
+        predictions = _invoke(f"http://127.0.0.1:{port}", x.numpy())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with torch.no_grad():
+        np.testing.assert_array_equal(np.asarray(predictions, dtype=np.float32), artifact.model(x).numpy())
+
+
+def _invoke(url: str, x: np.ndarray, wait_s: float = 90):
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
