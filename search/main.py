@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import optuna
@@ -225,17 +226,19 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
             mlflow.set_tags({"shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
                              "shrinkflow.trial_number": str(trial.number)})  # fmt: skip
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            started = time.perf_counter()
             try:
                 artifact = run_trial(trial, baseline, data, space, device, floor, cfg.early_stop_pp)
+                run_s = time.perf_counter() - started
+                mlflow.log_params(_trial_params(trial))
+                values = _log_trial(trial, artifact, data, cfg, floor, run_s)
             except optuna.TrialPruned as exc:  # the run itself ends FINISHED: stopping early is no failure
+                mlflow.log_params(_trial_params(trial))
                 mlflow.set_tags({"shrinkflow.trial_state": "PRUNED", "shrinkflow.pruned_because": str(exc)})
                 pruned = exc
             except ShrinkflowError as exc:  # an invalid combination fails this trial, not the study
                 mlflow.set_tag("shrinkflow.error", str(exc))
                 raise
-            mlflow.log_params(_trial_params(trial))
-            if pruned is None:
-                values = _log_trial(trial, artifact, data, cfg, floor)
         if pruned is not None:
             raise pruned
         return values
@@ -243,17 +246,19 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
     return objective
 
 
-def _log_trial(trial: optuna.Trial, artifact: Artifact, data: DataSplits, cfg: SearchConfig, floor: float) -> list:
-    """Measure the trial's model, log it with its metrics and cost table; return its objectives."""
+def _log_trial(trial, artifact: Artifact, data: DataSplits, cfg: SearchConfig, floor: float, run_s: float) -> list:
+    """Measure the trial's model, log it with its metrics and cost table; return its objectives.
+    ``compute_s`` (compression + measurement, without MLflow and Optuna) is kept on the trial."""
     import mlflow
 
     from shrinkflow import tracking
 
+    started = time.perf_counter()
     measured = _measure(artifact, data, cfg)
+    trial.set_user_attr("compute_s", run_s + time.perf_counter() - started)
     trial.set_constraint("accuracy_drop", floor - measured[ACCURACY])  # <= 0: within the budget
     mlflow.log_metrics({**measured, **_stage_accuracies(trial)})
-    model_id = tracking.log_model(artifact, data.x_train[:2])
-    mlflow.set_tag("shrinkflow.model_id", model_id)
+    tracking.log_checkpoint(artifact)  # front members get a servable logged model after the search
     table = layer_table(layer_costs(artifact.model, artifact.input_shape, artifact.description.get("bits")))
     tracking.log_table(table, "layers")
     return [measured[ACCURACY], *objective_values(measured, cfg.cost_names())]
@@ -298,15 +303,18 @@ def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict
 
     from shrinkflow import tracking
 
-    client = mlflow.MlflowClient()
     members = front(study)
+    _untag_former_members(study.study_name, {t.user_attrs["mlflow_run_id"] for t in members})
     rows = []
     for trial in members:
         run_id = trial.user_attrs["mlflow_run_id"]
         artifact, _ = tracking.load_model(run_id)
         test_accuracy = score(artifact.model, data.x_test, data.y_test, CPU)["accuracy"]
-        client.log_metric(run_id, "test_accuracy", test_accuracy)
-        client.set_tag(run_id, "is_pareto", "true")
+        with mlflow.start_run(run_id=run_id, nested=True):
+            mlflow.log_metric("test_accuracy", test_accuracy)
+            mlflow.set_tag("is_pareto", "true")
+            if "shrinkflow.model_id" not in mlflow.get_run(run_id).data.tags:  # logged by an earlier report
+                mlflow.set_tag("shrinkflow.model_id", tracking.log_model(artifact, data.x_train[:2]))
         rows.append(_front_row(trial, run_id, test_accuracy, cfg))
     table = pd.DataFrame(rows)
     costs = [base[_cost_key(name)] for name in cfg.cost_names()]
@@ -320,6 +328,20 @@ def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict
     print(_summary(table, base, cfg), file=sys.stderr)
     print(f"open the MLflow UI: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
     return champion or baseline_run_id
+
+
+def _untag_former_members(study_name: str, members: set[str]) -> None:
+    """Trials an earlier report put on the front that a later trial has beaten."""
+    import mlflow
+
+    tagged = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`shrinkflow.study` = '{study_name}' and tags.is_pareto = 'true'",
+        output_format="list",
+    )
+    for run in tagged:
+        if run.info.run_id not in members:
+            mlflow.MlflowClient().set_tag(run.info.run_id, "is_pareto", "false")
 
 
 def _front_row(trial, run_id: str, test_accuracy: float, cfg: SearchConfig) -> dict:

@@ -75,8 +75,9 @@ def run_trial(
     """Sample each stage's settings, run it on the previous stage's artifact, and return the last.
 
     Early stopping (Optuna's pruners refuse multi-objective studies): a stage that fine-tunes is
-    stopped, and the trial PRUNED, when at or after half its epochs its validation accuracy is
-    still more than ``early_stop_pp`` points below ``accuracy_floor`` (0 turns this off).
+    stopped, and the trial PRUNED, when at or after half its epochs (gradual pruning: after its
+    ramp) its validation accuracy is still more than ``early_stop_pp`` points below
+    ``accuracy_floor`` (0 turns this off).
     """
     artifact = baseline
     for stage, technique in TECHNIQUES.items():
@@ -84,18 +85,24 @@ def run_trial(
         if settings is None:
             continue
         trial.set_user_attr(f"{stage}.settings", {k: v for k, v in vars(settings).items()})
-        watch = _early_stop(stage, settings.epochs, accuracy_floor, early_stop_pp)
+        watch = _early_stop(stage, settings, accuracy_floor, early_stop_pp)
         artifact = technique(artifact, data, settings, device, on_epoch=watch).artifact
         trial.set_user_attr(f"{stage}.val_accuracy", score(artifact.model, *data.val, CPU)["accuracy"])
     return artifact
 
 
-def _early_stop(stage: str, epochs: int, floor: float, margin_pp: float):
+def _early_stop(stage: str, settings, floor: float, margin_pp: float):
+    """The ``on_epoch`` hook that stops a hopeless fine-tuning: from half its epochs on (for
+    gradual pruning, from the end of its ramp, when the sparsity stops growing)."""
+    epochs = settings.epochs
     if margin_pp <= 0 or epochs < 2:
         return None
+    first = -(-epochs // 2)
+    if getattr(settings, "method", None) == "gradual":
+        first = max(first, settings.ramp() + 1)
 
     def watch(epoch: int, metrics: dict[str, float]) -> None:
-        if 2 * epoch >= epochs and metrics["val_accuracy"] < floor - margin_pp / 100:
+        if epoch >= first and metrics["val_accuracy"] < floor - margin_pp / 100:
             raise optuna.TrialPruned(
                 f"{stage} epoch {epoch}/{epochs}: val_accuracy {metrics['val_accuracy']:.4f} is more than "
                 f"{margin_pp} pp below the floor {floor:.4f}"

@@ -78,6 +78,9 @@ def test_search_logs_every_trial_tags_the_front_and_registers_a_champion(trained
     assert front and all("test_accuracy" in run.data.metrics for run in front)
     assert all("test_accuracy" not in run.data.metrics for run in trials if run not in front)  # test: front only
     assert champion_run_id in {run.info.run_id for run in front}
+    assert all(mlflow.get_run(run.info.run_id).outputs.model_outputs for run in front)  # servable models
+    for run in trials:  # every trial's checkpoint feeds later steps by run id, at the bytes it was scored
+        assert tracking.load_model(run.info.run_id)[1]["cost_size_bytes"] == run.data.metrics["cost_size_bytes"]
     sizes = {run.info.run_id: run.data.metrics["cost_size_bytes"] for run in front}
     assert sizes[champion_run_id] == min(sizes.values())  # the cheapest member within the budget
     artifact, _ = tracking.load_model(champion_run_id)

@@ -1,0 +1,75 @@
+"""Which sampler finds the better front at our budget, what the bookkeeping costs, and what a second
+worker buys. digits ``mlp``, the default search space, cost = size, ``max_accuracy_drop`` 0.5.
+
+1. ``tpe`` (the default) and ``random``, 40 trials × seeds 0, 1, 2 each, one worker: the final
+   hypervolume (validation error × size relative to the baseline's; reference point: error 1,
+   the baseline's size — see ``search.study.hypervolume_history``).
+2. Bookkeeping — MLflow runs, logged models and tables, Optuna's storage — as a share of trial
+   wall time: 1 − Σ compute_s / Σ (trial end − trial start), where ``compute_s`` is the time in
+   compression and measurement.
+3. Trials per hour with ``workers`` 2 versus 1 (20 trials each, tpe, seed 0), on this machine.
+
+Everything runs in a temporary MLflow store and Optuna SQLite file; the baseline (the train
+step's defaults) is trained once. Results: benchmarks/results/search_samplers.csv, summarized in
+the README. Takes about 15 minutes on 2 cores.
+
+    python -m benchmarks.search_samplers
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+
+from benchmarks._speedup import write_results
+from search import main as search
+from steps import train
+
+RESULTS = Path(__file__).resolve().parent / "results" / "search_samplers.csv"
+TRIALS, SEEDS = 40, (0, 1, 2)
+
+
+def _search(folder: Path, baseline: str, name: str, **settings) -> dict:
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    cfg = search.SearchConfig(run_id=baseline, costs="size", max_accuracy_drop=0.5, storage=storage, study_name=name,
+                              device="cpu", register_name="benchmark-champion", **settings)  # fmt: skip
+    started = time.perf_counter()
+    champion = search.execute(cfg)
+    wall = time.perf_counter() - started
+    parent = mlflow.get_run(champion).data.tags.get("mlflow.parentRunId", champion)
+    history = mlflow.MlflowClient().get_metric_history(parent, "hypervolume")
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    compute_s = sum(t.user_attrs.get("compute_s", 0.0) for t in trials)
+    return {
+        "study": name, "sampler": cfg.sampler, "seed": cfg.seed, "workers": cfg.workers, "trials": cfg.trials,
+        "hypervolume": max(m.value for m in history), "wall_s": wall, "trials_per_hour": cfg.trials / wall * 3600,
+        "bookkeeping_share": 1 - compute_s / trial_s,
+    }  # fmt: skip
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+        os.environ["TQDM_DISABLE"] = "1"
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        baseline = train.execute(train.TrainConfig(device="cpu"))
+        rows = [_search(folder, baseline, f"{sampler}-{seed}", sampler=sampler, seed=seed, trials=TRIALS)
+                for sampler in ("tpe", "random") for seed in SEEDS]  # fmt: skip
+        rows += [_search(folder, baseline, f"workers-{n}", workers=n, trials=20) for n in (1, 2)]
+    table = pd.DataFrame(rows)
+    write_results(table, RESULTS)
+    means = table[table.workers.eq(1) & table.trials.eq(TRIALS)].groupby("sampler")["hypervolume"].mean()
+    print(f"mean hypervolume: {means.to_dict()}")
+    print(f"-> {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
