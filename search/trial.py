@@ -71,8 +71,10 @@ def run_trial(
     device: torch.device,
     accuracy_floor: float,
     early_stop_pp: float,
+    record: dict,
 ) -> Artifact:
     """Sample each stage's settings, run it on the previous stage's artifact, and return the last.
+    ``record`` receives, stage by stage, the settings used and the validation accuracy reached.
 
     Early stopping (Optuna's pruners refuse multi-objective studies): a stage that fine-tunes is
     stopped, and the trial PRUNED, when at or after half its epochs (gradual pruning: after its
@@ -84,10 +86,10 @@ def run_trial(
         settings = space.sample(trial, stage, artifact.model)
         if settings is None:
             continue
-        trial.set_user_attr(f"{stage}.settings", {k: v for k, v in vars(settings).items()})
+        record[stage] = {"settings": dict(vars(settings))}
         watch = _early_stop(stage, settings, accuracy_floor, early_stop_pp)
         artifact = technique(artifact, data, settings, device, on_epoch=watch).artifact
-        trial.set_user_attr(f"{stage}.val_accuracy", score(artifact.model, *data.val, CPU)["accuracy"])
+        record[stage]["val_accuracy"] = score(artifact.model, *data.val, CPU)["accuracy"]
     return artifact
 
 

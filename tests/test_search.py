@@ -209,7 +209,7 @@ def test_two_workers_finish_exactly_the_trials_asked_without_duplicates(trained_
     champion = search.execute(cfg)
     done = _done(_study(cfg))
     assert len(done) == 8 and len({t.number for t in done}) == 8
-    assert {t.user_attrs["worker"] for t in done} == {0, 1}  # both processes ran trials
+    assert {t.user_attrs["record"]["worker"] for t in done} == {0, 1}  # both processes ran trials
     runs = _children(mlflow.get_run(champion).data.tags["mlflow.parentRunId"])
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["shrinkflow.trial_number"]) for r in finished) == sorted(t.number for t in done)
