@@ -46,7 +46,7 @@ def _search(folder: Path, baseline: str, name: str, **settings) -> dict:
     history = mlflow.MlflowClient().get_metric_history(parent, "hypervolume")
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
-    compute_s = sum(t.user_attrs.get("compute_s", 0.0) for t in trials)
+    compute_s = sum(t.user_attrs["record"]["compute_s"] for t in trials)
     return {
         "study": name, "sampler": cfg.sampler, "seed": cfg.seed, "workers": cfg.workers, "trials": cfg.trials,
         "hypervolume": max(m.value for m in history), "wall_s": wall, "trials_per_hour": cfg.trials / wall * 3600,

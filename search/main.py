@@ -43,7 +43,7 @@ from search.study import (
     open_study,
     run_until,
 )
-from search.trial import COSTS, LatencySetup, measure_costs, objective_values, run_trial
+from search.trial import COSTS, UNMEASURABLE, LatencySetup, measure_costs, objective_values, run_trial
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, score
 from shrinkflow.cli import run_main
 from shrinkflow.config import config_to_params, parse_config
@@ -105,6 +105,13 @@ class SearchConfig(train_step.TrainConfig):
     def latency(self) -> LatencySetup:
         return LatencySetup(self.latency_form, self.latency_batch_size, self.latency_threads)
 
+    def search_space(self):
+        """The space file, minus the quantization methods whose latency cannot be measured."""
+        space = load_space(self.space)
+        if "latency" in self.cost_names():
+            space = space.without_methods("quantize", UNMEASURABLE.get(self.latency_form, ()))
+        return space
+
     def train_config(self) -> train_step.TrainConfig:
         names = {f for f in train_step.TrainConfig.__dataclass_fields__}
         return train_step.TrainConfig(**{k: v for k, v in vars(self).items() if k in names})
@@ -117,7 +124,7 @@ def execute(cfg: SearchConfig) -> str:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tqdm bar and the summary say enough
     resolve_device(cfg.device)  # an unavailable device fails before anything is created
-    load_space(cfg.space)
+    cfg.search_space()
     study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed))
     with tracking.step_run("search", config_to_params(cfg)) as parent:
         mlflow.set_tags({"shrinkflow.study": cfg.study_name, "shrinkflow.storage": cfg.storage})
@@ -177,7 +184,7 @@ def _work(job: _Job, index: int) -> None:
     study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed + index))
     baseline, _ = tracking.load_model(job.baseline_run_id)
     data = dataset_of(baseline.description)
-    objective = _objective(job, study, baseline, data, load_space(cfg.space), resolve_device(cfg.device), index)
+    objective = _objective(job, study, baseline, data, cfg.search_space(), resolve_device(cfg.device), index)
     progress = tqdm(
         total=cfg.trials, initial=_done(study), desc="search", unit="trial", disable=None if index == 0 else True
     )

@@ -100,6 +100,21 @@ class Knob:
 class Space:
     stages: dict[str, dict[str, Knob]]  # stage -> knob name -> knob; "enabled" among them
 
+    def without_methods(self, stage: str, methods) -> Space:
+        """This space minus ``methods`` of ``stage`` (those the costs cannot be measured on)."""
+        knob = self.stages.get(stage, {}).get("method")
+        if knob is None:
+            return self
+        if knob.choices is None:
+            if knob.fixed in methods:
+                raise ShrinkflowError(f"{stage} method {knob.fixed!r} cannot be measured here: choose another")
+            return self
+        left = tuple(m for m in knob.choices if m not in methods)
+        if not left:
+            raise ShrinkflowError(f"every {stage} method of the space is one of {list(methods)}: none can be measured")
+        knobs = {**self.stages[stage], "method": dataclasses.replace(knob, choices=left)}
+        return Space({**self.stages, stage: knobs})
+
     def sample(self, trial: optuna.Trial, stage: str, model: nn.Module):
         """The settings of ``stage`` for this trial, or None when the stage is off (or ``none``)."""
         knobs = self.stages.get(stage)

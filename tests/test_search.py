@@ -285,3 +285,11 @@ def _invoke(url: str, x: np.ndarray, wait_s: float = 90):
     body = json.dumps({"inputs": x.tolist()}).encode()
     request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
     return json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
+
+
+def test_latency_in_onnxruntime_leaves_out_methods_onnx_cannot_run(small_space):
+    cfg = search.SearchConfig(space=small_space, costs="size,latency", latency_form="onnxruntime")
+    assert cfg.search_space().stages["quantize"]["method"].choices == ("kbit", "none")
+    assert search.SearchConfig(space=small_space).search_space().stages["quantize"]["method"].choices == (
+        "kbit", "dynamic-int8", "none",
+    )  # fmt: skip
