@@ -43,7 +43,15 @@ from search.study import (
     open_study,
     run_until,
 )
-from search.trial import COSTS, UNMEASURABLE, LatencySetup, measure_costs, objective_values, run_trial
+from search.trial import (
+    COSTS,
+    UNMEASURABLE,
+    LatencySetup,
+    interleaved_latency,
+    measure_costs,
+    objective_values,
+    run_trial,
+)
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, score
 from shrinkflow.cli import run_main
 from shrinkflow.config import config_to_params, parse_config
@@ -321,17 +329,19 @@ def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict
 
     members = front(study)
     _untag_former_members(study.study_name, {t.user_attrs["mlflow_run_id"] for t in members})
+    artifacts = {t.user_attrs["mlflow_run_id"]: tracking.load_model(t.user_attrs["mlflow_run_id"])[0] for t in members}
+    speedups = _speedups(cfg, artifacts, data, baseline_run_id)
     rows = []
     for trial in members:
         run_id = trial.user_attrs["mlflow_run_id"]
-        artifact, _ = tracking.load_model(run_id)
+        artifact = artifacts[run_id]
         test_accuracy = score(artifact.model, data.x_test, data.y_test, CPU)["accuracy"]
         with mlflow.start_run(run_id=run_id, nested=True):
-            mlflow.log_metric("test_accuracy", test_accuracy)
+            mlflow.log_metrics({"test_accuracy": test_accuracy, **speedups.get(run_id, {})})
             mlflow.set_tag("is_pareto", "true")
             if "shrinkflow.model_id" not in mlflow.get_run(run_id).data.tags:  # logged by an earlier report
                 mlflow.set_tag("shrinkflow.model_id", tracking.log_model(artifact, data.x_train[:2]))
-        rows.append(_front_row(trial, run_id, test_accuracy, cfg))
+        rows.append({**_front_row(trial, run_id, test_accuracy, cfg), **speedups.get(run_id, {})})
     table = pd.DataFrame(rows)
     costs = [base[_cost_key(name)] for name in cfg.cost_names()]
     for number, volume in hypervolume_history(study, costs):
@@ -344,6 +354,18 @@ def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict
     print(_summary(table, base, cfg), file=sys.stderr)
     print(f"open the MLflow UI: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
     return champion or baseline_run_id
+
+
+def _speedups(cfg: SearchConfig, artifacts: dict[str, Artifact], data: DataSplits, baseline_run_id: str) -> dict:
+    """With a latency cost: each front member's speed-up over the baseline, timed interleaved
+    with it in this process (the search's own timings, minutes apart, drift with the machine)."""
+    from shrinkflow import tracking
+
+    if "latency" not in cfg.cost_names() or not artifacts:
+        return {}
+    baseline, _ = tracking.load_model(baseline_run_id)
+    timed = interleaved_latency({"baseline": baseline, **artifacts}, data, cfg.latency())
+    return {run_id: {"latency_speedup_interleaved": timed["baseline"] / timed[run_id]} for run_id in artifacts}
 
 
 def _untag_former_members(study_name: str, members: set[str]) -> None:

@@ -6,6 +6,7 @@ checkpoint every size and latency is measured on.
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,16 @@ from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, pru
 from shrinkflow.latency import FORMS, deployable, measure_latency, torch_threads
 from steps.benchmark import example_batch
 
-__all__ = ["COSTS", "COST_METRICS", "UNMEASURABLE", "LatencySetup", "measure_costs", "objective_values", "run_trial"]
+__all__ = [
+    "COSTS",
+    "COST_METRICS",
+    "UNMEASURABLE",
+    "LatencySetup",
+    "interleaved_latency",
+    "measure_costs",
+    "objective_values",
+    "run_trial",
+]
 
 # cost name -> the cost_* metric it reads (latency is measured, not a static cost)
 COST_METRICS = {"size": "cost_size_bytes", "macs": "cost_macs_effective", "bops": "cost_bops", "latency": None}
@@ -53,14 +63,28 @@ def measure_costs(artifact: Artifact, data: DataSplits, names, latency: LatencyS
     is among ``names``, the median latency of the checkpoint reloaded, in ``latency.form``."""
     costs = cost(artifact)
     if "latency" in names:
-        with tempfile.TemporaryDirectory() as tmp:
-            reloaded = Artifact.load(artifact.save(Path(tmp) / "checkpoint"))
-        example = example_batch(data, latency.batch_size)
-        with torch_threads(latency.threads):
-            runnable = deployable(reloaded.model, example, latency.form)
-            timing = measure_latency(runnable, example, CPU, latency.warmup, latency.repetitions, reloaded.model)
-        costs["cost_latency_ms_p50"] = timing.p50_ms
+        costs["cost_latency_ms_p50"] = interleaved_latency({"model": artifact}, data, latency, rounds=1)["model"]
     return costs
+
+
+def interleaved_latency(artifacts: dict[str, Artifact], data: DataSplits, latency: LatencySetup, rounds: int = 5):
+    """Median latency (ms) of each artifact, reloaded from its checkpoint, over ``rounds`` rounds
+    that time every artifact in turn: a machine slowing down slows them all alike."""
+    example = example_batch(data, latency.batch_size)
+    with torch_threads(latency.threads):
+        runnable = {
+            name: deployable(_reloaded(artifact).model, example, latency.form) for name, artifact in artifacts.items()
+        }
+        medians = {name: [] for name in artifacts}
+        for _ in range(rounds):
+            for name, model in runnable.items():
+                medians[name].append(measure_latency(model, example, CPU, latency.warmup, latency.repetitions).p50_ms)
+    return {name: statistics.median(values) for name, values in medians.items()}
+
+
+def _reloaded(artifact: Artifact) -> Artifact:
+    with tempfile.TemporaryDirectory() as tmp:
+        return Artifact.load(artifact.save(Path(tmp) / "checkpoint"))
 
 
 def objective_values(costs: dict[str, float], names) -> list[float]:

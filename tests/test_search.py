@@ -293,3 +293,11 @@ def test_latency_in_onnxruntime_leaves_out_methods_onnx_cannot_run(small_space):
     assert search.SearchConfig(space=small_space).search_space().stages["quantize"]["method"].choices == (
         "kbit", "dynamic-int8", "none",
     )  # fmt: skip
+
+
+def test_a_latency_search_reports_speedups_timed_interleaved_with_the_baseline(trained_run_id, tmp_path, small_space):
+    cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=2, costs="latency,size", study_name="lat")
+    champion = mlflow.get_run(search.execute(cfg))
+    assert _study(cfg).metric_names == ["val_accuracy", "latency", "size"]
+    assert champion.data.metrics["latency_speedup_interleaved"] > 0
+    assert champion.data.metrics["cost_latency_ms_p50"] > 0
