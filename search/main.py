@@ -36,6 +36,7 @@ from search.study import (
     ACCURACY,
     SAMPLERS,
     Surplus,
+    done_trials,
     front,
     hypervolume_history,
     is_surplus,
@@ -194,17 +195,11 @@ def _work(job: _Job, index: int) -> None:
     data = dataset_of(baseline.description)
     objective = _objective(job, study, baseline, data, cfg.search_space(), resolve_device(cfg.device), index)
     progress = tqdm(
-        total=cfg.trials, initial=_done(study), desc="search", unit="trial", disable=None if index == 0 else True
+        total=cfg.trials, initial=done_trials(study), desc="search", unit="trial", disable=None if index == 0 else True
     )
     run_until(study, cfg.trials, objective, catch=(ShrinkflowError, Surplus),
-              on_trial=lambda s, t: progress.update(_done(s) - progress.n))  # fmt: skip
+              on_trial=lambda s, t: progress.update(done_trials(s) - progress.n))  # fmt: skip
     progress.close()
-
-
-def _done(study: optuna.Study) -> int:
-    return len(
-        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    )
 
 
 def _measure(artifact: Artifact, data: DataSplits, cfg: SearchConfig) -> dict[str, float]:

@@ -16,6 +16,7 @@ __all__ = [
     "ACCURACY",
     "SAMPLERS",
     "Surplus",
+    "done_trials",
     "front",
     "hypervolume",
     "hypervolume_history",
@@ -81,6 +82,11 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     trials = study.get_trials(deepcopy=False, states=(*_DONE, TrialState.RUNNING))
     done = sum(t.state in _DONE for t in trials)
     return done, len(trials) - done
+
+
+def done_trials(study: optuna.Study) -> int:
+    """Trials that count towards ``trials``: complete or pruned (not failed, not running)."""
+    return _counts(study)[0]
 
 
 def is_surplus(study: optuna.Study, number: int, trials: int) -> bool:
