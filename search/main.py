@@ -45,6 +45,7 @@ from search.study import (
     run_until,
 )
 from search.trial import (
+    COST_METRICS,
     COSTS,
     UNMEASURABLE,
     LatencySetup,
@@ -122,7 +123,7 @@ class SearchConfig(train_step.TrainConfig):
         return space
 
     def train_config(self) -> train_step.TrainConfig:
-        names = {f for f in train_step.TrainConfig.__dataclass_fields__}
+        names = train_step.TrainConfig.__dataclass_fields__
         return train_step.TrainConfig(**{k: v for k, v in vars(self).items() if k in names})
 
 
@@ -147,10 +148,10 @@ def execute(cfg: SearchConfig) -> str:
         job = _Job(cfg, baseline_run_id, parent.info.run_id, parent.info.experiment_id, mlflow.get_tracking_uri(),
                    floor=base[ACCURACY] - cfg.max_accuracy_drop / 100,
                    threads=max(1, (os.cpu_count() or 1) // cfg.workers))  # fmt: skip
-        _work_in_processes(job)
+        _work_in_processes(job, baseline, data)
         study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)  # as the workers left it
         _mark_stale_runs_killed(study)  # a killed worker's trial is failed by now (heartbeat)
-        return _report(cfg, study, data, base, baseline_run_id)
+        return _report(cfg, study, data, base, baseline_run_id, baseline)
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,13 @@ class _Job:
     threads: int  # torch CPU threads of each worker
 
 
-def _work_in_processes(job: _Job) -> None:
+def _work_in_processes(job: _Job, baseline: Artifact, data: DataSplits) -> None:
     """``workers`` - 1 helper processes and this one run trials on the study until it is full."""
     context = multiprocessing.get_context("spawn")  # fork would copy torch's and MLflow's threads
     helpers = [context.Process(target=_work, args=(job, index), daemon=True) for index in range(1, job.cfg.workers)]
     for helper in helpers:
         helper.start()
-    _work(job, 0)
+    _work(job, 0, baseline, data)  # this process has them loaded already
     for helper in helpers:
         helper.join()
     failed = [helper.exitcode for helper in helpers if helper.exitcode]
@@ -180,7 +181,7 @@ def _work_in_processes(job: _Job) -> None:
         raise ShrinkflowError(f"{len(failed)} of {len(helpers)} helper workers failed (exit codes {failed})")
 
 
-def _work(job: _Job, index: int) -> None:
+def _work(job: _Job, index: int, baseline: Artifact | None = None, data: DataSplits | None = None) -> None:
     """One worker: its own sampler seed, a share of the CPU threads, trials until the study is full."""
     import mlflow
 
@@ -191,8 +192,9 @@ def _work(job: _Job, index: int) -> None:
     mlflow.set_tracking_uri(job.tracking_uri)
     torch.set_num_threads(job.threads)
     study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed + index))
-    baseline, _ = tracking.load_model(job.baseline_run_id)
-    data = dataset_of(baseline.description)
+    if baseline is None:  # a helper process loads its own
+        baseline, _ = tracking.load_model(job.baseline_run_id)
+        data = dataset_of(baseline.description)
     objective = _objective(job, study, baseline, data, cfg.search_space(), resolve_device(cfg.device), index)
     progress = tqdm(
         total=cfg.trials, initial=done_trials(study), desc="search", unit="trial", disable=None if index == 0 else True
@@ -316,7 +318,7 @@ def _mark_stale_runs_killed(study: optuna.Study) -> None:
             mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
 
 
-def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict, baseline_run_id: str) -> str:
+def _report(cfg: SearchConfig, study, data: DataSplits, base: dict, baseline_run_id: str, baseline: Artifact) -> str:
     """Tag the front, score it on test, log front table, plot and hypervolume, register the champion."""
     import mlflow
 
@@ -325,7 +327,7 @@ def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict
     members = front(study)
     _untag_former_members(study.study_name, {t.user_attrs["mlflow_run_id"] for t in members})
     artifacts = {t.user_attrs["mlflow_run_id"]: tracking.load_model(t.user_attrs["mlflow_run_id"])[0] for t in members}
-    speedups = _speedups(cfg, artifacts, data, baseline_run_id)
+    speedups = _speedups(cfg, artifacts, data, baseline)
     rows = []
     for trial in members:
         run_id = trial.user_attrs["mlflow_run_id"]
@@ -338,7 +340,7 @@ def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict
                 mlflow.set_tag("shrinkflow.model_id", tracking.log_model(artifact, data.x_train[:2]))
         rows.append({**_front_row(trial, run_id, test_accuracy, cfg), **speedups.get(run_id, {})})
     table = pd.DataFrame(rows)
-    costs = [base[_cost_key(name)] for name in cfg.cost_names()]
+    costs = [base[COST_METRICS[name]] for name in cfg.cost_names()]
     for number, volume in hypervolume_history(study, costs):
         mlflow.log_metric("hypervolume", volume, step=number)
     mlflow.log_metric("front_size", len(members))
@@ -351,14 +353,11 @@ def _report(cfg: SearchConfig, study: optuna.Study, data: DataSplits, base: dict
     return champion or baseline_run_id
 
 
-def _speedups(cfg: SearchConfig, artifacts: dict[str, Artifact], data: DataSplits, baseline_run_id: str) -> dict:
+def _speedups(cfg: SearchConfig, artifacts: dict[str, Artifact], data: DataSplits, baseline: Artifact) -> dict:
     """With a latency cost: each front member's speed-up over the baseline, timed interleaved
     with it in this process (the search's own timings, minutes apart, drift with the machine)."""
-    from shrinkflow import tracking
-
     if "latency" not in cfg.cost_names() or not artifacts:
         return {}
-    baseline, _ = tracking.load_model(baseline_run_id)
     timed = interleaved_latency({"baseline": baseline, **artifacts}, data, cfg.latency())
     return {run_id: {"latency_speedup_interleaved": timed["baseline"] / timed[run_id]} for run_id in artifacts}
 
@@ -382,12 +381,6 @@ def _front_row(trial, run_id: str, test_accuracy: float, cfg: SearchConfig) -> d
     costs = dict(zip(cfg.cost_names(), trial.values[1:], strict=True))
     return {"trial": trial.number, "run_id": run_id, ACCURACY: trial.values[0], "test_accuracy": test_accuracy,
             **costs, **methods}  # fmt: skip
-
-
-def _cost_key(name: str) -> str:
-    from search.trial import COST_METRICS
-
-    return COST_METRICS[name] or "cost_latency_ms_p50"
 
 
 def _champion(cfg: SearchConfig, members) -> str | None:
@@ -419,7 +412,7 @@ def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig):
     axes.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=14, c="0.7", label="trials")
     best = sorted(members, key=lambda t: t.values[1])
     axes.plot([t.values[1] for t in best], [t.values[0] for t in best], "o-", c="tab:blue", label="Pareto front")
-    axes.scatter([base[_cost_key(cost)]], [base[ACCURACY]], marker="*", s=120, c="tab:red", label="baseline")
+    axes.scatter([base[COST_METRICS[cost]]], [base[ACCURACY]], marker="*", s=120, c="tab:red", label="baseline")
     axes.axhline(base[ACCURACY] - cfg.max_accuracy_drop / 100, ls="--", c="tab:red", lw=0.8, label="accuracy floor")
     axes.set(xscale="log", xlabel=cost, ylabel="validation accuracy", title=f"study {study.study_name}")
     axes.legend(loc="lower right")
@@ -433,7 +426,7 @@ def _summary(table: pd.DataFrame, base: dict, cfg: SearchConfig) -> str:
     with pd.option_context("display.width", 200, "display.max_columns", None):
         shown = table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g")
     cost = cfg.cost_names()[0]
-    return f"Pareto front ({len(table)} trials; baseline {cost} {base[_cost_key(cost)]:.4g}, " \
+    return f"Pareto front ({len(table)} trials; baseline {cost} {base[COST_METRICS[cost]]:.4g}, " \
            f"val_accuracy {base[ACCURACY]:.4f}):\n{shown}"  # fmt: skip
 
 

@@ -30,8 +30,13 @@ __all__ = [
     "run_trial",
 ]
 
-# cost name -> the cost_* metric it reads (latency is measured, not a static cost)
-COST_METRICS = {"size": "cost_size_bytes", "macs": "cost_macs_effective", "bops": "cost_bops", "latency": None}
+# cost name -> the metric that holds it
+COST_METRICS = {
+    "size": "cost_size_bytes",
+    "macs": "cost_macs_effective",
+    "bops": "cost_bops",
+    "latency": "cost_latency_ms_p50",
+}
 COSTS = tuple(COST_METRICS)
 # quantization methods whose models an execution form cannot run (ONNX has no dynamic int8 Linear)
 UNMEASURABLE = {"onnxruntime": ("dynamic-int8",)}
@@ -63,7 +68,7 @@ def measure_costs(artifact: Artifact, data: DataSplits, names, latency: LatencyS
     is among ``names``, the median latency of the checkpoint reloaded, in ``latency.form``."""
     costs = cost(artifact)
     if "latency" in names:
-        costs["cost_latency_ms_p50"] = interleaved_latency({"model": artifact}, data, latency, rounds=1)["model"]
+        costs[COST_METRICS["latency"]] = interleaved_latency({"model": artifact}, data, latency, rounds=1)["model"]
     return costs
 
 
@@ -88,7 +93,7 @@ def _reloaded(artifact: Artifact) -> Artifact:
 
 
 def objective_values(costs: dict[str, float], names) -> list[float]:
-    return [costs[COST_METRICS[name] or "cost_latency_ms_p50"] for name in names]
+    return [costs[COST_METRICS[name]] for name in names]
 
 
 def run_trial(
