@@ -5,7 +5,7 @@ new one, so they chain in memory — the search does that — exactly as the ste
 id through MLflow. An artifact is never changed by the technique it is given to.
 
 - ``model``: the ``nn.Module`` (on the CPU), holding the weights it runs with;
-- ``description``: the JSON-able description saved as ``model.json`` (``shrinkflow.checkpoint``):
+- ``description``: the JSON-able description saved in the checkpoint's header (``shrinkflow.checkpoint``):
   architecture, class names, dataset, storage format and what each technique recorded;
 - ``encodings``: the packed codes of quantized weights (``packed`` storage), by state-dict name.
 """
@@ -52,7 +52,7 @@ class Artifact:
         return Artifact(copy.deepcopy(self.model), copy.deepcopy(self.description), copy.deepcopy(self.encodings))
 
     def save(self, folder: Path) -> Path:
-        """Write the checkpoint (safetensors + ``model.json``) to ``folder``; return the folder."""
+        """Write the checkpoint (one file, ``model.shrinkflow``) to ``folder``; return the folder."""
         return save_checkpoint(self.model, self.description, folder, self.encodings)
 
     @classmethod

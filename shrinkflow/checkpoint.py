@@ -1,33 +1,40 @@
-"""A saved model: a state dict plus a JSON description, never a pickled module.
+"""A saved model: one file holding a JSON description and every tensor, never a pickled module.
 
-Layout of a checkpoint folder:
-- ``weights.safetensors``: the state dict in safetensors format. Reading it unpickles nothing
-  (stricter than ``torch.load(weights_only=True)``), and its container costs ~80 bytes a tensor
-  where ``torch.save``'s zip costs ~1.5 KB plus ~200 bytes a tensor: on a 5,000-parameter model
-  that is the difference between 5% and 18% over the weights' own bytes;
-- ``model.json``: the architecture description (``shrinkflow.zoo.describe``), the class names, the
-  dataset it was trained on and the storage format, so a later step can rebuild model and data.
+``model.shrinkflow`` (format version 2) is laid out as
+- 4 bytes ``SFLW``, 1 byte version, 4 bytes header length, 4 bytes CRC-32 of the header;
+- the header, deflate-compressed JSON: the model's description (architecture, class names,
+  dataset, storage, what each technique recorded; ``shrinkflow.zoo.describe``) and one entry per
+  tensor — name, dtype, shape, format, section lengths, byte count and CRC-32;
+- the tensors' bytes, one after another, each in the smallest of the formats of
+  ``shrinkflow.storage`` (raw; bitmap or entropy-coded positions plus non-zero values; packed or
+  entropy-coded quantization codes plus scales or codebook).
+Compressing the header matters on small models: a 5 KB compressed network would otherwise spend a
+third of its bytes on names and shapes. The CRCs make a truncated or flipped file one clear error
+instead of wrong weights. Reading it runs no code the file names: the architecture is built by
+``shrinkflow.zoo``, the tensors decoded by NumPy, torch and constriction.
 
-Storage formats (``description["storage"]``):
-- ``dense-fp32``: every tensor as it is;
-- ``sparse-bitmap``: a weight matrix or kernel whose zeros make it pay is stored as a bitmap of its
-  non-zeros (1 bit an element, packed) plus the non-zero values; other tensors stay dense. At 90%
-  sparsity a float32 matrix takes 0.1 × 4 + 1/8 = 0.525 bytes an element instead of 4.
-- ``packed``: quantized weights (``description["quantization"]`` names them) are stored as their
-  integer codes packed k bits each plus float32 scales or codebook (``shrinkflow.encoding``);
-  other tensors stay dense. Reloading decodes them to the very floats the model ran with.
+Storage (``description["storage"]``) says what the tensors are:
+- ``dense-fp32`` and ``sparse`` (pruned): the state dict as floats — zeros stored by position;
+- ``packed``: quantized weights (``description["quantization"]`` names them) as their integer
+  codes plus float32 scales or codebook (``shrinkflow.encoding``); other tensors as floats.
+  Reloading decodes them to the very floats the model ran with;
 - ``int8-dynamic``: Linear layers as int8 weights with float32 scales and int8 zero points per
   output channel, LSTM layers as int8 weights with one float32 scale and int8 zero point each,
-  rebuilt on load into PyTorch's dynamic-int8 Linear and LSTM (real int8 kernels, CPU).
+  rebuilt on load into PyTorch's dynamic-int8 Linear and LSTM (real int8 kernels, CPU);
 - ``int8-static``: Linear and Conv layers as in ``int8-dynamic`` plus each layer's output scale and
   zero point and the input quantizers' ones; on load the float model is traced and converted
   again by the settings in ``description["quantize"]`` (method, observer), and these values
   replace the placeholders of that unfitted conversion.
+
+Checkpoints of format version 1 (``weights.safetensors`` + ``model.json``, storages
+``dense-fp32``, ``sparse-bitmap``, ``packed`` and the int8 ones) still load.
 """
 
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,150 +48,92 @@ from shrinkflow.config import ShrinkflowError
 from shrinkflow.encoding import (
     INT8_STORAGES,
     Encoded,
-    bitmap_pays,
     decode,
     int8_skeleton,
     int8_state,
     load_int8_state,
-    pack_codes,
     unpack_codes,
-    zero_code,
 )
+from shrinkflow.entropy import CodingError
+from shrinkflow.storage import StoredTensor, load_tensor, store_tensor
 from shrinkflow.zoo import build_model
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "FORMAT_VERSION",
     "QUANTIZED_STORAGES",
-    "WEIGHTS_FILE",
-    "DESCRIPTION_FILE",
     "checkpoint_bytes",
     "is_quantized",
     "load_checkpoint",
     "read_checkpoint",
     "runs_on_cpu_only",
     "save_checkpoint",
+    "stored_tensors",
 ]
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-DESCRIPTION_FILE = "model.json"
-STORAGE_FORMATS = ("dense-fp32", "sparse-bitmap", "packed", *INT8_STORAGES)
+FORMAT_VERSION = 2
+CHECKPOINT_FILE = "model.shrinkflow"
+STORAGE_FORMATS = ("dense-fp32", "sparse", "packed", *INT8_STORAGES)
 QUANTIZED_STORAGES = ("packed", *INT8_STORAGES)
-_SHAPES_KEY = "sparse_shapes"  # safetensors metadata: JSON {tensor name: shape} of bitmap tensors
-_PACKED_KEY = "packed"  # safetensors metadata: JSON {tensor name: {scheme, bits, shape}}
+_MAGIC = b"SFLW"
+_PREFIX = struct.Struct("<4sBII")  # magic, version, header length, header CRC-32
+# Deflate's preset dictionary for the header: strings every header repeats, so that a small
+# model's header costs its own names and numbers only. Part of format version 2: never change it.
+_HEADER_DICTIONARY = (
+    b'"architecture":{"name":"mlp","params":{"hidden_sizes":[300,100]},"input_shape":[1,8,8],"num_classes":10},'
+    b'"class_names":["0","1","2","3","4","5","6","7","8","9"],"dataset":{"spec":"digits","label_column":"label"},'
+    b'"storage":"dense-fp32","pruning":{"method":"gradual","sparsity":0.9},"quantize":{"method":"kmeans"},'
+    b'"bits":{"layers.1":[4,32],"quantization":{"layers.1.weight":{"scheme":"codebook","bits":4},'
+    b'{"scheme":"symmetric","bits":8},"distillation":{"format_version":2,"description":'
+    b'"tensors":[{"n":"layers.1.weight","d":"f32","s":[300,64],"f":"coded","l":[],"b":,"c":,"q":"codebook","k":4,"m":1}'
+    b'{"n":"features.0.bias","d":"f32","s":[],"f":"raw","l":[],"b":,"c":,"q":"symmetric","k":8,"m":0}]}'
+)
 
 
-def _bitmap_bytes(tensor: torch.Tensor) -> int:
-    return -(-tensor.numel() // 8) + int(torch.count_nonzero(tensor)) * tensor.element_size()
-
-
-def _stored_as_bitmap(tensor: torch.Tensor, storage: str) -> bool:
-    return (
-        storage == "sparse-bitmap"
-        and tensor.is_floating_point()
-        and tensor.dim() >= 2
-        and _bitmap_bytes(tensor) < tensor.numel() * tensor.element_size()
-    )
-
-
-def tensor_storage_bytes(tensor: torch.Tensor, storage: str) -> int:
-    """Bytes the storage format needs for ``tensor``'s values and index, without container."""
-    if _stored_as_bitmap(tensor, storage):
-        return _bitmap_bytes(tensor)
-    return tensor.numel() * tensor.element_size()
-
-
-def _encode_bitmaps(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
-    tensors, shapes = {}, {}
+def stored_tensors(model: nn.Module, description: dict[str, Any], encodings=None) -> list[StoredTensor]:
+    """Every tensor of ``model`` as its checkpoint stores it (a tensor tied to an earlier one is
+    stored once, as a reference to it)."""
+    storage = description.get("storage", "dense-fp32")
+    if storage not in STORAGE_FORMATS:
+        raise ShrinkflowError(f"unknown storage format {storage!r}: choose {', '.join(STORAGE_FORMATS)}")
+    state = int8_state(model) if storage in INT8_STORAGES else model.state_dict()
+    encodings = encodings or {} if storage == "packed" else {}
+    stored, first_name = [], {}
     for name, tensor in state.items():
-        tensor = tensor.detach().cpu()
-        if _stored_as_bitmap(tensor, "sparse-bitmap"):
-            flat = tensor.flatten()
-            keep = flat != 0
-            tensors[f"{name}::bitmap"] = torch.from_numpy(np.packbits(keep.numpy()))
-            tensors[f"{name}::values"] = flat[keep].clone()
-            shapes[name] = list(tensor.shape)
-        else:
-            tensors[name] = tensor.contiguous().clone()  # clone: tied tensors are saved apart
-    return tensors, shapes
-
-
-def _decode_bitmaps(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    state = {name: t for name, t in tensors.items() if "::" not in name}
-    for name, shape in shapes.items():
-        numel = int(np.prod(shape))
-        keep = torch.from_numpy(np.unpackbits(tensors[f"{name}::bitmap"].numpy(), count=numel).astype(bool))
-        values = tensors[f"{name}::values"]
-        flat = torch.zeros(numel, dtype=values.dtype)
-        flat[keep] = values
-        state[name] = flat.reshape(shape)
-    return state
-
-
-def _encode_packed(state: dict[str, torch.Tensor], encodings: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, metadata = {}, {}
-    for name, tensor in state.items():
-        if name in encodings:
-            encoded = encodings[name]
-            codes = encoded.codes
-            info = {"scheme": encoded.scheme, "bits": encoded.bits, "shape": list(encoded.shape)}
-            keep = codes != zero_code(encoded) if encoded.scheme == "symmetric" else None
-            if keep is not None and bitmap_pays(codes.numel(), int(keep.sum()), encoded.bits, encoded.scheme):
-                tensors[f"{name}::bitmap"] = torch.from_numpy(np.packbits(keep.numpy()))
-                codes, info["sparse"] = codes[keep], True
-            tensors[f"{name}::codes"] = pack_codes(codes, encoded.bits)
-            tensors[f"{name}::scales"] = encoded.scales.float().contiguous()
-            metadata[name] = info
-        else:
-            tensors[name] = tensor.detach().cpu().contiguous().clone()
-    return tensors, metadata
-
-
-def _decode_packed(tensors: dict[str, torch.Tensor], metadata: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    state = {name: t for name, t in tensors.items() if "::" not in name}
-    encodings = {}
-    for name, info in metadata.items():
-        count = int(np.prod(info["shape"]))
-        encoded = Encoded(info["scheme"], info["bits"], tuple(info["shape"]), None, tensors[f"{name}::scales"])
-        if info.get("sparse"):
-            keep = torch.from_numpy(np.unpackbits(tensors[f"{name}::bitmap"].numpy(), count=count).astype(bool))
-            encoded.codes = torch.full((count,), zero_code(encoded), dtype=torch.int64)
-            encoded.codes[keep] = unpack_codes(tensors[f"{name}::codes"], info["bits"], int(keep.sum()))
-        else:
-            encoded.codes = unpack_codes(tensors[f"{name}::codes"], info["bits"], count)
-        state[name], encodings[name] = decode(encoded), encoded
-    return state, encodings
-
-
-def _compact(value) -> str:
-    # No indentation: on a 10 KB compressed model every byte of description is ~0.01% of its size.
-    return json.dumps(value, separators=(",", ":"))
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride()) if tensor.numel() else None
+        if key in first_name:
+            stored.append(StoredTensor(name, "alias", {"f": "alias", "a": first_name[key]}, b"", 0.0))
+            continue
+        first_name.setdefault(key, name) if key else None
+        stored.append(store_tensor(name, tensor, encodings.get(name)))
+    return stored
 
 
 def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path, encodings=None) -> Path:
-    """Write ``model``'s weights and ``description`` to ``folder``; return the folder.
+    """Write ``model``'s tensors and ``description`` to ``folder``; return the folder.
 
     ``encodings`` (``packed`` storage): the ``shrinkflow.encoding.Encoded`` of each quantized
     weight, whose decoded values the model holds.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if description.get("storage", "dense-fp32") in INT8_STORAGES:
-        safetensors.torch.save_file(int8_state(model), str(folder / WEIGHTS_FILE))
-    elif description.get("storage", "dense-fp32") == "packed":
-        tensors, metadata = _encode_packed(model.state_dict(), encodings or {})
-        safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_PACKED_KEY: _compact(metadata)})
-    elif description.get("storage", "dense-fp32") == "sparse-bitmap":
-        tensors, shapes = _encode_bitmaps(model.state_dict())
-        safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={_SHAPES_KEY: _compact(shapes)})
-    else:
-        safetensors.torch.save_model(model.cpu(), str(folder / WEIGHTS_FILE))
-    (folder / DESCRIPTION_FILE).write_text(_compact({"format_version": FORMAT_VERSION, **description}))
+    tensors = stored_tensors(model, description, encodings)
+    entries = [
+        {"n": t.name, **t.header, "b": len(t.payload), "c": zlib.crc32(t.payload)} if t.format != "alias"
+        else {"n": t.name, **t.header}
+        for t in tensors
+    ]  # fmt: skip
+    header_json = json.dumps({"description": {"format_version": FORMAT_VERSION, **description}, "tensors": entries},
+                             separators=(",", ":"))  # fmt: skip
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=_HEADER_DICTIONARY)  # raw deflate
+    header = packer.compress(header_json.encode()) + packer.flush()
+    prefix = _PREFIX.pack(_MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header))
+    (folder / CHECKPOINT_FILE).write_bytes(prefix + header + b"".join(t.payload for t in tensors))
     return folder
 
 
 def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from ``model.json`` and load its weights (no unpickling of anything)."""
+    """Rebuild the model from its description and load its weights (no unpickling of anything)."""
     model, description, _ = read_checkpoint(folder)
     return model, description
 
@@ -193,23 +142,22 @@ def read_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, 
     """``load_checkpoint``, plus the codes of packed weights (by state-dict name; else empty), so
     that saving the model again stores them packed again."""
     folder = Path(folder)
-    for name in (DESCRIPTION_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise ShrinkflowError(f"checkpoint in {folder} is incomplete: missing {name}")
+    if not (folder / CHECKPOINT_FILE).is_file() and (folder / _V1_DESCRIPTION).is_file():
+        return _read_v1(folder)
+    if not (folder / CHECKPOINT_FILE).is_file():
+        raise ShrinkflowError(f"checkpoint in {folder} is incomplete: missing {CHECKPOINT_FILE}")
+    blob = (folder / CHECKPOINT_FILE).read_bytes()
     try:
-        description = json.loads((folder / DESCRIPTION_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {DESCRIPTION_FILE}: {exc}") from exc
-    if description.get("format_version") != FORMAT_VERSION:
-        raise ShrinkflowError(
-            f"checkpoint in {folder} has format version {description.get('format_version')!r}; "
-            f"this Shrinkflow reads version {FORMAT_VERSION}"
-        )
-    model = build_model(description["architecture"])
+        description, tensors = _parse(blob)
+    except KeyError as exc:
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: no field {exc}") from None
+    except (ValueError, TypeError, IndexError, struct.error, zlib.error) as exc:
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: {exc}") from None
+    model = _build(description, folder)
     try:
-        model, encodings = _load_weights(model, folder / WEIGHTS_FILE, description)
-    except (safetensors.SafetensorError, KeyError, ValueError) as exc:
-        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {WEIGHTS_FILE}: {exc}") from exc
+        model, encodings = _fill(model, tensors, description)
+    except (KeyError, ValueError) as exc:
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: {exc}") from None
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise ShrinkflowError(f"checkpoint in {folder} does not match its architecture: {first_line}") from exc
@@ -217,28 +165,147 @@ def read_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, 
     return model, description, encodings
 
 
-def _load_weights(model: nn.Module, path: Path, description: dict[str, Any]) -> tuple[nn.Module, dict]:
-    """Load the weights into ``model``; return the model (a new one for int8 storages) and the
-    codes of packed weights."""
+def _parse(blob: bytes) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, Encoded | None] | str]]:
+    """(description, {name: (tensor, codes) or the name of the tensor it is tied to})."""
+    if len(blob) < _PREFIX.size or blob[:4] != _MAGIC:
+        raise ValueError("not a Shrinkflow checkpoint (it does not start with SFLW)")
+    _, version, header_length, header_crc = _PREFIX.unpack_from(blob)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"format version {version}; this Shrinkflow reads version {FORMAT_VERSION}")
+    header = blob[_PREFIX.size : _PREFIX.size + header_length]
+    if len(header) != header_length or zlib.crc32(header) != header_crc:
+        raise ValueError("the header is truncated or damaged (CRC mismatch)")
+    unpacker = zlib.decompressobj(-15, zdict=_HEADER_DICTIONARY)
+    parsed = json.loads(unpacker.decompress(header) + unpacker.flush())
+    description, entries = parsed["description"], parsed["tensors"]
+    if not isinstance(description, dict) or not isinstance(entries, list):
+        raise ValueError("the header has no description or tensor list")
+    offset, tensors = _PREFIX.size + header_length, {}
+    for entry in entries:
+        if entry.get("f") == "alias":
+            tensors[entry["n"]] = entry["a"]
+            continue
+        payload = blob[offset : offset + entry["b"]]
+        offset += entry["b"]
+        if len(payload) != entry["b"]:
+            raise ValueError(f"tensor {entry['n']} is truncated: {len(payload)} of {entry['b']} bytes")
+        if zlib.crc32(payload) != entry["c"]:
+            raise ValueError(f"tensor {entry['n']} is damaged (CRC mismatch)")
+        try:
+            tensors[entry["n"]] = load_tensor(entry, payload)
+        except (ValueError, CodingError) as exc:
+            raise ValueError(f"tensor {entry['n']} does not decode: {exc}") from None
+    if offset != len(blob):
+        raise ValueError(f"{len(blob) - offset} unexpected bytes after the last tensor")
+    return description, tensors
+
+
+def _build(description: dict[str, Any], folder: Path) -> nn.Module:
+    if description.get("format_version") != FORMAT_VERSION:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} has format version {description.get('format_version')!r}; "
+            f"this Shrinkflow reads version {FORMAT_VERSION}"
+        )
     storage = description.get("storage", "dense-fp32")
     if storage not in STORAGE_FORMATS:
-        raise ValueError(f"unknown storage format {storage!r}: this Shrinkflow reads {', '.join(STORAGE_FORMATS)}")
-    if storage == "dense-fp32":
-        # strict, and restores tensors that safetensors stored once for several names
-        safetensors.torch.load_model(model, str(path), strict=True, device="cpu")
-        return model, {}
+        raise ShrinkflowError(
+            f"checkpoint in {folder} is corrupt: unknown storage format {storage!r}: this Shrinkflow reads "
+            f"{', '.join(STORAGE_FORMATS)}"
+        )
+    return build_model(description["architecture"])
+
+
+def _fill(model: nn.Module, tensors: dict, description: dict[str, Any]) -> tuple[nn.Module, dict[str, Encoded]]:
+    """Load the decoded tensors into ``model``; return it (a new one for int8 storages) and the
+    codes of packed weights."""
+    state, encodings = {}, {}
+    for name, value in tensors.items():
+        if isinstance(value, str):
+            continue
+        state[name] = value[0]
+        if value[1] is not None:
+            encodings[name] = value[1]
+    for name, target in tensors.items():
+        if isinstance(target, str):
+            state[name] = state[target]
+    storage = description.get("storage", "dense-fp32")
     if storage in INT8_STORAGES:
         input_shape = description["architecture"]["input_shape"]
         skeleton = int8_skeleton(model, storage, input_shape, description.get("quantize", {}))
-        return load_int8_state(skeleton, safetensors.torch.load_file(str(path))), {}
+        return load_int8_state(skeleton, state), {}
+    model.load_state_dict(state, strict=True)
+    return model, encodings
+
+
+# --- format version 1, read only: weights.safetensors + model.json ----------------------------
+
+_V1_WEIGHTS, _V1_DESCRIPTION = "weights.safetensors", "model.json"
+_V1_STORAGES = ("dense-fp32", "sparse-bitmap", "packed", *INT8_STORAGES)
+
+
+def _read_v1(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Encoded]]:
+    if not (folder / _V1_WEIGHTS).is_file():
+        raise ShrinkflowError(f"checkpoint in {folder} is incomplete: missing {_V1_WEIGHTS}")
+    try:
+        description = json.loads((folder / _V1_DESCRIPTION).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_DESCRIPTION}: {exc}") from exc
+    if description.get("format_version") != 1:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} has format version {description.get('format_version')!r}; "
+            f"this Shrinkflow reads versions 1 and {FORMAT_VERSION}"
+        )
+    model = build_model(description["architecture"])
+    try:
+        model, encodings = _load_v1_weights(model, folder / _V1_WEIGHTS, description)
+    except (safetensors.SafetensorError, KeyError, ValueError) as exc:
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_WEIGHTS}: {exc}") from exc
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ShrinkflowError(f"checkpoint in {folder} does not match its architecture: {first_line}") from exc
+    model.eval()
+    if description.get("storage") == "sparse-bitmap":
+        description["storage"] = "sparse"  # saved again, it is stored the version 2 way
+    description["format_version"] = FORMAT_VERSION
+    return model, description, encodings
+
+
+def _load_v1_weights(model: nn.Module, path: Path, description: dict[str, Any]) -> tuple[nn.Module, dict]:
+    storage = description.get("storage", "dense-fp32")
+    if storage not in _V1_STORAGES:
+        raise ValueError(f"unknown storage format {storage!r}: version 1 has {', '.join(_V1_STORAGES)}")
+    if storage == "dense-fp32":
+        safetensors.torch.load_model(model, str(path), strict=True, device="cpu")
+        return model, {}
+    tensors = safetensors.torch.load_file(str(path))
+    if storage in INT8_STORAGES:
+        input_shape = description["architecture"]["input_shape"]
+        skeleton = int8_skeleton(model, storage, input_shape, description.get("quantize", {}))
+        return load_int8_state(skeleton, tensors), {}
     with safetensors.safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    tensors = safetensors.torch.load_file(str(path))
+    state = {name: t for name, t in tensors.items() if "::" not in name}
     encodings = {}
-    if storage == "packed":
-        state, encodings = _decode_packed(tensors, json.loads(metadata[_PACKED_KEY]))
-    else:
-        state = _decode_bitmaps(tensors, json.loads(metadata[_SHAPES_KEY]))
+    key = "packed" if storage == "packed" else "sparse_shapes"
+    for name, info in json.loads(metadata[key]).items():
+        shape = info["shape"] if storage == "packed" else info
+        count = int(np.prod(shape))
+        kept = None
+        if storage != "packed" or info.get("sparse"):
+            kept = torch.from_numpy(np.unpackbits(tensors[f"{name}::bitmap"].numpy(), count=count).astype(bool))
+        if storage != "packed":
+            flat = torch.zeros(count, dtype=tensors[f"{name}::values"].dtype)
+            flat[kept] = tensors[f"{name}::values"]
+            state[name] = flat.reshape(shape)
+            continue
+        bits = info["bits"]
+        codes = torch.full((count,), 2 ** (bits - 1) - 1, dtype=torch.int64)  # v1 sparse: symmetric zero code
+        if kept is not None:
+            codes[kept] = unpack_codes(tensors[f"{name}::codes"], bits, int(kept.sum()))
+        else:
+            codes = unpack_codes(tensors[f"{name}::codes"], bits, count)
+        encoded = Encoded(info["scheme"], bits, tuple(shape), codes, tensors[f"{name}::scales"])
+        state[name], encodings[name] = decode(encoded), encoded
     model.load_state_dict(state, strict=True)
     return model, encodings
 

@@ -9,9 +9,10 @@ MACs are counted per sample for the matrix products of Linear, Conv1d/Conv2d and
 output position or step): removed channels are gone from the layer shapes already.
 BOPs = MACs × weight bits × activation bits (32 × 32 for float32).
 
-Size: ``artifact`` bytes are measured on the saved checkpoint folder; ``theoretical`` bytes are
-what the storage format needs in principle — for dense float32, 4 bytes per tensor element; for
-the sparse bitmap format, 1 bit per element plus 4 bytes per non-zero of each bitmap tensor.
+Size: ``cost_size_bytes`` is measured on the saved checkpoint folder; ``cost_size_entropy_bytes``
+is the information bound of its tensors (``shrinkflow.storage``: the empirical entropy of the
+positions of non-zeros and of the quantization codes, plus 4 bytes a float value, scale or codebook
+entry kept), which no coder of these symbols beats; ``storage_table`` gives both per tensor.
 """
 
 from __future__ import annotations
@@ -22,19 +23,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from shrinkflow.artifact import Artifact
-from shrinkflow.checkpoint import checkpoint_bytes, tensor_storage_bytes
+from shrinkflow.checkpoint import checkpoint_bytes, stored_tensors
 from shrinkflow.encoding import (
-    INT8_STORAGES,
     int8_lstm_tensors,
-    int8_state,
     is_dynamic_int8_lstm,
     is_int8_layer,
-    packed_size,
 )
 
 __all__ = [
@@ -45,8 +44,7 @@ __all__ = [
     "layer_costs",
     "layer_table",
     "model_parameters",
-    "packed_bytes",
-    "theoretical_size_bytes",
+    "storage_table",
 ]
 
 FLOAT_BITS = 32
@@ -164,34 +162,28 @@ def layer_table(costs: list[LayerCost]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*LayerCost.__dataclass_fields__, "sparsity", "bops"])
 
 
-def theoretical_size_bytes(model: nn.Module, description: Mapping[str, Any]) -> int:
-    """Bytes the model's storage format needs for its tensors — values, bitmaps, indices — without
-    the container's headers (see ``shrinkflow.checkpoint`` for the formats)."""
-    storage = description.get("storage", "dense-fp32")
-    if storage in INT8_STORAGES:
-        return sum(t.numel() * t.element_size() for t in int8_state(model).values())
-    quantized = description.get("quantization", {}) if storage == "packed" else {}
-    total, seen = 0, set()
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen:
-            continue  # tied tensors are stored once
-        seen.add(tensor.data_ptr())
-        if name in quantized:
-            total += packed_bytes(tensor, quantized[name])
-        else:
-            total += tensor_storage_bytes(tensor, storage)
-    return total
+def storage_table(model: nn.Module, description: Mapping[str, Any], encodings=None) -> pd.DataFrame:
+    """One row per stored tensor: its format, elements, stored bytes (without the container's
+    header), entropy bound in bytes, and their ratio."""
+    rows = []
+    for stored in stored_tensors(model, dict(description), encodings):
+        if stored.format == "alias":
+            continue
+        bound = stored.entropy_bytes
+        rows.append({
+            "tensor": stored.name, "format": stored.format, "elements": int(np.prod(stored.header["s"])),
+            "stored_bytes": len(stored.payload), "entropy_bytes": round(bound, 1),
+            "stored_over_entropy": len(stored.payload) / bound if bound else 1.0,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["tensor", "format", "elements", "stored_bytes", "entropy_bytes",
+                                       "stored_over_entropy"])  # fmt: skip
 
 
-def packed_bytes(weight: torch.Tensor, quantization: Mapping[str, Any]) -> int:
-    """k-bit codes packed into bytes (with a bitmap of the non-zeros when that is smaller) plus
-    float32 scales (one a channel) or codebook (2^k values)."""
-    nonzero = int(torch.count_nonzero(weight))
-    return packed_size(weight.numel(), nonzero, weight.shape[0], quantization["bits"], quantization["scheme"])
-
-
-def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: Path | None = None) -> dict[str, float]:
-    """The ``cost_*`` metrics of a model; artifact bytes only when its checkpoint folder is given."""
+def cost_summary(
+    model: nn.Module, description: Mapping[str, Any], checkpoint: Path | None = None, encodings=None
+) -> dict[str, float]:
+    """The ``cost_*`` metrics of a model (``encodings``: the codes of its packed weights); artifact
+    bytes only when its checkpoint folder is given."""
     bits = {layer: tuple(pair) for layer, pair in description.get("bits", {}).items()}
     costs = layer_costs(model, description["architecture"]["input_shape"], bits)
     params = model_parameters(model)
@@ -204,7 +196,7 @@ def cost_summary(model: nn.Module, description: Mapping[str, Any], checkpoint: P
         "cost_macs": sum(c.macs for c in costs),
         "cost_macs_effective": sum(c.effective_macs for c in costs),
         "cost_bops": sum(c.bops for c in costs),
-        "cost_size_theoretical_bytes": theoretical_size_bytes(model, description),
+        "cost_size_entropy_bytes": round(float(storage_table(model, description, encodings)["entropy_bytes"].sum())),
     }
     if checkpoint is not None:
         summary["cost_size_bytes"] = checkpoint_bytes(checkpoint)
@@ -216,7 +208,7 @@ def cost(artifact: Artifact) -> dict[str, float]:
     saves (to a temporary folder: what ``mlflow`` logs is the same bytes)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = artifact.save(Path(tmp) / "checkpoint")
-        return cost_summary(artifact.model, artifact.description, folder)
+        return cost_summary(artifact.model, artifact.description, folder, artifact.encodings)
 
 
 def before_after_metrics(

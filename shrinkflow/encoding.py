@@ -7,23 +7,23 @@ section makes models that run real int8 kernels (dynamic and static int8) and tu
 plain tensors and back.
 
 - ``symmetric`` (k = 2..8 bits): per output channel, s = max|w| / (2^(k−1) − 1),
-  q = round(w / s) ∈ [−(2^(k−1) − 1), 2^(k−1) − 1], w ≈ q·s. Zero stays exactly zero. (The
-  article's "integerization" rounds raw weights to integers with no scale, which sends almost
-  every weight of a trained network to 0.)
+  q = round(w / s) ∈ [−(2^(k−1) − 1), 2^(k−1) − 1], w ≈ q·s. (The article's "integerization"
+  rounds raw weights to integers with no scale, which sends almost every weight of a trained
+  network to 0.)
 - ``binary`` (1 bit, Rastegari et al. 2016): w ≈ α·sign(w), α = mean|w| per output channel.
 - ``codebook`` (Han et al. 2016, Deep Compression): 2^k shared values per layer found by 1-D
   k-means (linear initialization), each weight an index into them.
 
-Codes are packed k bits each into bytes, so a 4-bit layer takes half a byte a weight. A pruned
-layer under the symmetric scheme (where zero has its own code) stores a bitmap of its non-zeros
-and codes for those only, when that is smaller: Deep Compression's prune-then-quantize.
+A pruned tensor (one with exact zeros) is quantized with its set of ``kept`` weights: the zeros
+stay exact zeros, coded apart from the codes (``Encoded.symbols``), and only they — the symmetric
+grid gives a kept weight the nearest non-zero level, k-means and α are fitted to kept weights
+only. Deep Compression quantizes the weights that survive pruning in the same way. How the codes
+are stored (packed k bits each, or entropy-coded) is ``shrinkflow.storage``'s business.
 """
 
 from __future__ import annotations
 
-import heapq
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,20 +40,17 @@ __all__ = [
     "INT8_STORAGES",
     "OBSERVERS",
     "convert_int8",
-    "huffman_bits",
     "int8_skeleton",
     "int8_state",
     "is_dynamic_int8_linear",
     "is_dynamic_int8_lstm",
     "is_int8_layer",
+    "kept_weights",
     "load_int8_state",
     "prepare_static_int8",
-    "bitmap_pays",
     "pack_codes",
-    "packed_size",
     "refit_codebook",
     "unpack_codes",
-    "zero_code",
 ]
 
 
@@ -64,37 +61,72 @@ class Encoded:
     shape: tuple[int, ...]
     codes: torch.Tensor  # int64, unsigned codes in [0, 2^bits), flattened
     scales: torch.Tensor  # (C_out,) float32 for symmetric/binary; (2^bits,) codebook values for codebook
+    kept: torch.Tensor | None = None  # flat bool: the weights that are stored; the others are exact zeros
 
-    def storage_bytes(self) -> int:
-        return -(-self.codes.numel() * self.bits // 8) + self.scales.numel() * 4
+    @property
+    def alphabet(self) -> int:
+        return 2**self.bits
+
+    def symbols(self) -> torch.Tensor:
+        """One symbol a weight: its code, or with ``kept`` 0 for a pruned weight and code + 1 for a
+        kept one — the stream that storage entropy-codes (positions and codes in one)."""
+        return self.codes if self.kept is None else torch.where(self.kept, self.codes + 1, 0)
+
+
+def kept_weights(weight: torch.Tensor) -> torch.Tensor | None:
+    """The non-zero weights of a pruned tensor (flat), None for a tensor without zeros. Quantizing
+    with this set keeps pruned weights exactly zero, and only them."""
+    kept = weight.detach().flatten() != 0
+    return None if bool(kept.all()) else kept.cpu()
 
 
 def _per_channel(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1)  # (C_out, fan_in)
 
 
-def encode_symmetric(weight: torch.Tensor, bits: int) -> Encoded:
+def _rows_kept(weight: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    if kept is None:
+        return torch.ones(_per_channel(weight).shape, dtype=torch.bool)
+    return kept.reshape(weight.shape[0], -1)
+
+
+def encode_symmetric(weight: torch.Tensor, bits: int, kept: torch.Tensor | None = None) -> Encoded:
+    """With ``kept``, the scale comes from the kept weights and a kept weight takes the nearest
+    non-zero level: zero is the pruned weights' value only (Deep Compression quantizes the weights
+    that survive pruning)."""
     qmax = 2 ** (bits - 1) - 1
-    rows = _per_channel(weight).float()
-    scales = rows.abs().amax(dim=1) / qmax
+    rows = _per_channel(weight).float().cpu()
+    mask = _rows_kept(weight, kept)
+    scales = (rows.abs() * mask).amax(dim=1) / qmax
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero channel stays zero
     q = torch.clamp(torch.round(rows / scales[:, None]), -qmax, qmax).to(torch.int64)
-    return Encoded("symmetric", bits, tuple(weight.shape), (q + qmax).flatten(), scales)
+    codes = (q + qmax).flatten()
+    if kept is not None:
+        q = torch.where(q == 0, torch.where(rows < 0, -1, 1), q)
+        codes = torch.where(kept, (q + qmax).flatten(), 0)  # a pruned weight's code is never read: 0
+    return Encoded("symmetric", bits, tuple(weight.shape), codes, scales, kept)
 
 
-def encode_binary(weight: torch.Tensor) -> Encoded:
-    rows = _per_channel(weight).float()
-    alpha = rows.abs().mean(dim=1)
-    return Encoded("binary", 1, tuple(weight.shape), (rows >= 0).to(torch.int64).flatten(), alpha)
+def encode_binary(weight: torch.Tensor, kept: torch.Tensor | None = None) -> Encoded:
+    """α = mean |w| of the kept weights of a channel; pruned weights stay zero."""
+    rows = _per_channel(weight).float().cpu()
+    mask = _rows_kept(weight, kept)
+    alpha = (rows.abs() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    codes = ((rows >= 0) & mask).to(torch.int64).flatten()
+    return Encoded("binary", 1, tuple(weight.shape), codes, alpha, kept)
 
 
 def _nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return (values[:, None] - centroids[None, :]).abs().argmin(dim=1)
 
 
-def encode_codebook(weight: torch.Tensor, bits: int, iterations: int = 30) -> Encoded:
-    values = weight.detach().flatten().float()
+def encode_codebook(weight: torch.Tensor, bits: int, kept: torch.Tensor | None = None, iterations: int = 30) -> Encoded:
+    """k-means over the kept weights only: no centroid is spent on (or pulled towards) the zeros."""
+    flat = weight.detach().flatten().float().cpu()
+    values = flat if kept is None else flat[kept]
     count = 2**bits
+    if values.numel() == 0:
+        values = torch.zeros(1)
     centroids = torch.linspace(values.min().item(), values.max().item(), count)  # Han et al.: linear init
     for _ in range(iterations):
         codes = _nearest(values, centroids)
@@ -104,48 +136,36 @@ def encode_codebook(weight: torch.Tensor, bits: int, iterations: int = 30) -> En
         if torch.equal(updated, centroids):
             break
         centroids = updated
-    return Encoded("codebook", bits, tuple(weight.shape), _nearest(values, centroids), centroids)
+    codes = _nearest(flat, centroids) if kept is None else torch.where(kept, _nearest(flat, centroids), 0)
+    return Encoded("codebook", bits, tuple(weight.shape), codes, centroids, kept)
 
 
 def refit_codebook(encoded: Encoded, weight: torch.Tensor) -> Encoded:
     """Centroid fine-tuning: each shared value becomes the mean of its weights after an update."""
-    values = weight.detach().flatten().float()
+    values = weight.detach().flatten().float().cpu()
+    kept = torch.ones_like(values, dtype=torch.bool) if encoded.kept is None else encoded.kept
     count = encoded.scales.numel()
-    sums = torch.zeros(count).index_add_(0, encoded.codes, values)
-    sizes = torch.bincount(encoded.codes, minlength=count)
+    sums = torch.zeros(count).index_add_(0, encoded.codes[kept], values[kept])
+    sizes = torch.bincount(encoded.codes[kept], minlength=count)
     centroids = torch.where(sizes > 0, sums / sizes.clamp(min=1), encoded.scales)
-    return Encoded("codebook", encoded.bits, encoded.shape, encoded.codes, centroids)
+    return Encoded("codebook", encoded.bits, encoded.shape, encoded.codes, centroids, encoded.kept)
 
 
 def decode(encoded: Encoded) -> torch.Tensor:
     codes = encoded.codes
     if encoded.scheme == "codebook":
-        return encoded.scales[codes].reshape(encoded.shape)
-    rows = codes.reshape(encoded.shape[0], -1)
-    if encoded.scheme == "binary":
-        signs = rows.float() * 2 - 1
-        return (signs * encoded.scales[:, None]).reshape(encoded.shape)
-    qmax = 2 ** (encoded.bits - 1) - 1
-    return ((rows - qmax).float() * encoded.scales[:, None]).reshape(encoded.shape)
-
-
-def zero_code(encoded: Encoded) -> int | None:
-    """The code of an exact zero (symmetric scheme only)."""
-    return 2 ** (encoded.bits - 1) - 1 if encoded.scheme == "symmetric" else None
-
-
-def bitmap_pays(numel: int, nonzero: int, bits: int, scheme: str) -> bool:
-    """Is a bitmap of the non-zeros plus their codes smaller than all the codes?"""
-    return scheme == "symmetric" and -(-numel // 8) + -(-nonzero * bits // 8) < -(-numel * bits // 8)
-
-
-def packed_size(numel: int, nonzero: int, channels: int, bits: int, scheme: str) -> int:
-    """Bytes of a packed tensor: codes (with a bitmap when it pays) plus float32 scales or codebook."""
-    if bitmap_pays(numel, nonzero, bits, scheme):
-        codes = -(-numel // 8) + -(-nonzero * bits // 8)
+        values = encoded.scales[codes]
     else:
-        codes = -(-numel * bits // 8)
-    return codes + 4 * (2**bits if scheme == "codebook" else channels)
+        rows = codes.reshape(encoded.shape[0], -1)
+        if encoded.scheme == "binary":
+            values = (rows.float() * 2 - 1) * encoded.scales[:, None]
+        else:
+            qmax = 2 ** (encoded.bits - 1) - 1
+            values = (rows - qmax).float() * encoded.scales[:, None]
+        values = values.flatten()
+    if encoded.kept is not None:
+        values = torch.where(encoded.kept, values, 0.0)
+    return values.reshape(encoded.shape)
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -157,21 +177,6 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     as_bits = np.unpackbits(packed.numpy(), count=count * bits).reshape(count, bits).astype(np.int64)
     return torch.from_numpy(as_bits @ (1 << np.arange(bits - 1, -1, -1)))
-
-
-def huffman_bits(codes: torch.Tensor) -> int:
-    """Total bits of ``codes`` under a Huffman code built on their own frequencies."""
-    frequencies = Counter(codes.tolist())
-    if len(frequencies) == 1:
-        return len(codes)  # one symbol still needs a bit per code
-    heap = list(frequencies.values())
-    heapq.heapify(heap)
-    total = 0
-    while len(heap) > 1:
-        merged = heapq.heappop(heap) + heapq.heappop(heap)
-        total += merged  # every merge adds one bit to each code below it
-        heapq.heappush(heap, merged)
-    return total
 
 
 # --- int8 with real kernels ------------------------------------------------------------------

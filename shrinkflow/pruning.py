@@ -213,7 +213,7 @@ def _pruned_description(description: dict, model: nn.Module, method: PruningMeth
     return {
         **description,
         "architecture": architecture,
-        "storage": "dense-fp32" if method.structural else "sparse-bitmap",
+        "storage": "dense-fp32" if method.structural else "sparse",
         "pruning": {"method": method.name, "sparsity": sparsity},
     }
 

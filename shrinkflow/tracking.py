@@ -137,7 +137,7 @@ def load_model(run_id: str) -> tuple[Artifact, dict[str, float]]:
         except (MlflowException, OSError) as exc:
             raise ShrinkflowError(f"the model of run {run_id!r} has no readable checkpoint: {exc}") from exc
         artifact = Artifact.load(Path(local))
-        return artifact, cost_summary(artifact.model, artifact.description, Path(local))
+        return artifact, cost_summary(artifact.model, artifact.description, Path(local), artifact.encodings)
 
 
 def log_table(table: pd.DataFrame, name: str) -> None:

@@ -5,7 +5,7 @@ Produces: an MLflow run tagged ``shrinkflow.source_run_id`` and ``hw.*`` (CPU mo
 torch version and threads, GPU name) with
 - static cost of the reloaded model: ``cost_params``, ``cost_nonzero_params``, ``cost_sparsity``,
   ``cost_macs``, ``cost_macs_effective``, ``cost_bops``, ``cost_size_bytes``,
-  ``cost_size_theoretical_bytes``, and a per-layer table ``layers.json``;
+  ``cost_size_entropy_bytes``, and a per-layer table ``layers.json``;
 - per device and batch size B, in the chosen execution ``form`` (tag ``shrinkflow.execution_form``):
   ``latency_<device>_bs<B>_ms_p50``/``_p90``/``_p99``/``_mean``,
   ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, with a

@@ -5,7 +5,7 @@ Produces: an MLflow run tagged ``shrinkflow.source_run_id`` with ``<split>_accur
 ``<split>_loss``, the static cost of the reloaded model (``cost_params``,
 ``cost_nonzero_params``, ``cost_sparsity``, ``cost_macs``, ``cost_macs_effective``,
 ``cost_bops``, ``cost_size_bytes`` measured on the saved checkpoint,
-``cost_size_theoretical_bytes``), a per-layer cost and sparsity table (``layers.json``), a
+``cost_size_entropy_bytes``), a per-layer cost and sparsity table (``layers.json``), a
 per-class precision/recall table (``per_class_<split>.json``) and a confusion-matrix PNG
 (``confusion_<split>.png``). The run id is the last line printed.
 

@@ -1,10 +1,10 @@
 """Quantize a logged model's weights — k-bit, binary or k-means shared — and store them packed.
 
-Consumes: the run id of a step that logged a model (a pruned one too: zeros stay zero under the
-symmetric and binary schemes' zero-centred grids).
+Consumes: the run id of a step that logged a model (a pruned one too: its zeros stay exactly zero,
+and no kept weight becomes zero, under every weight method).
 Produces: an MLflow run tagged ``shrinkflow.source_run_id`` with ``test_accuracy_before``,
 ``test_accuracy``, the static cost after (``cost_*``; ``cost_bops`` counts the weight bits) and
-before (``baseline_cost_*``), ``cost_size_huffman_bytes`` for k-means, per-epoch fine-tuning
+before (``baseline_cost_*``), per-epoch fine-tuning
 metrics, a per-layer table ``quantization.json``, and the quantized model stored ``packed``:
 integer codes k bits each plus scales or codebook, decoded to floats on load. The arithmetic then
 runs in float32: sizes are real, but these methods do not make the model compute faster.
@@ -72,10 +72,6 @@ def execute(cfg: QuantizeConfig) -> str:
         costs = cost(quantized)
         size = costs["cost_size_bytes"]
         metrics = before_after_metrics(accuracy_before, test, costs_before, costs)
-        if cfg.method == "kmeans":  # codes Huffman-coded, the rest as stored
-            metrics["cost_size_huffman_bytes"] = int(
-                report["huffman_code_bytes"].sum() + size - report["packed_bytes"].sum()
-            )
         mlflow.log_metrics(metrics)
         mlflow.set_tag("shrinkflow.model_id", model_id)
         tracking.log_table(report, "quantization")
@@ -84,7 +80,7 @@ def execute(cfg: QuantizeConfig) -> str:
         print(
             f"{cfg.method} quantization: test_accuracy {accuracy_before:.4f} -> {test['accuracy']:.4f}, "
             f"size {before:.0f} -> {size} bytes ({before / size:.2f}x smaller), "
-            f"theoretical {metrics['cost_size_theoretical_bytes']:.0f} bytes",
+            f"entropy bound {metrics['cost_size_entropy_bytes']:.0f} bytes",
             file=sys.stderr,
         )
         return run.info.run_id

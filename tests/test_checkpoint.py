@@ -1,7 +1,11 @@
+import json
+
+import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
-from shrinkflow.checkpoint import DESCRIPTION_FILE, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
+from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint, stored_tensors
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.zoo import MODELS, build_model, describe
 
@@ -26,19 +30,45 @@ def test_round_trip_gives_identical_predictions(tmp_path, name):
     assert description["architecture"]["name"] == name
 
 
-def test_checkpoint_bytes_counts_weights_and_description(tmp_path):
-    _, folder = _saved(tmp_path)
-    expected = (folder / WEIGHTS_FILE).stat().st_size + (folder / DESCRIPTION_FILE).stat().st_size
-    assert checkpoint_bytes(folder) == expected
-    # fp32 weights dominate: 4 bytes per parameter plus a header of under 100 bytes per tensor
+def test_checkpoint_is_one_file_of_weights_plus_a_small_header(tmp_path):
+    model, folder = _saved(tmp_path)
+    assert [p.name for p in folder.iterdir()] == [CHECKPOINT_FILE]
+    assert checkpoint_bytes(folder) == (folder / CHECKPOINT_FILE).stat().st_size
     params = (64 * 150 + 150) + (150 * 50 + 50) + (50 * 10 + 10)
-    assert 4 * params < (folder / WEIGHTS_FILE).stat().st_size < 4 * params + 6 * 100
+    # dense fp32: 4 bytes a parameter, plus a compressed header of description and 6 tensor entries
+    assert 4 * params < checkpoint_bytes(folder) < 4 * params + 300
 
 
 def test_corrupt_weights_give_clear_error(tmp_path):
     _, folder = _saved(tmp_path)
-    (folder / WEIGHTS_FILE).write_bytes(b"not a checkpoint")
-    with pytest.raises(ShrinkflowError, match="is corrupt"):
+    (folder / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(ShrinkflowError, match="is corrupt: model.shrinkflow: not a Shrinkflow checkpoint"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_tensor_is_named_not_loaded(tmp_path, damage):
+    _, folder = _saved(tmp_path)
+    path = folder / CHECKPOINT_FILE
+    blob = bytearray(path.read_bytes())
+    if damage == "truncate":
+        blob = blob[:-100]  # the last tensor loses its end
+        expected = r"tensor layers.5.bias is truncated|tensor layers.5.weight is truncated"
+    else:
+        blob[-100] ^= 0x10  # one bit of the last weight matrix
+        expected = "tensor layers.5.weight is damaged"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ShrinkflowError, match=expected):
+        load_checkpoint(folder)
+
+
+def test_a_damaged_header_is_refused(tmp_path):
+    _, folder = _saved(tmp_path)
+    path = folder / CHECKPOINT_FILE
+    blob = bytearray(path.read_bytes())
+    blob[20] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ShrinkflowError, match="header is truncated or damaged"):
         load_checkpoint(folder)
 
 
@@ -51,7 +81,7 @@ class _Payload:
 
 def test_pickled_code_in_weights_is_refused(tmp_path):
     _, folder = _saved(tmp_path)
-    torch.save({"evil": _Payload()}, folder / WEIGHTS_FILE)  # a pickle where weights belong
+    torch.save({"evil": _Payload()}, folder / CHECKPOINT_FILE)  # a pickle where weights belong
     with pytest.raises(ShrinkflowError, match="is corrupt"):
         load_checkpoint(folder)
 
@@ -77,15 +107,52 @@ def test_tied_weights_survive_the_round_trip(tmp_path, monkeypatch):
 
 def test_missing_file_is_named(tmp_path):
     _, folder = _saved(tmp_path)
-    (folder / DESCRIPTION_FILE).unlink()
-    with pytest.raises(ShrinkflowError, match="missing model.json"):
+    (folder / CHECKPOINT_FILE).unlink()
+    with pytest.raises(ShrinkflowError, match="missing model.shrinkflow"):
         load_checkpoint(folder)
 
 
 def test_weights_that_do_not_fit_the_architecture(tmp_path):
     _, folder = _saved(tmp_path)
+    _, description = load_checkpoint(folder)
     other = build_model(describe("mlp", (1, 8, 8), 10, width=1.0))
-    save_checkpoint(other, {}, tmp_path / "other")
-    (tmp_path / "other" / WEIGHTS_FILE).replace(folder / WEIGHTS_FILE)
+    save_checkpoint(other, description, folder)  # wider tensors under the narrower architecture
     with pytest.raises(ShrinkflowError, match="does not match its architecture"):
         load_checkpoint(folder)
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    """weights.safetensors + model.json, as Shrinkflow wrote them before format version 2."""
+    model, _ = _saved(tmp_path)
+    architecture = describe("mlp", SHAPES["mlp"], 10, width=0.5)
+    with torch.no_grad():
+        model.layers[1].weight[model.layers[1].weight.abs() < 0.05] = 0
+    dense, sparse = tmp_path / "v1-dense", tmp_path / "v1-sparse"
+    dense.mkdir()
+    safetensors.torch.save_model(model, str(dense / "weights.safetensors"))
+    (dense / "model.json").write_text(json.dumps({"format_version": 1, "architecture": architecture}))
+    sparse.mkdir()
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "layers.1.weight"}
+    weight = model.layers[1].weight.detach().flatten()
+    state["layers.1.weight::bitmap"] = torch.from_numpy(np.packbits((weight != 0).numpy()))
+    state["layers.1.weight::values"] = weight[weight != 0].clone()
+    shapes = json.dumps({"layers.1.weight": list(model.layers[1].weight.shape)})
+    safetensors.torch.save_file(state, str(sparse / "weights.safetensors"), metadata={"sparse_shapes": shapes})
+    description = {"format_version": 1, "architecture": architecture, "storage": "sparse-bitmap"}
+    (sparse / "model.json").write_text(json.dumps(description))
+    for folder in (dense, sparse):
+        reloaded, description = load_checkpoint(folder)
+        assert all(
+            torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(), strict=True)
+        )
+        assert description["format_version"] == 2  # saved again, it is written the version 2 way
+    assert description["storage"] == "sparse"
+
+
+def test_every_tensor_reports_its_entropy_bound():
+    model = build_model(describe("mlp", SHAPES["mlp"], 10, width=0.5))
+    stored = stored_tensors(model, {"storage": "dense-fp32"})
+    assert [t.format for t in stored] == ["raw"] * 6
+    assert all(
+        t.entropy_bytes == len(t.payload) == 4 * p.numel() for t, p in zip(stored, model.parameters(), strict=True)
+    )

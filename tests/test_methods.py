@@ -28,7 +28,7 @@ _PRUNE_NEEDS = {"threshold": {"thresholds": "0.05"}}
 _QUANTIZE_NEEDS = {"qat": {"epochs": 1}}
 # Quantizing a pruned model must keep its zeros; these methods do not yet (issue 12). kmeans
 # keeps them on this model (a shared value lands on 0 where zeros dominate), not on every one.
-_LOSES_ZEROS = {"binary": "1 bit has no code for zero", "qat": "its fine-tuning does not hold the pruning mask"}
+_LOSES_ZEROS = {}
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from shrinkflow.encoding import (
     encode_binary,
     encode_codebook,
     encode_symmetric,
-    huffman_bits,
     pack_codes,
     unpack_codes,
 )
+from shrinkflow.quantization import quantization_table
 from shrinkflow.training import score
 from steps import evaluate
 from steps import prune as prune_step
@@ -68,10 +68,18 @@ def test_codebook_uses_at_most_two_to_the_bits_values_and_beats_its_linear_start
     assert kmeans_error < 0.8 * (decode(linear) - weight).pow(2).mean()
 
 
-def test_huffman_bits():
-    # frequencies 4, 2, 1, 1 -> code lengths 1, 2, 3, 3 -> 4 + 4 + 3 + 3 bits
-    assert huffman_bits(torch.tensor([0, 0, 0, 0, 1, 1, 2, 3])) == 14
-    assert huffman_bits(torch.tensor([5, 5, 5])) == 3
+def test_a_pruned_weight_stays_zero_and_a_kept_one_does_not_become_zero():
+    torch.manual_seed(0)
+    weight = torch.randn(16, 30)
+    weight[weight.abs() < 0.8] = 0  # ~58% pruned
+    kept = weight.flatten() != 0
+    small = torch.nonzero(kept.reshape(16, 30)[0]).flatten()[:2]
+    weight[0, small] *= 0.01  # two kept weights far below half a step of their channel
+    for encoded in (encode_symmetric(weight, 3, kept), encode_binary(weight, kept), encode_codebook(weight, 3, kept)):
+        restored = decode(encoded)
+        assert torch.equal(restored.flatten() != 0, kept), encoded.scheme
+    without_mask = decode(encode_symmetric(weight, 3))
+    assert torch.count_nonzero(without_mask) < int(kept.sum())  # plain rounding would prune the small ones
 
 
 @pytest.fixture(scope="module")
@@ -94,24 +102,28 @@ def _quantize(artifact, digits, on_epoch=None, **settings):
 @pytest.mark.parametrize(
     "method,bits", [("kbit", "4"), ("kbit", '{"layers.1": 8, "*": 3}'), ("binary", "1"), ("kmeans", "4")]
 )
-def test_every_method_round_trips_exactly_and_matches_theoretical_size(trained_mlp, digits, tmp_path, method, bits):
+def test_every_method_round_trips_exactly_near_its_entropy_bound(trained_mlp, digits, tmp_path, method, bits):
     model, encodings, layers, packed = _quantize(trained_mlp, digits, method=method, bits=bits)
     folder = save_checkpoint(model, packed, tmp_path / method, encodings)
     reloaded, _ = load_checkpoint(folder)
     with torch.no_grad():
         assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
-    cost = cost_summary(reloaded, packed, folder)
-    assert abs(cost["cost_size_bytes"] / cost["cost_size_theoretical_bytes"] - 1) < 0.10
+    cost = cost_summary(reloaded, packed, folder, encodings)
+    assert 1 < cost["cost_size_bytes"] / cost["cost_size_entropy_bytes"] < 1.10
 
 
 def test_four_bit_mlp_within_one_point_and_seven_times_smaller(trained_mlp, digits, tmp_path):
     baseline = score(trained_mlp.model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    model, encodings, layers, packed = _quantize(trained_mlp, digits, bits="4")
+    result = quantize(trained_mlp, digits, QuantizeSettings(bits="4"), CPU).artifact
+    model, packed = result.model, result.description
     accuracy = score(model, digits.x_test, digits.y_test, CPU)["accuracy"]
-    theoretical = cost_summary(model, packed)["cost_size_theoretical_bytes"]
-    # at most 50,200 weights at 4 bits + 410 float scales + 410 float biases (a layer whose codes
-    # are over a quarter zeros stores a bitmap and its non-zero codes instead)
-    assert 0.9 * (50_200 // 2 + 4 * 410 + 4 * 410) < theoretical <= 50_200 // 2 + 4 * 410 + 4 * 410
+    table = quantization_table(result).set_index("tensor")
+    weights = table.loc[["layers.1.weight", "layers.3.weight", "layers.5.weight"]]
+    # at most 50,200 codes of 4 bits + 410 float32 scales; entropy-coded when that is smaller
+    assert weights["stored_bytes"].sum() <= 50_200 // 2 + 4 * 410
+    assert (weights["entropy_bytes"] <= weights["stored_bytes"]).all()
+    biases = table.loc[["layers.1.bias", "layers.3.bias", "layers.5.bias"]]
+    assert (biases["bits"] == 8).all() and biases["stored_bytes"].sum() <= 410 + 3 * 4  # a scale each
     assert accuracy >= baseline - 0.01
     assert cost_summary(model, packed)["cost_bops"] == 50_200 * 4 * 32
 
@@ -128,20 +140,20 @@ def test_pruned_then_quantized_stores_bitmap_and_nonzero_codes(trained_mlp, digi
     reloaded, _ = load_checkpoint(folder)
     with torch.no_grad():
         assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
-    cost = cost_summary(reloaded, packed, folder)
+    cost = cost_summary(reloaded, packed, folder, encodings)
+    # positions and codes entropy-coded: below the bitmap + 4-bit codes of format version 1
     per_layer = {"layers.1": 64 * 300, "layers.3": 300 * 100, "layers.5": 100 * 10}
     bitmaps = sum(-(-n // 8) for n in per_layer.values())
     codes = sum(-(-int(torch.count_nonzero(model.get_parameter(f"{n}.weight"))) * 4 // 8) for n in per_layer)
-    assert cost["cost_size_theoretical_bytes"] == bitmaps + codes + 4 * 410 + 4 * 410
-    # a 12 KB artifact: the description and per-tensor headers (under 2 KB) are ~15% of it
-    assert 0 < cost["cost_size_bytes"] - cost["cost_size_theoretical_bytes"] < 2048
-    assert cost["cost_size_bytes"] < 203_355 / 14  # Deep Compression: prune, then quantize
+    assert cost["cost_size_entropy_bytes"] < cost["cost_size_bytes"] < bitmaps + codes + 4 * 410 + 410
+    assert 0 < cost["cost_size_bytes"] - cost["cost_size_entropy_bytes"] < 600  # header and coding overhead
+    assert cost["cost_size_bytes"] < 203_355 / 25  # Deep Compression: prune, then quantize
 
 
 def test_binary_weights_take_one_bit(trained_mlp, digits):
     model, encodings, layers, int8 = _quantize(trained_mlp, digits, method="binary", keep_first_last=False)
     assert set(layers.values()) == {1}
-    codes_bytes = sum(-(-e.codes.numel() // 8) for e in encodings.values())
+    codes_bytes = sum(-(-e.codes.numel() // 8) for name, e in encodings.items() if name.endswith("weight"))
     assert codes_bytes * 32 == pytest.approx(4 * 50_200, rel=0.001)  # 1/32 of the fp32 weights
 
 
@@ -163,7 +175,7 @@ def test_quantize_step_logs_a_packed_model_that_evaluates_identically(trained_ru
     run = mlflow.get_run(quantize_step.execute(cfg))
     metrics = run.data.metrics
     assert metrics["cost_size_bytes"] < metrics["baseline_cost_size_bytes"] / 8
-    assert metrics["cost_size_huffman_bytes"] <= metrics["cost_size_bytes"]
+    assert metrics["cost_size_entropy_bytes"] <= metrics["cost_size_bytes"]
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"quantization.json", "quantization.csv"} <= files
     evaluated = mlflow.get_run(evaluate.execute(evaluate.EvaluateConfig(run_id=run.info.run_id, device="cpu")))
@@ -173,6 +185,13 @@ def test_quantize_step_logs_a_packed_model_that_evaluates_identically(trained_ru
 @pytest.fixture(scope="module")
 def trained_cnn(digits):
     return train(new_artifact("cnn", digits), digits, FitSettings(epochs=20, patience=0), CPU).artifact
+
+
+def _raw_bytes(int8_model) -> int:
+    """Bytes of the plain tensors an int8 model is stored as, before entropy coding."""
+    from shrinkflow.encoding import int8_state
+
+    return sum(t.numel() * t.element_size() for t in int8_state(int8_model).values())
 
 
 def _graph_quantizer_bytes(model) -> int:
@@ -205,7 +224,7 @@ def test_static_int8_cnn_runs_int8_layers_and_round_trips_exactly(trained_cnn, d
     # int8 weights; per output channel a float32 scale, an int8 zero point and a float32 bias;
     # per layer its output's float32 scale and int64 zero point; the graph's input quantizers
     expected = weights + channels * (4 + 1 + 4) + len(layers) * (4 + 8) + _graph_quantizer_bytes(reloaded)
-    assert cost["cost_size_theoretical_bytes"] == expected
+    assert _raw_bytes(reloaded) == expected and cost["cost_size_entropy_bytes"] < expected
     assert cost["cost_bops"] == 347_392 * 8 * 8
     assert cost["cost_size_bytes"] < 0.3 * 4 * (weights + 2 * channels)
 
@@ -318,7 +337,8 @@ def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, dig
         assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
     cost = cost_summary(reloaded, int8, folder)
     # int8 weights + float32 scale and int8 zero point per output channel + float32 biases
-    assert cost["cost_size_theoretical_bytes"] == 50_200 + 410 * (4 + 1) + 410 * 4
+    assert _raw_bytes(reloaded) == 50_200 + 410 * (4 + 1) + 410 * 4
+    assert cost["cost_size_entropy_bytes"] < cost["cost_size_bytes"] < _raw_bytes(reloaded)  # int8 codes coded
     assert cost["cost_size_bytes"] <= 0.30 * 203_355  # the fp32 artifact
     assert cost["cost_bops"] == 50_200 * 8 * 8 and cost["cost_params"] == 50_610
 
@@ -342,7 +362,7 @@ def test_dynamic_int8_lstm_runs_int8_and_round_trips_exactly(digits, tmp_path):
     # LSTM: int8 weights, a float32 scale and int8 zero point per matrix (4), float32 biases;
     # fc: int8 weights, per output channel a float32 scale, an int8 zero point and a float32 bias
     expected = lstm_weights + 4 * (4 + 1) + 4 * lstm_biases + 128 * 10 + 10 * (4 + 1 + 4)
-    assert cost["cost_size_theoretical_bytes"] == expected
+    assert _raw_bytes(reloaded) == expected
     assert cost["cost_params"] == lstm_weights + lstm_biases + 128 * 10 + 10
     assert cost["cost_bops"] == (8 * lstm_weights + 128 * 10) * 8 * 8  # the LSTM runs 8 steps, fc once
     resident = sum(t.numel() * t.element_size() for t in state_tensors(reloaded))  # counted by benchmark
