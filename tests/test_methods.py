@@ -26,9 +26,15 @@ CPU = torch.device("cpu")
 # What a method needs beyond the defaults to run at all (and briefly).
 _PRUNE_NEEDS = {"threshold": {"thresholds": "0.05"}}
 _QUANTIZE_NEEDS = {"qat": {"epochs": 1}}
-# Quantizing a pruned model must keep its zeros; these methods do not yet (issue 12). kmeans
-# keeps them on this model (a shared value lands on 0 where zeros dominate), not on every one.
-_LOSES_ZEROS = {}
+# Quantizing a pruned model keeps its zero set exactly, with and without fine-tuning: every
+# (method, epochs) pair the method accepts
+_ZERO_SET_CASES = [
+    (m, epochs)
+    for m in sorted(QUANTIZATION_METHODS)
+    for epochs in (0, 1)
+    if not (QUANTIZATION_METHODS[m].fine_tuning == "none" and epochs)
+    and not (QUANTIZATION_METHODS[m].fine_tuning == "required" and not epochs)
+]
 
 
 @pytest.fixture(scope="module")
@@ -142,19 +148,12 @@ def test_quantization_leaves_its_input_alone_and_round_trips(method, trained, di
     assert cost(result.artifact)["cost_size_bytes"] < 0.5 * cost(trained)["cost_size_bytes"]
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=f"issue 12: {_LOSES_ZEROS[m]}"))
-        if m in _LOSES_ZEROS
-        else m
-        for m in sorted(QUANTIZATION_METHODS)
-    ],
-)
-def test_quantizing_a_pruned_model_keeps_its_zeros(method, pruned, digits, tmp_path):
+@pytest.mark.parametrize("method,epochs", _ZERO_SET_CASES)
+def test_quantizing_a_pruned_model_keeps_its_zeros_and_is_smaller(method, epochs, pruned, digits, tmp_path):
     zeros_before = _weight_zeros(pruned.model)
-    result = quantize(pruned, digits, _quantize_settings(method), CPU)
+    result = quantize(pruned, digits, _quantize_settings(method, epochs=epochs), CPU)
     reloaded = _reloaded(result.artifact, tmp_path)
+    assert cost(result.artifact)["cost_size_bytes"] < cost(pruned)["cost_size_bytes"]
     for model in (result.artifact.model, reloaded.model):
         zeros_after = _weight_zeros(model)
         assert all(torch.equal(zeros_after[name], zeros_before[name]) for name in zeros_before)
