@@ -6,8 +6,10 @@ Produces: an MLflow run tagged ``shrinkflow.source_run_id`` with ``test_accuracy
 ``test_accuracy``, ``val_accuracy``, ``prune_sparsity`` (share of the pruned tensors that is zero),
 the static cost after pruning (``cost_*``, ``cost_size_bytes`` measured on the saved
 checkpoint) and before (``baseline_cost_*``), per-epoch fine-tuning metrics, per-layer cost and
-sparsity tables before and after (``layers_before.json``, ``layers.json``), and the pruned model:
-sparse weights stored as bitmap + non-zero values, structurally pruned layers at their new widths.
+sparsity tables before and after (``layers_before.json``, ``layers.json``), a per-tensor storage
+table (``storage.json``/``.csv``: format, stored bytes, entropy bound), and the pruned model:
+sparse weights stored as entropy-coded positions + non-zero values, structurally pruned layers at
+their new widths.
 The run id is the last line printed.
 
 Methods: ``shrinkflow.pruning`` (threshold, global, layerwise, gradual, structured).
@@ -25,7 +27,7 @@ import torch
 
 from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
-from shrinkflow.cost import before_after_metrics, cost, layer_costs, layer_table
+from shrinkflow.cost import before_after_metrics, cost, layer_costs, layer_table, storage_table
 from shrinkflow.data import dataset_of
 from shrinkflow.pruning import PruneSettings, check_pruning, prune
 from shrinkflow.runtime import resolve_device
@@ -78,6 +80,7 @@ def execute(cfg: PruneConfig) -> str:
         mlflow.set_tag("shrinkflow.model_id", model_id)
         mlflow.log_table(layers_before, artifact_file="layers_before.json")
         mlflow.log_table(layer_table(layer_costs(pruned.model, pruned.input_shape)), artifact_file="layers.json")
+        tracking.log_table(storage_table(pruned.model, pruned.description), "storage")
         size = costs["cost_size_bytes"]
         print(
             f"{cfg.method} pruning: test_accuracy {accuracy_before:.4f} -> {test['accuracy']:.4f}, "
