@@ -97,14 +97,15 @@ def stored_tensors(model: nn.Module, description: dict[str, Any], encodings=None
     if storage not in STORAGE_FORMATS:
         raise ShrinkflowError(f"unknown storage format {storage!r}: choose {', '.join(STORAGE_FORMATS)}")
     state = int8_state(model) if storage in INT8_STORAGES else model.state_dict()
-    encodings = encodings or {} if storage == "packed" else {}
+    encodings = (encodings or {}) if storage == "packed" else {}
     stored, first_name = [], {}
     for name, tensor in state.items():
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride()) if tensor.numel() else None
-        if key in first_name:
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if tensor.numel() and key in first_name:
             stored.append(StoredTensor(name, "alias", {"f": "alias", "a": first_name[key]}, b"", 0.0))
             continue
-        first_name.setdefault(key, name) if key else None
+        if tensor.numel():
+            first_name[key] = name
         stored.append(store_tensor(name, tensor, encodings.get(name)))
     return stored
 

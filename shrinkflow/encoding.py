@@ -86,8 +86,8 @@ def _per_channel(weight: torch.Tensor) -> torch.Tensor:
 
 def _rows_kept(weight: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
     if kept is None:
-        return torch.ones(_per_channel(weight).shape, dtype=torch.bool)
-    return kept.reshape(weight.shape[0], -1)
+        return torch.ones(_per_channel(weight).shape, dtype=torch.bool, device=weight.device)
+    return kept.to(weight.device).reshape(weight.shape[0], -1)
 
 
 def encode_symmetric(weight: torch.Tensor, bits: int, kept: torch.Tensor | None = None) -> Encoded:
@@ -95,25 +95,25 @@ def encode_symmetric(weight: torch.Tensor, bits: int, kept: torch.Tensor | None 
     non-zero level: zero is the pruned weights' value only (Deep Compression quantizes the weights
     that survive pruning)."""
     qmax = 2 ** (bits - 1) - 1
-    rows = _per_channel(weight).float().cpu()
+    rows = _per_channel(weight).float()  # on the weight's device: STE encodes every forward pass
     mask = _rows_kept(weight, kept)
     scales = (rows.abs() * mask).amax(dim=1) / qmax
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero channel stays zero
     q = torch.clamp(torch.round(rows / scales[:, None]), -qmax, qmax).to(torch.int64)
-    codes = (q + qmax).flatten()
     if kept is not None:
         q = torch.where(q == 0, torch.where(rows < 0, -1, 1), q)
-        codes = torch.where(kept, (q + qmax).flatten(), 0)  # a pruned weight's code is never read: 0
-    return Encoded("symmetric", bits, tuple(weight.shape), codes, scales, kept)
+        q = torch.where(mask, q, -qmax)  # a pruned weight's code is never read: 0
+    kept = None if kept is None else mask.flatten()
+    return Encoded("symmetric", bits, tuple(weight.shape), (q + qmax).flatten(), scales, kept)
 
 
 def encode_binary(weight: torch.Tensor, kept: torch.Tensor | None = None) -> Encoded:
     """α = mean |w| of the kept weights of a channel; pruned weights stay zero."""
-    rows = _per_channel(weight).float().cpu()
+    rows = _per_channel(weight).float()
     mask = _rows_kept(weight, kept)
     alpha = (rows.abs() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
     codes = ((rows >= 0) & mask).to(torch.int64).flatten()
-    return Encoded("binary", 1, tuple(weight.shape), codes, alpha, kept)
+    return Encoded("binary", 1, tuple(weight.shape), codes, alpha, None if kept is None else mask.flatten())
 
 
 def _nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
