@@ -19,11 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import multiprocessing
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import optuna
 import pandas as pd
@@ -65,6 +68,7 @@ from steps import train as train_step
 __all__ = ["CONFIG", "SearchConfig", "main"]
 
 CPU = torch.device("cpu")
+ENGINES = ("processes", "dask")
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class SearchConfig(train_step.TrainConfig):
     max_accuracy_drop: float = field(
         default=1.0, metadata={"help": "constraint: validation accuracy at most this many pp below the baseline's"}
     )
-    sampler: str = field(default="tpe", metadata={"help": "tpe, nsga2 or random (seeded with seed)"})
+    sampler: str = field(default="tpe", metadata={"help": "tpe, nsga2, random or gp (seeded with seed)"})
     storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL (SQLite, PostgreSQL)"})
     study_name: str = field(default="shrinkflow", metadata={"help": "Optuna study; the same name resumes it"})
     register_name: str = field(default="shrinkflow-champion", metadata={"help": "registered model of the champion"})
@@ -91,6 +95,10 @@ class SearchConfig(train_step.TrainConfig):
     latency_batch_size: int = field(default=1, metadata={"help": "latency cost: batch size"})
     latency_threads: int = field(default=1, metadata={"help": "latency cost: torch CPU threads"})
     workers: int = field(default=1, metadata={"help": "processes on the study at once; CPU threads split between"})
+    engine: str = field(default="processes", metadata={"help": "processes (this machine) or dask (a Dask cluster)"})
+    dask_scheduler: str = field(
+        default="", metadata={"help": "engine dask: scheduler address; empty = a LocalCluster of `workers` processes"}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -98,6 +106,10 @@ class SearchConfig(train_step.TrainConfig):
             raise ShrinkflowError(f"trials must be >= 1, got {self.trials}")
         if self.workers < 1:
             raise ShrinkflowError(f"workers must be >= 1, got {self.workers}")
+        if self.engine not in ENGINES:
+            raise ShrinkflowError(f"unknown engine {self.engine!r}: choose {', '.join(ENGINES)}")
+        if self.dask_scheduler and self.engine != "dask":
+            raise ShrinkflowError("dask_scheduler is set but engine is not dask: pass --engine dask")
         unknown = [name for name in self.cost_names() if name not in COSTS]
         if unknown or not self.cost_names():
             raise ShrinkflowError(f"unknown cost(s) {unknown or [self.costs]}: choose from {', '.join(COSTS)}")
@@ -128,14 +140,27 @@ class SearchConfig(train_step.TrainConfig):
 
 
 def execute(cfg: SearchConfig) -> str:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tqdm bar and the summary say enough
+    resolve_device(cfg.device)  # an unavailable device fails before anything is created
+    cfg.search_space()
+    with _engine(cfg) as client:  # an unreachable Dask scheduler fails before a study or run exists
+        study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed))
+        return _search(cfg, study, client)
+
+
+def _engine(cfg: SearchConfig):
+    if cfg.engine != "dask":
+        return contextlib.nullcontext()
+    from search.dask_engine import dask_client
+
+    return dask_client(cfg.dask_scheduler, cfg.workers)
+
+
+def _search(cfg: SearchConfig, study: optuna.Study, client) -> str:
     import mlflow
 
     from shrinkflow import tracking
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tqdm bar and the summary say enough
-    resolve_device(cfg.device)  # an unavailable device fails before anything is created
-    cfg.search_space()
-    study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed))
     with tracking.step_run("search", config_to_params(cfg)) as parent:
         mlflow.set_tags({"shrinkflow.study": cfg.study_name, "shrinkflow.storage": cfg.storage})
         baseline_run_id = cfg.run_id or _baseline_run(cfg)
@@ -148,7 +173,10 @@ def execute(cfg: SearchConfig) -> str:
         job = _Job(cfg, baseline_run_id, parent.info.run_id, parent.info.experiment_id, mlflow.get_tracking_uri(),
                    floor=base[ACCURACY] - cfg.max_accuracy_drop / 100,
                    threads=max(1, (os.cpu_count() or 1) // cfg.workers))  # fmt: skip
-        _work_in_processes(job, baseline, data)
+        if client is not None:
+            _work_on_dask(job, client)
+        else:
+            _work_in_processes(job, baseline, data)
         study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)  # as the workers left it
         _mark_stale_runs_killed(study)  # a killed worker's trial is failed by now (heartbeat)
         return _report(cfg, study, data, base, baseline_run_id, baseline)
@@ -181,8 +209,34 @@ def _work_in_processes(job: _Job, baseline: Artifact, data: DataSplits) -> None:
         raise ShrinkflowError(f"{len(failed)} of {len(helpers)} helper workers failed (exit codes {failed})")
 
 
-def _work(job: _Job, index: int, baseline: Artifact | None = None, data: DataSplits | None = None) -> None:
-    """One worker: its own sampler seed, a share of the CPU threads, trials until the study is full."""
+def _work_on_dask(job: _Job, client) -> None:
+    """One search worker on each worker of the Dask cluster, all on the study through the
+    scheduler's ``DaskStorage``; the bar here follows them."""
+    from search.dask_engine import run_on_dask
+
+    cfg = job.cfg
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    progress = tqdm(total=cfg.trials, initial=done_trials(study), desc="search (dask)", unit="trial", disable=None)
+    try:
+        run_on_dask(client, cfg.storage, partial(_dask_work, job),
+                    on_progress=lambda: progress.update(done_trials(study) - progress.n))  # fmt: skip
+    except ShrinkflowError:
+        raise
+    except Exception as exc:  # a worker that died or raised: one line (its traceback is in the Dask logs)
+        raise ShrinkflowError(f"a Dask worker failed: {type(exc).__name__}: {exc}") from None
+    progress.update(done_trials(study) - progress.n)
+    progress.close()
+
+
+def _dask_work(job: _Job, index: int, threads: int, storage) -> None:
+    _work(dataclasses.replace(job, threads=threads), index, storage=storage)
+
+
+def _work(
+    job: _Job, index: int, baseline: Artifact | None = None, data: DataSplits | None = None, storage=None
+) -> None:
+    """One worker: its own sampler seed, a share of the CPU threads, trials until the study is
+    full; on ``storage`` when given (a Dask worker), else on the configured storage URL."""
     import mlflow
 
     from shrinkflow import tracking
@@ -191,14 +245,14 @@ def _work(job: _Job, index: int, baseline: Artifact | None = None, data: DataSpl
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mlflow.set_tracking_uri(job.tracking_uri)
     torch.set_num_threads(job.threads)
-    study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed + index))
+    sampler = make_sampler(cfg.sampler, cfg.seed + index)
+    study = open_study(storage or cfg.storage, cfg.study_name, cfg.cost_names(), sampler)
     if baseline is None:  # a helper process loads its own
         baseline, _ = tracking.load_model(job.baseline_run_id)
         data = dataset_of(baseline.description)
     objective = _objective(job, study, baseline, data, cfg.search_space(), resolve_device(cfg.device), index)
-    progress = tqdm(
-        total=cfg.trials, initial=done_trials(study), desc="search", unit="trial", disable=None if index == 0 else True
-    )
+    progress = tqdm(total=cfg.trials, initial=done_trials(study), desc="search", unit="trial",
+                    disable=None if index == 0 and storage is None else True)  # fmt: skip
     run_until(study, cfg.trials, objective, catch=(ShrinkflowError, Surplus),
               on_trial=lambda s, t: progress.update(done_trials(s) - progress.n))  # fmt: skip
     progress.close()

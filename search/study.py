@@ -22,11 +22,12 @@ __all__ = [
     "hypervolume_history",
     "make_sampler",
     "open_study",
+    "rdb_storage",
     "run_until",
 ]
 
 ACCURACY = "val_accuracy"
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "nsga2", "random", "gp")
 HEARTBEAT_S = 5  # a worker's trial proves it is alive this often ...
 GRACE_S = 20  # ... and is failed as stale (killed worker) after this long without
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -43,21 +44,37 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":  # Gaussian process (logEHVI, constraint-aware); knobs outside the shared space go random
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     raise ShrinkflowError(f"unknown sampler {name!r}: choose {', '.join(SAMPLERS)}")
 
 
-def open_study(url: str, name: str, costs: Sequence[str], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create the study, or load it to resume; a study of that name with other objectives is an
-    error. Heartbeats let a rerun fail the trials of a killed worker."""
-    metric_names = [ACCURACY, *costs]
-    directions = [optuna.study.StudyDirection.MAXIMIZE] + [optuna.study.StudyDirection.MINIMIZE] * len(costs)
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's database, with heartbeats: a rerun fails the trials of a killed worker."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as exc:  # sqlalchemy raises by driver and URL: one line whatever it is
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShrinkflowError(f"cannot open the Optuna storage {url!r}: {first_line}") from None
+
+
+def open_study(
+    storage: str | optuna.storages.BaseStorage,
+    name: str,
+    costs: Sequence[str],
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
+    """Create the study, or load it to resume, in ``storage`` (an RDB URL, or a storage such as
+    ``dask_storage``'s); a study of that name with other objectives is an error."""
+    metric_names = [ACCURACY, *costs]
+    directions = [optuna.study.StudyDirection.MAXIMIZE] + [optuna.study.StudyDirection.MINIMIZE] * len(costs)
+    url = storage if isinstance(storage, str) else "the Dask scheduler's storage"
+    if isinstance(storage, str):
+        storage = rdb_storage(storage)
     existing = {summary.study_name: summary for summary in storage.get_all_studies()}
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)

@@ -144,8 +144,10 @@ class TestBadInput:
         "argv,message",
         [
             (["--costs", "energy"], "unknown cost(s) ['energy']: choose from size, macs, bops, latency"),
-            (["--sampler", "grid"], "unknown sampler 'grid': choose tpe, nsga2, random"),
+            (["--sampler", "grid"], "unknown sampler 'grid': choose tpe, nsga2, random, gp"),
             (["--trials", "0"], "trials must be >= 1, got 0"),
+            (["--engine", "spark"], "unknown engine 'spark': choose processes, dask"),
+            (["--dask-scheduler", "tcp://127.0.0.1:1"], "dask_scheduler is set but engine is not dask"),
             (["--space", "/nonexistent.yaml"], "search space file '/nonexistent.yaml' does not exist"),
             (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the Optuna storage"),
         ],
@@ -177,6 +179,15 @@ class TestBadInput:
         line = fails_with_bad_input(search.main, ["--space", str(path), "--storage", f"sqlite:///{tmp_path}/o.db"])
         assert message in line
         assert not (tmp_path / "o.db").exists()  # no study was created
+
+    def test_unreachable_dask_scheduler(self, tmp_path, fails_with_bad_input, monkeypatch):
+        from search import dask_engine
+
+        monkeypatch.setattr(dask_engine, "CONNECT_TIMEOUT_S", 1)
+        storage = f"sqlite:///{tmp_path / 'o.db'}"
+        argv = ["--engine", "dask", "--dask-scheduler", "tcp://127.0.0.1:1", "--storage", storage]
+        assert "cannot reach the Dask scheduler 'tcp://127.0.0.1:1'" in fails_with_bad_input(search.main, argv)
+        assert not (tmp_path / "o.db").exists()
 
     def test_study_with_other_objectives(self, tmp_path, fails_with_bad_input, small_space):
         storage = f"sqlite:///{tmp_path / 'o.db'}"
@@ -214,6 +225,46 @@ def test_two_workers_finish_exactly_the_trials_asked_without_duplicates(trained_
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["shrinkflow.trial_number"]) for r in finished) == sorted(t.number for t in done)
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_finishes_exactly_the_trials_asked_without_duplicates(trained_run_id, tmp_path, shared_storage):
+    storage, name = shared_storage
+    slower = tmp_path / "slower.yaml"
+    slower.write_text(SMALL_SPACE.replace("epochs: 1", "epochs: 60"))
+    cfg = _config(tmp_path, str(slower), run_id=trained_run_id, trials=6, workers=2, storage=storage,
+                  study_name=name, engine="dask")  # fmt: skip
+    champion = search.execute(cfg)
+    done = _done(_study(cfg))
+    assert len(done) == 6 and len({t.number for t in done}) == 6
+    assert {t.user_attrs["record"]["worker"] for t in done} == {0, 1}  # both Dask workers ran trials
+    runs = _children(mlflow.get_run(champion).data.tags["mlflow.parentRunId"])
+    assert sorted(int(r.data.tags["shrinkflow.trial_number"]) for r in runs if r.info.status == "FINISHED") == sorted(
+        t.number for t in done
+    )
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_the_dask_storage_forwards_heartbeats_so_a_dead_workers_trial_is_failed(tmp_path):
+    import sqlite3
+
+    from distributed import Client, LocalCluster
+
+    from search.dask_engine import dask_storage
+    from search.study import GRACE_S
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        study = optuna.create_study(study_name="s", storage=dask_storage(url, client))
+        trial = study.ask()
+        study._storage.record_heartbeat(trial._trial_id)
+        assert study._storage._get_stale_trial_ids(study._study_id) == []
+        with sqlite3.connect(tmp_path / "o.db") as db:  # as if its worker died GRACE_S + 1 seconds ago
+            (beats,) = db.execute("select count(*) from trial_heartbeats").fetchone()
+            db.execute(f"update trial_heartbeats set heartbeat = datetime(heartbeat, '-{GRACE_S + 1} seconds')")
+        assert beats == 1
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[0].state == optuna.trial.TrialState.FAIL
 
 
 @pytest.mark.slow
