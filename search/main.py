@@ -51,6 +51,7 @@ from search.trial import (
     COST_METRICS,
     COSTS,
     UNMEASURABLE,
+    LatencyReference,
     LatencySetup,
     interleaved_latency,
     measure_costs,
@@ -76,7 +77,7 @@ class SearchConfig(train_step.TrainConfig):
     """Search compression settings for the accuracy-versus-cost Pareto front."""
 
     run_id: str = field(default="", metadata={"help": "baseline model's run id; empty = train it (train settings)"})
-    space: str = field(default="", metadata={"help": "search space YAML file; empty = search/default_space.yaml"})
+    space: str = field(default="", metadata={"help": "search space YAML file, or built-in: default (empty), latency"})
     trials: int = field(default=20, metadata={"help": "done (complete or pruned) trials the study ends with"})
     costs: str = field(
         default="size", metadata={"help": "comma-separated costs to minimize: size, macs, bops, latency"}
@@ -172,7 +173,8 @@ def _search(cfg: SearchConfig, study: optuna.Study, client) -> str:
         _mark_stale_runs_killed(study)
         job = _Job(cfg, baseline_run_id, parent.info.run_id, parent.info.experiment_id, mlflow.get_tracking_uri(),
                    floor=base[ACCURACY] - cfg.max_accuracy_drop / 100,
-                   threads=max(1, (os.cpu_count() or 1) // cfg.workers))  # fmt: skip
+                   threads=max(1, (os.cpu_count() or 1) // cfg.workers),
+                   baseline_latency_ms=base.get(COST_METRICS["latency"]))  # fmt: skip
         if client is not None:
             _work_on_dask(job, client)
         else:
@@ -193,6 +195,7 @@ class _Job:
     tracking_uri: str
     floor: float  # lowest validation accuracy within the budget
     threads: int  # torch CPU threads of each worker
+    baseline_latency_ms: float | None  # with a latency cost: the baseline's, measured at the start
 
 
 def _work_in_processes(job: _Job, baseline: Artifact, data: DataSplits) -> None:
@@ -258,8 +261,8 @@ def _work(
     progress.close()
 
 
-def _measure(artifact: Artifact, data: DataSplits, cfg: SearchConfig) -> dict[str, float]:
-    costs = measure_costs(artifact, data, cfg.cost_names(), cfg.latency())
+def _measure(artifact: Artifact, data: DataSplits, cfg: SearchConfig, reference=None) -> dict[str, float]:
+    costs = measure_costs(artifact, data, cfg.cost_names(), cfg.latency(), reference)
     return {ACCURACY: score(artifact.model, *data.val, CPU)["accuracy"], **costs}
 
 
@@ -286,6 +289,7 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
 
     cfg, floor = job.cfg, job.floor
     client = mlflow.MlflowClient()
+    reference = LatencyReference(baseline, job.baseline_latency_ms) if job.baseline_latency_ms else None
 
     def objective(trial: optuna.Trial):
         if is_surplus(study, trial.number, cfg.trials):
@@ -298,7 +302,7 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
         status = "FAILED"
         try:
             artifact = run_trial(trial, baseline, data, space, device, floor, cfg.early_stop_pp, record)
-            measured = _measure(artifact, data, cfg)
+            measured = _measure(artifact, data, cfg, reference)
             trial.set_constraint("accuracy_drop", floor - measured[ACCURACY])  # <= 0: within the budget
             trial.set_user_attr("record", {"stages": record, "worker": worker,
                                            "compute_s": time.perf_counter() - started})  # fmt: skip

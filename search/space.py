@@ -37,9 +37,11 @@ from shrinkflow import (
 )
 from shrinkflow.masks import prunable_layers
 
-__all__ = ["DEFAULT_SPACE", "STAGES", "Knob", "Space", "load_space"]
+__all__ = ["BUILT_IN_SPACES", "DEFAULT_SPACE", "STAGES", "Knob", "Space", "load_space"]
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "default_space.yaml"
+# Spaces a search names instead of giving a path: ``--space latency``.
+BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "latency": Path(__file__).resolve().parent / "latency_space.yaml"}
 STAGES = {"distill": DistillSettings, "prune": PruneSettings, "quantize": QuantizeSettings}
 NO_QUANTIZATION = "none"
 _ENABLED = (True, False, "search")
@@ -173,10 +175,12 @@ def _fit_epochs_to_method(stage: str, values: dict) -> None:
 
 
 def load_space(path: str | Path | None = None) -> Space:
-    """Read and check a space file (the built-in default when ``path`` is empty)."""
-    path = Path(path) if path else DEFAULT_SPACE
+    """Read and check a space file, or a built-in space by name (``default`` when ``path`` is empty)."""
+    path = BUILT_IN_SPACES.get(str(path or "default")) or Path(path)
     if not path.is_file():
-        raise ShrinkflowError(f"search space file {str(path)!r} does not exist")
+        raise ShrinkflowError(
+            f"search space file {str(path)!r} does not exist (built-in spaces: {', '.join(BUILT_IN_SPACES)})"
+        )
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

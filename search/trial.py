@@ -23,6 +23,7 @@ __all__ = [
     "COSTS",
     "COST_METRICS",
     "UNMEASURABLE",
+    "LatencyReference",
     "LatencySetup",
     "interleaved_latency",
     "measure_costs",
@@ -42,6 +43,7 @@ COSTS = tuple(COST_METRICS)
 UNMEASURABLE = {"onnxruntime": ("dynamic-int8",)}
 TECHNIQUES = {"distill": distill, "prune": prune, "quantize": quantize}
 CPU = torch.device("cpu")
+REFERENCE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,35 @@ class LatencySetup:
             raise ShrinkflowError("latency needs batch_size, threads and repetitions >= 1 and warmup >= 0")
 
 
-def measure_costs(artifact: Artifact, data: DataSplits, names, latency: LatencySetup) -> dict[str, float]:
+@dataclass(frozen=True)
+class LatencyReference:
+    """The baseline and its latency measured once at the start of the search."""
+
+    artifact: Artifact
+    ms: float
+
+
+def measure_costs(
+    artifact: Artifact, data: DataSplits, names, latency: LatencySetup, reference: LatencyReference | None = None
+) -> dict[str, float]:
     """Every ``cost_*`` metric of ``artifact`` (size on its saved checkpoint) and, when ``latency``
-    is among ``names``, the median latency of the checkpoint reloaded, in ``latency.form``."""
+    is among ``names``, the median latency of the checkpoint reloaded, in ``latency.form``.
+
+    With a ``reference``, the model is timed in turn with the baseline (``REFERENCE_ROUNDS``
+    rounds) and its latency is its ratio to the baseline's (``cost_latency_relative``) times the
+    baseline's latency at the start: a machine that slows down between trials, as shared ones do
+    by ±30% over minutes, slows both alike and the ratio stays.
+    """
     costs = cost(artifact)
-    if "latency" in names:
-        costs[COST_METRICS["latency"]] = interleaved_latency({"model": artifact}, data, latency, rounds=1)["model"]
+    if "latency" not in names:
+        return costs
+    if reference is None:
+        timed = interleaved_latency({"model": artifact}, data, latency, REFERENCE_ROUNDS)
+        costs[COST_METRICS["latency"]] = timed["model"]
+        return costs
+    timed = interleaved_latency({"model": artifact, "baseline": reference.artifact}, data, latency, REFERENCE_ROUNDS)
+    costs["cost_latency_relative"] = timed["model"] / timed["baseline"]
+    costs[COST_METRICS["latency"]] = costs["cost_latency_relative"] * reference.ms
     return costs
 
 
