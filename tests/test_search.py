@@ -351,4 +351,19 @@ def test_a_latency_search_reports_speedups_timed_interleaved_with_the_baseline(t
     champion = mlflow.get_run(search.execute(cfg))
     assert _study(cfg).metric_names == ["val_accuracy", "latency", "size"]
     assert champion.data.metrics["latency_speedup_interleaved"] > 0
-    assert champion.data.metrics["cost_latency_ms_p50"] > 0
+    parent = mlflow.get_run(champion.data.tags["mlflow.parentRunId"]).data.metrics
+    # the trial's latency is its ratio to the baseline, timed in turn, times the baseline's at the start
+    assert champion.data.metrics["cost_latency_ms_p50"] == pytest.approx(
+        champion.data.metrics["cost_latency_relative"] * parent["baseline_cost_latency_ms_p50"]
+    )
+
+
+def test_the_built_in_latency_space_searches_only_what_changes_dense_kernels():
+    space = load_space("latency")
+    assert space.stages["prune"]["method"].fixed == "structured"
+    assert space.stages["distill"]["student_depth"].choices == (1, 2)
+    assert space.stages["distill"]["control"].fixed is False
+    assert space.stages["quantize"]["enabled"].fixed is False
+    assert load_space("default").stages == load_space("").stages
+    with pytest.raises(ShrinkflowError, match="built-in spaces: default, latency"):
+        load_space("fastest")
