@@ -63,6 +63,7 @@ from shrinkflow.cli import run_main
 from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of
+from shrinkflow.imports import trust, trusted_here
 from shrinkflow.runtime import resolve_device
 from steps import train as train_step
 
@@ -174,7 +175,7 @@ def _search(cfg: SearchConfig, study: optuna.Study, client) -> str:
         job = _Job(cfg, baseline_run_id, parent.info.run_id, parent.info.experiment_id, mlflow.get_tracking_uri(),
                    floor=base[ACCURACY] - cfg.max_accuracy_drop / 100,
                    threads=max(1, (os.cpu_count() or 1) // cfg.workers),
-                   baseline_latency_ms=base.get(COST_METRICS["latency"]))  # fmt: skip
+                   baseline_latency_ms=base.get(COST_METRICS["latency"]), trusted_code=trusted_here())  # fmt: skip
         if client is not None:
             _work_on_dask(job, client)
         else:
@@ -196,6 +197,7 @@ class _Job:
     floor: float  # lowest validation accuracy within the budget
     threads: int  # torch CPU threads of each worker
     baseline_latency_ms: float | None  # with a latency cost: the baseline's, measured at the start
+    trusted_code: frozenset[str] = frozenset()  # user code this command trusts (shrinkflow.imports)
 
 
 def _work_in_processes(job: _Job, baseline: Artifact, data: DataSplits) -> None:
@@ -245,6 +247,8 @@ def _work(
     from shrinkflow import tracking
 
     cfg = job.cfg
+    for spec in job.trusted_code:  # a worker process trusts what the command that started it trusts
+        trust(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mlflow.set_tracking_uri(job.tracking_uri)
     torch.set_num_threads(job.threads)
@@ -287,6 +291,8 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
     dozens of calls), so that bookkeeping stays a small share of a trial."""
     import mlflow
 
+    from shrinkflow import tracking
+
     cfg, floor = job.cfg, job.floor
     client = mlflow.MlflowClient()
     reference = LatencyReference(baseline, job.baseline_latency_ms) if job.baseline_latency_ms else None
@@ -295,7 +301,8 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
         if is_surplus(study, trial.number, cfg.trials):
             raise Surplus(f"trial {trial.number}: the study already holds {cfg.trials} trials")
         tags = {"mlflow.parentRunId": job.parent_run_id, "shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
-                "shrinkflow.trial_number": str(trial.number), "shrinkflow.worker": str(worker)}  # fmt: skip
+                "shrinkflow.trial_number": str(trial.number), "shrinkflow.worker": str(worker),
+                **tracking.process_tags()}  # fmt: skip
         run_id = client.create_run(job.experiment_id, run_name=f"trial {trial.number}", tags=tags).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         record, started = {}, time.perf_counter()

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Callable, Iterator
 
 from shrinkflow.config import ShrinkflowError
 
-__all__ = ["EXIT_BAD_INPUT", "about_run", "run_main"]
+__all__ = ["EXIT_BAD_INPUT", "Terminated", "about_run", "run_main"]
 
 EXIT_BAD_INPUT = 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``kill``, ``timeout``, a closed terminal) inside a step's run: stop as
+    Ctrl-C does, so that the run is marked KILLED."""
+
+
 def run_main(step: Callable[[], str]) -> None:
-    """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2."""
+    """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2 (bad input)
+    or 128 + the signal's number (interrupted: Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
     try:
         run_id = step()
     except ShrinkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt as exc:
+        name = str(exc) if isinstance(exc, Terminated) else "SIGINT"
+        print(f"error: stopped by {name}; the step's run is marked KILLED", file=sys.stderr)
+        sys.exit(128 + signal.Signals[name].value)
     print(run_id, flush=True)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from shrinkflow.config import ShrinkflowError
-from shrinkflow.imports import is_import_spec, load_callable
+from shrinkflow.imports import is_import_spec, load_callable, trust
 
 __all__ = ["BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "dataset_of", "load_dataset"]
 
@@ -94,6 +94,12 @@ def dataset_choices() -> str:
 
 def load_dataset(spec: str, label_column: str = "label") -> DataSplits:
     """Load and split the dataset that ``spec`` names; raise ShrinkflowError on bad input."""
+    if is_import_spec(spec):
+        trust(spec)  # the user names it
+    return _load(spec, label_column)
+
+
+def _load(spec: str, label_column: str) -> DataSplits:
     if spec == "digits":
         data = _load_digits()
     elif spec == "mnist1d":
@@ -108,8 +114,12 @@ def load_dataset(spec: str, label_column: str = "label") -> DataSplits:
 
 
 def dataset_of(description: dict) -> DataSplits:
-    """The dataset (and fixed split) a saved model was trained on, from its description."""
-    return load_dataset(description["dataset"]["spec"], description["dataset"]["label_column"])
+    """The dataset (and fixed split) a saved model was trained on, from its description. A dataset
+    function it names runs only if trusted (``shrinkflow.imports``)."""
+    spec = description["dataset"]["spec"]
+    if is_import_spec(spec):
+        load_callable(spec, "dataset function", from_artifact=True)  # refuses an untrusted spec
+    return _load(spec, description["dataset"]["label_column"])
 
 
 def _stratified_split(y: np.ndarray, fractions: tuple[float, float]) -> tuple[np.ndarray, ...]:

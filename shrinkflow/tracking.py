@@ -8,8 +8,12 @@ folder as their artifact, a signature and an input example; in MLflow 3 they liv
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import signal
+import socket
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,27 +28,54 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from shrinkflow.artifact import Artifact
+from shrinkflow.cli import Terminated
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost_summary
 from shrinkflow.data import DataSplits
 
-__all__ = ["load_model", "log_checkpoint", "log_dataset", "log_model", "log_table", "step_run"]
+__all__ = [
+    "DIGEST_TAG",
+    "checkpoint_digest",
+    "ensure_store",
+    "mark_dead_runs_killed",
+    "process_tags",
+    "load_model",
+    "log_checkpoint",
+    "log_dataset",
+    "log_model",
+    "log_table",
+    "step_run",
+]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # MLflow draws a progress bar per artifact download: noise for files of a few hundred KB.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _MODEL_NAME = "model"
 _CHECKPOINT = "checkpoint"
+# The checkpoint's digest, recorded in the tracking store (a run or logged-model tag) when it is
+# logged and checked when it is loaded: a file changed in the artifact store is refused.
+DIGEST_TAG = "shrinkflow.checkpoint_sha256"
+HOST_TAG, PID_TAG = "shrinkflow.host", "shrinkflow.pid"
+_READY_STORES: set[str] = set()
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the store is created unlocked
+    fcntl = None
 
 
 @contextlib.contextmanager
 def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) the step's run; nested inside an active run.
 
-    An exception inside marks the run FAILED, Ctrl-C marks it KILLED: no run stays RUNNING.
+    An exception inside marks the run FAILED; Ctrl-C, SIGTERM and SIGHUP mark it KILLED. The run
+    records its host and process id, and every step first marks KILLED the RUNNING runs of this
+    host whose process is gone (SIGKILL leaves no chance to do it oneself): no run stays RUNNING.
     """
-    with mlflow.start_run(nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tag("shrinkflow.step", step)
+    ensure_store()
+    mark_dead_runs_killed()
+    with mlflow.start_run(nested=mlflow.active_run() is not None) as run, _terminate_as_interrupt():
+        mlflow.set_tags({"shrinkflow.step": step, **process_tags()})
         # Under `mlflow run` the project already logged its parameters (an empty string as "''");
         # logging a param twice with another spelling is an error, so add only the missing ones.
         logged = mlflow.get_run(run.info.run_id).data.params
@@ -54,6 +85,75 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")
             raise
+
+
+def ensure_store() -> None:
+    """Create or upgrade a SQLite tracking store under a file lock, once per process: MLflow's
+    own creation races when two steps start at once on a new store (both run the schema
+    migration; seen to crash both, and once to leave the store unusable)."""
+    uri = mlflow.get_tracking_uri()
+    if uri in _READY_STORES:
+        return
+    if uri.startswith("sqlite:///") and fcntl is not None:
+        path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                mlflow.MlflowClient().search_experiments(max_results=1)  # creates/upgrades the schema
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add(uri)
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that let a later step tell whether the process of a RUNNING run is gone."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def mark_dead_runs_killed() -> list[str]:
+    """Mark KILLED the RUNNING runs started on this host by a process that no longer exists;
+    return their ids."""
+    client = mlflow.MlflowClient()
+    running = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'",
+    )
+    dead = [run.info.run_id for run in running if not _alive(int(run.data.tags.get(PID_TAG, "0")))]
+    for run_id in dead:
+        client.set_terminated(run_id, "KILLED")
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown: leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (only the main thread can
+    install handlers; elsewhere the block runs unchanged)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def log_dataset(data: DataSplits, split: str) -> None:
@@ -91,7 +191,17 @@ def log_model(artifact: Artifact, example: torch.Tensor) -> str:
             input_example=example_np,
             pip_requirements=_pip_requirements(),
         )
+        mlflow.set_logged_model_tags(info.model_id, {DIGEST_TAG: checkpoint_digest(folder)})
     return info.model_id
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """SHA-256 over the checkpoint folder's files (relative names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def log_checkpoint(artifact: Artifact, run_id: str | None = None) -> None:
@@ -99,15 +209,15 @@ def log_checkpoint(artifact: Artifact, run_id: str | None = None) -> None:
     the active run): a tenth of the time of ``log_model`` and enough for ``load_model``, without
     the pyfunc wrapper that serving needs."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = str(artifact.save(Path(tmp) / _CHECKPOINT))
-        if run_id is None:
-            mlflow.log_artifacts(folder, _CHECKPOINT)
-        else:
-            mlflow.MlflowClient().log_artifacts(run_id, folder, _CHECKPOINT)
+        folder = artifact.save(Path(tmp) / _CHECKPOINT)
+        client, run_id = mlflow.MlflowClient(), run_id or mlflow.active_run().info.run_id
+        client.log_artifacts(run_id, str(folder), _CHECKPOINT)
+        client.set_tag(run_id, DIGEST_TAG, checkpoint_digest(folder))
 
 
-def _checkpoint_uri(run_id: str) -> str:
-    """Where the checkpoint of ``run_id`` lives: its logged model's, else its own ``checkpoint/``."""
+def _checkpoint_uri(run_id: str) -> tuple[str, str | None]:
+    """Where the checkpoint of ``run_id`` lives — its logged model's, else its own
+    ``checkpoint/`` — and the digest recorded when it was logged (None before digests existed)."""
     try:
         run = mlflow.get_run(run_id)
     except MlflowException as exc:
@@ -117,9 +227,10 @@ def _checkpoint_uri(run_id: str) -> str:
         ) from exc
     outputs = run.outputs.model_outputs if run.outputs else []
     if outputs:
-        return f"{mlflow.get_logged_model(outputs[-1].model_id).artifact_location}/artifacts/{_CHECKPOINT}"
+        model = mlflow.get_logged_model(outputs[-1].model_id)
+        return f"{model.artifact_location}/artifacts/{_CHECKPOINT}", model.tags.get(DIGEST_TAG)
     if any(f.path == _CHECKPOINT for f in mlflow.MlflowClient().list_artifacts(run_id)):
-        return f"{run.info.artifact_uri}/{_CHECKPOINT}"
+        return f"{run.info.artifact_uri}/{_CHECKPOINT}", run.data.tags.get(DIGEST_TAG)
     step = run.data.tags.get("shrinkflow.step", "unknown")
     raise ShrinkflowError(
         f"run {run_id!r} (step {step}) logged no model: pass the run id of a train, prune, quantize, distill or "
@@ -130,14 +241,28 @@ def _checkpoint_uri(run_id: str) -> str:
 def load_model(run_id: str) -> tuple[Artifact, dict[str, float]]:
     """Download the model that ``run_id`` logged and rebuild it; return the artifact and its
     ``cost_*`` metrics, ``cost_size_bytes`` measured on the checkpoint as it was logged."""
-    uri = _checkpoint_uri(run_id)
+    ensure_store()
+    uri, recorded = _checkpoint_uri(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         except (MlflowException, OSError) as exc:
             raise ShrinkflowError(f"the model of run {run_id!r} has no readable checkpoint: {exc}") from exc
-        artifact = Artifact.load(Path(local))
+        if recorded is not None and checkpoint_digest(Path(local)) != recorded:
+            raise ShrinkflowError(
+                f"the checkpoint of run {run_id!r} is not the one it logged (SHA-256 differs from the digest recorded "
+                "in the tracking store): it was changed or corrupted in the artifact store; log the model again"
+            )
+        artifact = _load_checkpoint(Path(local), run_id)
         return artifact, cost_summary(artifact.model, artifact.description, Path(local), artifact.encodings)
+
+
+def _load_checkpoint(folder: Path, run_id: str) -> Artifact:
+    """``Artifact.load``, its errors naming the run rather than a temporary folder."""
+    try:
+        return Artifact.load(folder)
+    except ShrinkflowError as exc:
+        raise ShrinkflowError(f"run {run_id!r}: {str(exc).replace(str(folder), 'its checkpoint')}") from None
 
 
 def log_table(table: pd.DataFrame, name: str) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from shrinkflow.config import ShrinkflowError
-from shrinkflow.imports import is_import_spec, load_callable
+from shrinkflow.imports import is_import_spec, load_callable, trust
 
 __all__ = ["MODELS", "build_model", "describe", "model_choices", "module_shapes"]
 
@@ -127,6 +127,7 @@ def describe(name: str, input_shape, num_classes: int, width: float = 1.0, depth
     if name in _BASE_WIDTHS:
         params = _scaled_params(name, width, depth)
     elif is_import_spec(name):
+        trust(name)  # the user names it: build_model may call it in this process
         load_callable(name, "model factory")  # fail early on a bad spec
         params = {}
     else:
@@ -135,7 +136,9 @@ def describe(name: str, input_shape, num_classes: int, width: float = 1.0, depth
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
-    """Rebuild a model (fresh weights) from its architecture description.
+    """Rebuild a model (fresh weights) from its architecture description. A user factory runs
+    only if trusted (``shrinkflow.imports``): named by the user in this process (``describe``)
+    or listed in ``SHRINKFLOW_TRUST_CODE`` — a description read from a file cannot choose code.
 
     ``arch["resized"]`` (written by structured pruning) maps module names to the widths they
     were cut to; those modules are rebuilt at that width, so zoo and user models alike reload.
@@ -144,7 +147,8 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     if name in _CLASSES:
         model = _CLASSES[name](shape, classes, **arch["params"])
     elif is_import_spec(name):
-        model = load_callable(name, "model factory")(input_shape=shape, num_classes=classes, **arch["params"])
+        factory = load_callable(name, "model factory", from_artifact=True)
+        model = factory(input_shape=shape, num_classes=classes, **arch["params"])
         if not isinstance(model, nn.Module):
             raise ShrinkflowError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     else:

@@ -1,0 +1,69 @@
+"""Killed steps leave no RUNNING run; steps started at once on a new SQLite store both finish."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from shrinkflow import tracking
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LONG_TRAIN = [sys.executable, "-m", "steps.train", "--epochs", "500", "--patience", "0", "--device", "cpu"]
+
+
+def _start_long_train() -> tuple[subprocess.Popen, str]:
+    """A train step that runs for minutes, once its run is RUNNING; return it and the run id."""
+    before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    process = subprocess.Popen(LONG_TRAIN, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = mlflow.search_runs(
+            search_all_experiments=True, filter_string="attributes.status = 'RUNNING'", output_format="list"
+        )
+        new = [r for r in runs if r.info.run_id not in before and r.data.metrics.get("val_accuracy") is not None]
+        if new:  # training has begun: its run is open
+            return process, new[0].info.run_id
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the train step never started training")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_step_marks_its_run_killed_and_says_so(sig):
+    process, run_id = _start_long_train()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig.value
+    assert stderr.strip().splitlines()[-1] == f"error: stopped by {sig.name}; the step's run is marked KILLED"
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_sigkilled_steps_run_is_marked_killed_by_the_next_step(running_runs):
+    process, run_id = _start_long_train()
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert mlflow.get_run(run_id).info.status == "RUNNING"  # nothing could mark it
+    assert run_id in tracking.mark_dead_runs_killed()  # what every step does first
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert running_runs() == []
+
+
+@pytest.mark.slow
+def test_two_steps_started_at_once_on_a_new_store_both_finish(tmp_path):
+    quick = [sys.executable, "-m", "steps.train", "--epochs", "1", "--device", "cpu"]
+    for attempt in range(10):
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / f'store-{attempt}.db'}"}
+        env.pop("MLFLOW_EXPERIMENT_ID", None)
+        env["MLFLOW_ARTIFACTS_DESTINATION"] = str(tmp_path / "artifacts")
+        env["PYTHONPATH"] = str(REPO_ROOT)
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        both = [subprocess.Popen(quick, cwd=tmp_path, env=env, **pipes) for _ in range(2)]
+        for process in both:
+            _, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, f"attempt {attempt}: {stderr[-3000:]}"

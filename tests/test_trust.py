@@ -1,0 +1,104 @@
+"""A saved model cannot choose the code that runs when it is loaded (shrinkflow.imports)."""
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from shrinkflow import Artifact, ShrinkflowError, imports, load_dataset, new_artifact
+from shrinkflow.data import dataset_of
+from shrinkflow.zoo import build_model, describe
+
+SPEC = "test_trust:small_factory"
+
+
+def small_factory(input_shape, num_classes):
+    """A user model factory."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """As in a new process: nothing the user named yet, no allowlist."""
+    monkeypatch.setattr(imports, "_TRUSTED_HERE", set())
+    monkeypatch.delenv(imports.TRUST_ENV, raising=False)
+
+
+def _saved(tmp_path, description_edit=None, name="mlp"):
+    data = load_dataset("digits")
+    artifact = new_artifact(name, data, seed=0)
+    if description_edit:
+        description_edit(artifact.description)
+    return artifact.save(tmp_path / "model"), artifact
+
+
+def test_a_tampered_architecture_cannot_import_or_call_anything(tmp_path):
+    def tamper(description):
+        description["architecture"]["name"] = "os:abort"
+
+    folder, _ = _saved(tmp_path, tamper)
+    with pytest.raises(ShrinkflowError, match="names the model factory 'os:abort'.*SHRINKFLOW_TRUST_CODE=os:abort"):
+        Artifact.load(folder)  # os.abort would have killed this test process
+
+
+def test_a_tampered_dataset_spec_cannot_call_anything(tmp_path):
+    handlers = list(logging.root.handlers)
+
+    def tamper(description):
+        description["dataset"]["spec"] = "logging:basicConfig"
+
+    folder, _ = _saved(tmp_path, tamper)
+    loaded = Artifact.load(folder)  # the weights load; the dataset is what refuses
+    with pytest.raises(ShrinkflowError, match="names the dataset function 'logging:basicConfig'"):
+        dataset_of(loaded.description)
+    assert logging.root.handlers == handlers  # basicConfig never ran
+
+
+def test_a_user_factory_runs_when_named_here_or_allowed_by_the_environment(tmp_path, monkeypatch):
+    data = load_dataset("digits")
+    arch = describe(SPEC, data.input_shape, data.num_classes)  # the user names it: trusted here
+    model = build_model(arch)
+    artifact = Artifact(model, {**new_artifact("mlp", data, seed=0).description, "architecture": arch})
+    folder = artifact.save(tmp_path / "model")
+    monkeypatch.setattr(imports, "_TRUSTED_HERE", set())  # a later process, e.g. `evaluate --run-id`
+    with pytest.raises(ShrinkflowError, match="SHRINKFLOW_TRUST_CODE=test_trust:small_factory"):
+        Artifact.load(folder)
+    for allowed in (SPEC, "other:thing, test_trust:*"):
+        monkeypatch.setenv(imports.TRUST_ENV, allowed)
+        reloaded = Artifact.load(folder)
+        x = torch.as_tensor(data.x_val[:4])
+        torch.testing.assert_close(reloaded.model(x), model(x))
+    monkeypatch.setenv(imports.TRUST_ENV, "test_trust:other_factory,test_trus:*")
+    with pytest.raises(ShrinkflowError, match="trust"):
+        Artifact.load(folder)
+
+
+def _local_checkpoint_file(run_id: str):
+    """The checkpoint file of the run's logged model, where the local artifact store keeps it."""
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    model = mlflow.get_logged_model(mlflow.get_run(run_id).outputs.model_outputs[-1].model_id)
+    return next((urlparse(model.artifact_location).path / Path("artifacts/checkpoint")).glob("model.*"))
+
+
+def test_a_bit_flipped_in_the_artifact_store_is_refused(trained_run_id, fails_with_bad_input):
+    from shrinkflow import tracking
+    from steps import evaluate
+
+    path = _local_checkpoint_file(trained_run_id)
+    original = path.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x04
+    path.write_bytes(bytes(flipped))
+    try:
+        with pytest.raises(ShrinkflowError, match=f"checkpoint of run '{trained_run_id}' is not the one it logged"):
+            tracking.load_model(trained_run_id)
+        line = fails_with_bad_input(evaluate.main, ["--run-id", trained_run_id])
+        assert "is not the one it logged" in line
+    finally:
+        path.write_bytes(original)
+    tracking.load_model(trained_run_id)  # restored: loads again
