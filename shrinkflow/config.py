@@ -54,9 +54,17 @@ def _field_types(config_cls: type) -> dict[str, type]:
     return get_type_hints(config_cls)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad flag is one ``error: ...`` line and exit 2, like every other bad input (argparse
+    would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """One flag per dataclass field; the field's type converts the string MLflow passes."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         description=description or config_cls.__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -147,7 +147,17 @@ def _stratified_split(y: np.ndarray, fractions: tuple[float, float]) -> tuple[np
     return train, val, test
 
 
+def _check_finite(name: str, x: np.ndarray) -> None:
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if bad.any():  # training would turn every weight NaN without a word
+        raise ShrinkflowError(
+            f"dataset {name!r}: {int(bad.sum())} of {len(x)} samples hold NaN or infinite features (first: sample "
+            f"{int(np.argmax(bad))}): drop or impute them first"
+        )
+
+
 def _as_splits(name, source, x, y, index, class_names) -> DataSplits:
+    _check_finite(name, x)
     tensors = {}
     for split, rows in zip(SPLITS, index, strict=True):
         tensors[f"x_{split}"] = torch.as_tensor(np.ascontiguousarray(x[rows]), dtype=torch.float32)
@@ -191,7 +201,20 @@ def _load_mnist1d() -> DataSplits:
 
 
 def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    classes, codes = np.unique(labels, return_inverse=True)
+    import pandas as pd
+
+    missing = pd.isna(labels)
+    if missing.any():  # np.unique would make "nan" a class of its own
+        raise ShrinkflowError(
+            f"{int(missing.sum())} of {len(labels)} labels are missing (first: sample {int(np.argmax(missing))}): "
+            "drop those samples or give them a class"
+        )
+    try:
+        classes, codes = np.unique(labels, return_inverse=True)
+    except TypeError:  # labels of mixed types (e.g. 1 and "b") cannot be ordered
+        raise ShrinkflowError(
+            "the labels mix types that cannot be compared; make them all numbers or all text"
+        ) from None
     if len(classes) < 2:
         raise ShrinkflowError(f"the labels hold {len(classes)} class; a classifier needs at least 2")
     return codes.astype(np.int64), [str(c) for c in classes]
@@ -203,7 +226,7 @@ def _load_table(spec: str, label_column: str) -> DataSplits:
     path = Path(spec)
     if not path.is_file():
         raise ShrinkflowError(f"dataset file {spec!r} does not exist")
-    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    frame = _read_table(path)
     if label_column not in frame.columns:
         raise ShrinkflowError(
             f"dataset {spec!r} has no label column {label_column!r}: "
@@ -218,6 +241,7 @@ def _load_table(spec: str, label_column: str) -> DataSplits:
         )
     y, class_names = _encode_labels(frame[label_column].to_numpy())
     x = features.to_numpy(dtype=np.float32)
+    _check_finite(spec, x)  # before standardizing, which would spread one NaN to every row
     index = _stratified_split(y, (_VAL_FRACTION, _TEST_FRACTION))
     mean = x[index[0]].mean(axis=0)
     std = x[index[0]].std(axis=0)
@@ -225,13 +249,39 @@ def _load_table(spec: str, label_column: str) -> DataSplits:
     return _as_splits(path.stem, str(path.resolve()), x, y, index, class_names)
 
 
+def _read_table(path: Path):
+    import pandas as pd
+
+    kind = "CSV" if path.suffix.lower() == ".csv" else "Parquet"
+    try:
+        frame = pd.read_csv(path) if kind == "CSV" else pd.read_parquet(path)
+    except Exception as exc:  # pandas and pyarrow raise by parser: one line whatever it is
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShrinkflowError(f"dataset file {str(path)!r} is not a readable {kind} file: {first_line}") from None
+    if frame.empty:
+        raise ShrinkflowError(f"dataset file {str(path)!r} holds no rows")
+    return frame
+
+
+def _same_length(spec: str, x, y, split: str = "") -> None:
+    if len(x) != len(y):
+        where = f" in split {split}" if split else ""
+        raise ShrinkflowError(f"dataset function {spec!r} returned {len(x)} samples but {len(y)} labels{where}")
+
+
 def _load_user_function(spec: str) -> DataSplits:
-    loaded = load_callable(spec, "dataset function")()
+    function = load_callable(spec, "dataset function")
+    try:
+        loaded = function()
+    except Exception as exc:  # the user's code failed: say whose, in one line
+        raise ShrinkflowError(f"dataset function {spec!r} raised {type(exc).__name__}: {exc}") from None
     if isinstance(loaded, Mapping):
         missing = [s for s in SPLITS if s not in loaded]
         if missing:
             raise ShrinkflowError(f"dataset function {spec!r} returned a mapping without {', '.join(missing)}")
         parts = [tuple(np.asarray(a) for a in loaded[s]) for s in SPLITS]
+        for split, (features, labels) in zip(SPLITS, parts, strict=True):
+            _same_length(spec, features, labels, split)
         for split, (_, labels) in zip(SPLITS, parts, strict=True):
             if split != "val" and len(labels) == 0:  # val may be empty: only training needs it
                 raise ShrinkflowError(f"dataset function {spec!r} returned an empty {split} split")
@@ -240,6 +290,7 @@ def _load_user_function(spec: str) -> DataSplits:
         bounds = np.cumsum([0] + [len(p[1]) for p in parts])
         index = tuple(np.arange(bounds[i], bounds[i + 1]) for i in range(3))
     elif isinstance(loaded, tuple) and len(loaded) == 2:
+        _same_length(spec, loaded[0], loaded[1])
         x = np.asarray(loaded[0], dtype=np.float32)
         y, class_names = _encode_labels(np.asarray(loaded[1]))
         index = _stratified_split(y, (_VAL_FRACTION, _TEST_FRACTION))

@@ -176,16 +176,29 @@ def structured_prune(model: nn.Module, ratio: float, p: int, example: torch.Tens
             raise ShrinkflowError("structured pruning of LSTM layers is supported for the zoo 'lstm' model only")
         _prune_lstm_units(model, ratio, p)
         return model
+    output = _output_layer(model, example)
+    # Torch-Pruning skips a layer whose share would remove every channel (0.999 of 32 rounds to
+    # 32), so a ratio near 1 removed nothing; each layer keeps one channel at least instead.
+    ratios = {
+        m: min(ratio, 1 - (1 + 1e-6) / _width(m))  # the margin: Torch-Pruning rounds n·(1 - ratio) down
+        for m in model.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and m is not output and _width(m) > 0
+    }
     pruner = tp.pruner.MetaPruner(
         model,
         example,
         importance=tp.importance.MagnitudeImportance(p=p),
         pruning_ratio=ratio,
-        ignored_layers=[_output_layer(model, example)],
+        pruning_ratio_dict=ratios,
+        ignored_layers=[output],
         root_module_types=[nn.Conv1d, nn.Conv2d, nn.Linear],
     )
     pruner.step()
     return model
+
+
+def _width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, (nn.Conv1d, nn.Conv2d)) else module.out_features
 
 
 def masks_sparsity(masks: Masks) -> float:

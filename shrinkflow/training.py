@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -72,7 +73,7 @@ class FitSettings:
             raise ShrinkflowError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.patience < 0:
             raise ShrinkflowError(f"patience must be >= 0 (0 = never stop early), got {self.patience}")
-        if not self.lr > 0 or self.weight_decay < 0:
+        if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf):  # NaN fails both
             raise ShrinkflowError(
                 f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}"
             )

@@ -18,6 +18,7 @@ Models (inputs are (B, *input_shape)):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -120,8 +121,8 @@ _CLASSES = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1d, "lstm": LSTMClassifier}
 def describe(name: str, input_shape, num_classes: int, width: float = 1.0, depth: int = 0) -> dict[str, Any]:
     """Architecture description for a zoo model scaled by ``width`` (× every layer width) and
     ``depth`` (number of hidden layers / conv blocks / LSTM layers; 0 keeps the default)."""
-    if width <= 0:
-        raise ShrinkflowError(f"width must be > 0, got {width}")
+    if not 0 < width < math.inf:  # also refuses NaN
+        raise ShrinkflowError(f"width must be a finite number > 0, got {width}")
     if depth < 0:
         raise ShrinkflowError(f"depth must be >= 0 (0 = the model's default), got {depth}")
     if name in _BASE_WIDTHS:
@@ -148,7 +149,10 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
         model = _CLASSES[name](shape, classes, **arch["params"])
     elif is_import_spec(name):
         factory = load_callable(name, "model factory", from_artifact=True)
-        model = factory(input_shape=shape, num_classes=classes, **arch["params"])
+        try:
+            model = factory(input_shape=shape, num_classes=classes, **arch["params"])
+        except Exception as exc:  # the user's code failed: say whose, in one line
+            raise ShrinkflowError(f"model factory {name!r} raised {type(exc).__name__}: {exc}") from None
         if not isinstance(model, nn.Module):
             raise ShrinkflowError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     else:

@@ -250,3 +250,18 @@ class TestBadInput:
     def test_unknown_layer_in_thresholds(self, fails_with_bad_input, trained_run_id):
         argv = ["--run-id", trained_run_id, "--method", "threshold", "--thresholds", '{"fc9": 0.1}', "--epochs", "0"]
         assert "unknown layer(s) ['fc9']" in fails_with_bad_input(prune_step.main, argv)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_structured_sparsity_near_one_removes_more_not_nothing(name):
+    """Torch-Pruning skips a layer whose share would remove every channel; 0.999 removed nothing."""
+    from shrinkflow import load_dataset, new_artifact
+    from shrinkflow.masks import structured_prune
+
+    data = load_dataset("digits")
+    sizes = []
+    for ratio in (0.9, 0.99, 0.999):
+        model = structured_prune(new_artifact(name, data, seed=0).model, ratio, 1, data.x_train[:1])
+        sizes.append(sum(p.numel() for p in model.parameters()))
+    assert sizes[0] > sizes[1] >= sizes[2]
+    assert model(data.x_val[:3]).shape == (3, 10)  # every layer keeps a channel

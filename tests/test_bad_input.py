@@ -1,0 +1,233 @@
+"""The bad-input battery: every entry point, each case one clear ``error:`` line, exit 2, no
+RUNNING run, no traceback, nothing accepted silently. ``{run}`` is a trained model's run id,
+``{dir}`` a folder of broken dataset files (see ``broken_files``)."""
+
+import numpy as np
+import pytest
+
+from search import main as search
+from steps import benchmark, compare, distill, evaluate, prune, quantize, train
+
+NO_RUN = "0123456789abcdef0123456789abcdef"
+
+
+# Dataset functions and model factories a user might write, each wrong in one way.
+def raising_data():
+    raise ValueError("the warehouse is closed")
+
+
+def mismatched_xy():
+    return np.zeros((10, 4), dtype=np.float32), np.arange(9) % 2
+
+
+def nan_features():
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    x[7, 2] = np.nan
+    return x, np.arange(60) % 2
+
+
+def one_class():
+    return np.zeros((60, 4), dtype=np.float32), np.zeros(60)
+
+
+def missing_labels():
+    return np.zeros((60, 4), dtype=np.float32), np.array([None] * 3 + [0, 1] * 28 + [1], dtype=object)
+
+
+def wrong_return():
+    return [1, 2, 3]
+
+
+def missing_split():
+    return {"train": (np.zeros((4, 2)), np.arange(4) % 2)}
+
+
+def raising_factory(input_shape, num_classes):
+    raise RuntimeError("no such layer size")
+
+
+def not_a_module(input_shape, num_classes):
+    return "a model"
+
+
+HERE = "test_bad_input"
+TRAIN = [
+    (["--model", "resnet"], "unknown model 'resnet': choose mlp, cnn, cnn1d, lstm"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet': choose digits, mnist1d"),
+    (["--epochs", "0"], "epochs must be >= 1, got 0"),
+    (["--epochs", "-3"], "epochs must be >= 1, got -3"),
+    (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["--epochs", "2.5"], "argument --epochs: invalid int value: '2.5'"),
+    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["--lr", "0"], "need lr > 0"),
+    (["--lr", "-1"], "need lr > 0"),
+    (["--lr", "nan"], "need lr > 0"),
+    (["--lr", "inf"], "need lr > 0"),
+    (["--weight-decay", "-0.1"], "weight_decay >= 0"),
+    (["--weight-decay", "inf"], "weight_decay >= 0"),
+    (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
+    (["--label-smoothing", "-0.1"], "label_smoothing must be in [0, 1)"),
+    (["--patience", "-1"], "patience must be >= 0"),
+    (["--width", "0"], "width must be a finite number > 0, got 0.0"),
+    (["--width", "-2"], "width must be a finite number > 0"),
+    (["--width", "inf"], "width must be a finite number > 0, got inf"),
+    (["--width", "nan"], "width must be a finite number > 0, got nan"),
+    (["--depth", "-1"], "depth must be >= 0"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--unknown-flag", "1"], "unrecognized arguments: --unknown-flag 1"),
+    (["--model", "my pkg:factory"], "malformed model factory 'my pkg:factory'"),
+    (["--model", "nosuchmodule_xyz:make"], "cannot import module 'nosuchmodule_xyz'"),
+    (["--model", f"{HERE}:no_such_factory"], f"module '{HERE}' has no callable 'no_such_factory'"),
+    (["--model", f"{HERE}:raising_factory"], "raised RuntimeError: no such layer size"),
+    (["--model", f"{HERE}:not_a_module"], "returned str, not a torch.nn.Module"),
+    (["--model", "cnn", "--dataset", "mnist1d"], "model 'cnn' needs images (C, H, W)"),
+    (["--dataset", "mypkg.data:"], "malformed dataset function 'mypkg.data:'"),
+    (["--dataset", f"{HERE}:raising_data"], "raised ValueError: the warehouse is closed"),
+    (["--dataset", f"{HERE}:mismatched_xy"], "returned 10 samples but 9 labels"),
+    (["--dataset", f"{HERE}:nan_features"], "1 of 60 samples hold NaN or infinite features (first: sample 7)"),
+    (["--dataset", f"{HERE}:one_class"], "the labels hold 1 class; a classifier needs at least 2"),
+    (["--dataset", f"{HERE}:missing_labels"], "3 of 60 labels are missing (first: sample 0)"),
+    (["--dataset", f"{HERE}:wrong_return"], "must return (X, y) or a mapping"),
+    (["--dataset", f"{HERE}:missing_split"], "returned a mapping without val, test"),
+    (["--dataset", "{dir}/nope.csv"], "nope.csv' does not exist"),
+    (["--dataset", "{dir}/empty.csv"], "is not a readable CSV file"),
+    (["--dataset", "{dir}/header_only.csv"], "holds no rows"),
+    (["--dataset", "{dir}/text.parquet"], "is not a readable Parquet file"),
+    (["--dataset", "{dir}/no_label.csv"], "has no label column 'label': its columns are a, b, target"),
+    (["--dataset", "{dir}/no_label.csv", "--label-column", "klass"], "has no label column 'klass'"),
+    (["--dataset", "{dir}/nan.csv"], "1 of 60 samples hold NaN or infinite features (first: sample 3)"),
+    (["--dataset", "{dir}/inf.csv"], "1 of 60 samples hold NaN or infinite features (first: sample 3)"),
+    (["--dataset", "{dir}/empty_label.csv"], "1 of 60 labels are missing (first: sample 5)"),
+    (["--dataset", "{dir}/text_feature.csv"], "every column but the label must be numeric; non-numeric: b"),
+    (["--dataset", "{dir}/tiny.csv"], "too few for a stratified"),
+    (["--dataset", "{dir}/one_class.csv"], "the labels hold 1 class"),
+]
+EVALUATE = [
+    (["--run-id", NO_RUN], f"run '{NO_RUN}' does not exist"),
+    (["--run-id", "{run}", "--split", "dev"], "unknown split 'dev'"),
+    (["--run-id", "{run}", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--run-id", "{run}", "--device", "cuda:7"], "CUDA is not available: use cpu or auto"),
+    (["--split", "test"], "the following arguments are required: --run-id"),
+]
+PRUNE = [
+    (["--method", "magic"], "unknown pruning method 'magic': choose threshold, global, layerwise, gradual"),
+    (["--sparsity", "1"], "sparsity must be in [0, 1), got 1.0"),
+    (["--sparsity", "-0.1"], "sparsity must be in [0, 1), got -0.1"),
+    (["--sparsity", "nan"], "sparsity must be in [0, 1), got nan"),
+    (["--sparsity", "1.5", "--method", "structured"], "sparsity must be in [0, 1)"),
+    (["--method", "threshold"], "method threshold needs thresholds"),
+    (["--method", "threshold", "--thresholds", "abc"], "thresholds must be a number or a JSON object"),
+    (["--method", "threshold", "--thresholds", "-0.1"], "thresholds must be >= 0"),
+    (["--method", "threshold", "--thresholds", '{"layers.1": "x"}'], "JSON object of numbers"),
+    (["--method", "threshold", "--thresholds", '{"nosuch": 0.1}'], "thresholds name unknown layer(s) ['nosuch']"),
+    (["--layers", "nosuch"], "unknown layer 'nosuch': prunable layers are layers.1"),
+    (["--norm", "l3"], "unknown norm 'l3': choose l1, l2"),
+    (["--method", "gradual", "--epochs", "0"], "gradual pruning happens during fine-tuning: set epochs >= 1"),
+    (["--initial-sparsity", "1.5"], "initial_sparsity must be in [0, 1)"),
+    (["--ramp-epochs", "-1"], "ramp_epochs must be >= 0"),
+    (["--epochs", "-1"], "epochs must be >= 0"),
+    (["--lr", "nan"], "need lr > 0"),
+    (["--batch-size", "-4"], "batch_size must be >= 1"),
+]
+QUANTIZE = [
+    (["--method", "int3"], "unknown quantization method 'int3'"),
+    (["--bits", "9"], "bits must be integers in 1-8 (the supported set), got 9"),
+    (["--bits", "0"], "bits must be integers in 1-8 (the supported set), got 0"),
+    (["--bits", "abc"], "bits must be an integer 1-8 or a JSON object, got 'abc'"),
+    (["--bits", '{"nosuch": 4}'], "unknown layer 'nosuch': quantizable layers are"),
+    (["--method", "static-int8", "--observer", "foo"], "unknown observer 'foo': choose auto, histogram"),
+    (["--method", "static-int8", "--calibration-split", "dev"], "unknown calibration split 'dev'"),
+    (["--method", "static-int8", "--calibration-batches", "0"], "calibration_batches must be >= 1"),
+    (["--bias-bits", "16"], "bias_bits must be 8 or 32, got 16"),
+    (["--method", "qat", "--epochs", "0"], "qat fine-tunes with fake quantization: set epochs >= 1"),
+    (["--epochs", "-2"], "epochs must be >= 0"),
+]
+DISTILL = [
+    (["--student", "resnet"], "unknown model 'resnet'"),
+    (["--student-width", "0"], "width must be a finite number > 0"),
+    (["--student-depth", "-1"], "depth must be >= 0"),
+    (["--temperature", "0"], "temperature must be > 0, got 0.0"),
+    (["--temperature", "nan"], "temperature must be > 0, got nan"),
+    (["--alpha", "1.5"], "alpha must be in [0, 1], got 1.5"),
+    (["--alpha", "-0.5"], "alpha must be in [0, 1], got -0.5"),
+    (["--input-noise", "-1"], "input_noise must be >= 0"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--student", f"{HERE}:raising_factory"], "raised RuntimeError"),
+]
+BENCHMARK = [
+    (["--batch-sizes", "0"], "every batch size must be >= 1"),
+    (["--batch-sizes", "abc"], "batch_sizes must be comma-separated integers"),
+    (["--batch-sizes", ""], "batch_sizes must be comma-separated integers"),
+    (["--warmup", "-1"], "need warmup >= 0, repetitions >= 1 and threads >= 1, got -1"),
+    (["--repetitions", "0"], "need warmup >= 0, repetitions >= 1 and threads >= 1, got 20, 0"),
+    (["--threads", "0"], "need warmup >= 0, repetitions >= 1 and threads >= 1, got 20, 200, 0"),
+    (["--devices", "tpu"], "unknown benchmark device 'tpu'"),
+    (["--form", "fast"], "unknown execution form 'fast': choose eager, traced, onnxruntime"),
+    (["--price-per-hour", "-1"], "price_per_hour must be >= 0"),
+]
+COMPARE = [
+    (["--run-ids", ""], "run_ids is required"),
+    (["--run-ids", f"{{run}},{NO_RUN}"], f"run '{NO_RUN}' does not exist"),
+    (["--run-ids", "{run},{run}", "--split", "dev"], "unknown split 'dev'"),
+    (["--run-ids", "{run},{run}", "--form", "fast"], "unknown execution form 'fast'"),
+    (["--run-ids", "{run},{run}", "--batch-size", "0"], "need batch_size, repetitions and threads >= 1"),
+    (["--run-ids", "{run},{run}", "--repetitions", "0"], "need batch_size, repetitions and threads >= 1"),
+]
+SEARCH = [
+    (["--costs", "energy"], "unknown cost(s) ['energy']"),
+    (["--costs", ""], "unknown cost(s)"),
+    (["--costs", "size,size"], "costs name one cost twice"),
+    (["--sampler", "grid"], "unknown sampler 'grid'"),
+    (["--trials", "0"], "trials must be >= 1"),
+    (["--workers", "0"], "workers must be >= 1"),
+    (["--engine", "ray"], "unknown engine 'ray'"),
+    (["--max-accuracy-drop", "-1"], "need max_accuracy_drop in [0, 100] pp"),
+    (["--early-stop-pp", "-1"], "early_stop_pp >= 0"),
+    (["--latency-form", "fast"], "unknown execution form 'fast'"),
+    (["--latency-batch-size", "0"], "latency needs batch_size, threads and repetitions >= 1"),
+    (["--latency-threads", "0"], "latency needs batch_size, threads and repetitions >= 1"),
+    (["--space", "fastest"], "does not exist (built-in spaces: default, latency)"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+]
+STEPS = {"train": train, "evaluate": evaluate, "prune": prune, "quantize": quantize, "distill": distill,
+         "benchmark": benchmark, "compare": compare, "search": search}  # fmt: skip
+NEEDS_RUN = ("prune", "quantize", "distill", "benchmark")  # take --run-id {run} unless the case gives one
+CASES = [
+    pytest.param(step, argv, message, id=f"{step}:{' '.join(argv)[:60]}")
+    for step, table in [("train", TRAIN), ("evaluate", EVALUATE), ("prune", PRUNE), ("quantize", QUANTIZE),
+                        ("distill", DISTILL), ("benchmark", BENCHMARK), ("compare", COMPARE), ("search", SEARCH)]
+    for argv, message in table
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def broken_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("broken")
+    rows = "\n".join(f"{i % 7},{i % 5},{i % 2}" for i in range(60))
+    (folder / "empty.csv").write_text("")
+    (folder / "header_only.csv").write_text("a,b,label\n")
+    (folder / "text.parquet").write_text("this is not parquet\n")
+    (folder / "no_label.csv").write_text("a,b,target\n" + rows)
+    (folder / "nan.csv").write_text("a,b,label\n" + rows.replace("3,3,1", "3,,1", 1))
+    (folder / "inf.csv").write_text("a,b,label\n" + rows.replace("3,3,1", "3,inf,1", 1))
+    (folder / "empty_label.csv").write_text("a,b,label\n" + rows.replace("5,0,1", "5,0,", 1))
+    (folder / "text_feature.csv").write_text("a,b,label\n" + rows.replace("1,1,1", "1,x,1", 1))
+    (folder / "tiny.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n")
+    (folder / "one_class.csv").write_text("a,b,label\n" + "\n".join(f"{i},{i},0" for i in range(30)))
+    return folder
+
+
+@pytest.mark.parametrize("step,argv,message", CASES)
+def test_bad_input_is_one_clear_line(step, argv, message, trained_run_id, broken_files, fails_with_bad_input):
+    argv = [a.replace("{run}", trained_run_id).replace("{dir}", str(broken_files)) for a in argv]
+    if step in NEEDS_RUN and "--run-id" not in argv:
+        argv = ["--run-id", trained_run_id, *argv]
+    if step in ("train", "search"):
+        argv = [*argv, "--epochs", "1"] if "--epochs" not in argv else argv
+    line = fails_with_bad_input(STEPS[step].main, argv)
+    assert message in line
+    assert "Traceback" not in line
+
+
+def test_the_battery_is_large():
+    assert len(CASES) >= 100
