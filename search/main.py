@@ -168,6 +168,7 @@ def _search(cfg: SearchConfig, study: optuna.Study, client) -> str:
         baseline_run_id = cfg.run_id or _baseline_run(cfg)
         baseline, _ = tracking.load_model(baseline_run_id)
         data = dataset_of(baseline.description)
+        tracking.check_dataset(baseline_run_id, data)
         base = _measure(baseline, data, cfg)
         mlflow.set_tag("shrinkflow.baseline_run_id", baseline_run_id)
         mlflow.log_metrics({f"baseline_{k}": v for k, v in base.items()})

@@ -201,6 +201,40 @@ def _parse(blob: bytes) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, E
     return description, tensors
 
 
+def _description_problem(description: Any) -> str | None:
+    """What is wrong with a description read from a file (None if its shape is right): a
+    tampered or damaged one must fail as one line, not deep inside a model constructor."""
+    if not isinstance(description, dict):
+        return f"is a {type(description).__name__}, not an object"
+    arch = description.get("architecture")
+    if not isinstance(arch, dict):
+        return "has no architecture object"
+    shape, classes = arch.get("input_shape"), arch.get("num_classes")
+    checks = {
+        "architecture.name": isinstance(arch.get("name"), str),
+        "architecture.params": isinstance(arch.get("params", {}), dict),
+        "architecture.input_shape": isinstance(shape, list) and bool(shape)
+        and all(isinstance(n, int) and n > 0 for n in shape),
+        "architecture.num_classes": isinstance(classes, int) and classes >= 2,
+        "class_names": isinstance(description.get("class_names", []), list),
+        "dataset": isinstance(description.get("dataset", {}), dict)
+        and all(isinstance(v, str) for v in description.get("dataset", {}).values()),
+        "storage": isinstance(description.get("storage", "dense-fp32"), str),
+    }  # fmt: skip
+    bad = [name for name, ok in checks.items() if not ok]
+    return f"has a missing or ill-typed {', '.join(bad)}" if bad else None
+
+
+def _checked_model(description: Any, folder: Path) -> nn.Module:
+    """The model a description read from ``folder`` describes, after checking its shape."""
+    if problem := _description_problem(description):
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: its description {problem}")
+    try:
+        return build_model(description["architecture"])
+    except (TypeError, ValueError) as exc:  # params the architecture's constructor does not take
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: its architecture does not build: {exc}") from None
+
+
 def _build(description: dict[str, Any], folder: Path) -> nn.Module:
     if description.get("format_version") != FORMAT_VERSION:
         raise ShrinkflowError(
@@ -213,7 +247,7 @@ def _build(description: dict[str, Any], folder: Path) -> nn.Module:
             f"checkpoint in {folder} is corrupt: unknown storage format {storage!r}: this Shrinkflow reads "
             f"{', '.join(STORAGE_FORMATS)}"
         )
-    return build_model(description["architecture"])
+    return _checked_model(description, folder)
 
 
 def _fill(model: nn.Module, tensors: dict, description: dict[str, Any]) -> tuple[nn.Module, dict[str, Encoded]]:
@@ -251,12 +285,14 @@ def _read_v1(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Encoded
         description = json.loads((folder / _V1_DESCRIPTION).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_DESCRIPTION}: {exc}") from exc
+    if problem := _description_problem(description):
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: its description {problem}")
     if description.get("format_version") != 1:
         raise ShrinkflowError(
             f"checkpoint in {folder} has format version {description.get('format_version')!r}; "
             f"this Shrinkflow reads versions 1 and {FORMAT_VERSION}"
         )
-    model = build_model(description["architecture"])
+    model = _checked_model(description, folder)
     try:
         model, encodings = _load_v1_weights(model, folder / _V1_WEIGHTS, description)
     except (safetensors.SafetensorError, KeyError, ValueError) as exc:

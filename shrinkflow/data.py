@@ -119,7 +119,14 @@ def dataset_of(description: dict) -> DataSplits:
     spec = description["dataset"]["spec"]
     if is_import_spec(spec):
         load_callable(spec, "dataset function", from_artifact=True)  # refuses an untrusted spec
-    return _load(spec, description["dataset"]["label_column"])
+    data = _load(spec, description["dataset"]["label_column"])
+    named = description.get("class_names")
+    if named is not None and tuple(named) != data.class_names:  # scores would be of the wrong classes
+        raise ShrinkflowError(
+            f"the model's class names {list(named)[:12]} are not the dataset's {list(data.class_names)[:12]} "
+            f"({spec!r}): its description was edited, or the dataset has changed since training"
+        )
+    return data
 
 
 def _stratified_split(y: np.ndarray, fractions: tuple[float, float]) -> tuple[np.ndarray, ...]:

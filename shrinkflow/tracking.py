@@ -31,10 +31,11 @@ from shrinkflow.artifact import Artifact
 from shrinkflow.cli import Terminated
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost_summary
-from shrinkflow.data import DataSplits
+from shrinkflow.data import SPLITS, DataSplits
 
 __all__ = [
     "DIGEST_TAG",
+    "check_dataset",
     "checkpoint_digest",
     "ensure_store",
     "mark_dead_runs_killed",
@@ -168,6 +169,22 @@ def log_dataset(data: DataSplits, split: str) -> None:
         )
     context = {"train": "training", "val": "validation", "test": "testing"}[split]
     mlflow.log_input(dataset, context=context)
+
+
+def check_dataset(run_id: str, data: DataSplits) -> None:
+    """Refuse ``data`` if it differs from the splits ``run_id`` logged as its inputs (their
+    digests): a table whose rows were reordered or edited is split differently, and scoring on
+    it would mix training rows into the test split."""
+    run = mlflow.get_run(run_id)
+    for dataset_input in run.inputs.dataset_inputs if run.inputs else []:
+        name, logged = dataset_input.dataset.name, dataset_input.dataset.digest
+        split = name.removeprefix(f"{data.name}-")
+        if split in SPLITS and split != name and data.digest(split) != logged:
+            raise ShrinkflowError(
+                f"dataset {data.spec!r} is not what run {run_id!r} used: its {split} split had digest {logged}, "
+                f"now {data.digest(split)} (rows changed or reordered, so the split would differ): restore the data "
+                "or retrain on it"
+            )
 
 
 def _pip_requirements() -> list[str]:

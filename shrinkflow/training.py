@@ -117,6 +117,21 @@ def fit(
             raise ShrinkflowError(
                 f"the {split} split is empty: training needs samples in train, and in val to score epochs"
             )
+    try:
+        return _fit(model, train, val, settings, device, on_epoch, after_step, first_eligible_epoch, loss_fn, augment)
+    except torch.OutOfMemoryError:
+        raise ShrinkflowError(_out_of_memory(settings, device)) from None
+    except RuntimeError as exc:  # the CPU allocator raises a plain RuntimeError
+        if "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        raise ShrinkflowError(_out_of_memory(settings, device)) from None
+
+
+def _out_of_memory(settings: FitSettings, device: torch.device) -> str:
+    return f"training ran out of {device.type} memory at batch_size {settings.batch_size}: pass a smaller --batch-size"
+
+
+def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligible_epoch, loss_fn, augment):
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))

@@ -80,12 +80,14 @@ def _measure(run_id: str, cfg: CompareConfig) -> dict:
     artifact, costs = tracking.load_model(run_id)
     model, description = artifact.model, artifact.description
     data = dataset_of(description)
+    tracking.check_dataset(run_id, data)
     cpu = torch.device("cpu")
     example = example_batch(data, cfg.batch_size)
     runnable = deployable(model, example, cfg.form)
     latency = measure_latency(runnable, example, cpu, cfg.warmup, cfg.repetitions, weights_of=model)
     return {
         "run_id": run_id,
+        "dataset": description["dataset"],
         "model": description["architecture"]["name"],
         "storage": description.get("storage", "dense-fp32"),
         "accuracy": score(model, *data.split(cfg.split), cpu)["accuracy"],
@@ -99,6 +101,17 @@ def _measure(run_id: str, cfg: CompareConfig) -> dict:
     }
 
 
+def _same_dataset(rows: list[dict]) -> None:
+    """Accuracies on different datasets are no comparison."""
+    base = rows[0]
+    for row in rows[1:]:
+        if row["dataset"] != base["dataset"]:
+            raise ShrinkflowError(
+                f"run {row['run_id']!r} was trained on dataset {row['dataset']['spec']!r}, the baseline run "
+                f"{base['run_id']!r} on {base['dataset']['spec']!r}: compare models of one dataset"
+            )
+
+
 def execute(cfg: CompareConfig) -> str:
     import mlflow
 
@@ -106,7 +119,8 @@ def execute(cfg: CompareConfig) -> str:
 
     with torch_threads(cfg.threads):
         rows = [_measure(run_id, cfg) for run_id in cfg.ids()]
-    table = comparison_table(rows)
+    _same_dataset(rows)
+    table = comparison_table([{k: v for k, v in row.items() if k != "dataset"} for row in rows])
     with tracking.step_run("compare", config_to_params(cfg)) as run:
         mlflow.set_tags({"shrinkflow.baseline_run_id": cfg.ids()[0], **hardware_tags(cfg.threads)})
         tracking.log_table(table, "comparison")

@@ -55,6 +55,7 @@ def execute(cfg: DistillConfig) -> str:
     device = resolve_device(cfg.device)
     teacher, teacher_costs = tracking.load_model(cfg.run_id)
     data = dataset_of(teacher.description)
+    tracking.check_dataset(cfg.run_id, data)
     check_distilling(teacher, cfg, data)  # a student that cannot learn from it fails before a run starts
     cpu = torch.device("cpu")
     with tracking.step_run("distill", config_to_params(cfg)) as run:
@@ -66,13 +67,15 @@ def execute(cfg: DistillConfig) -> str:
         model_id = tracking.log_model(student, data.x_train[:2])
         rows = {"teacher": teacher, "student": student, **({"control": result.control} if result.control else {})}
         accuracy = {name: score(a.model, data.x_test, data.y_test, cpu)["accuracy"] for name, a in rows.items()}
-        params = {name: sum(p.numel() for p in a.model.parameters()) for name, a in rows.items()}
+        student_costs = cost(student)
+        # cost_params counts an int8 model's packed weights too (its .parameters() are empty)
+        params = {name: cost(a)["cost_params"] for name, a in rows.items()}
         metrics = {
             "test_accuracy": accuracy["student"],
             "teacher_test_accuracy": accuracy["teacher"],
             "teacher_gap_pp": (accuracy["teacher"] - accuracy["student"]) * 100,
             "student_param_ratio": params["student"] / params["teacher"],
-            **cost(student),
+            **student_costs,
             **{f"teacher_{k}": v for k, v in teacher_costs.items()},
         }
         if result.control is not None:

@@ -107,6 +107,7 @@ def execute(cfg: EvaluateConfig) -> str:
         device = torch.device("cpu")
     layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
     data = dataset_of(description)
+    tracking.check_dataset(cfg.run_id, data)
     x, y = data.split(cfg.split)
     with tracking.step_run("evaluate", config_to_params(cfg)) as run:
         mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)

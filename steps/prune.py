@@ -60,6 +60,7 @@ def execute(cfg: PruneConfig) -> str:
     check_pruning(original, cfg)  # unknown layer names fail before a run starts
     layers_before = layer_table(layer_costs(original.model, original.input_shape))
     data = dataset_of(original.description)
+    tracking.check_dataset(cfg.run_id, data)
     cpu = torch.device("cpu")
     accuracy_before = score(original.model, data.x_test, data.y_test, cpu)["accuracy"]
     with tracking.step_run("prune", config_to_params(cfg)) as run:

@@ -56,6 +56,7 @@ def execute(cfg: QuantizeConfig) -> str:
     device = resolve_device(cfg.device)
     original, costs_before = tracking.load_model(cfg.run_id)
     data = dataset_of(original.description)
+    tracking.check_dataset(cfg.run_id, data)
     with about_run(cfg.run_id):
         original.require_float("quantize")
     check_quantizing(original, cfg, data)  # bad layer names or an empty split fail before a run starts

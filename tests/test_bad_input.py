@@ -231,3 +231,68 @@ def test_bad_input_is_one_clear_line(step, argv, message, trained_run_id, broken
 
 def test_the_battery_is_large():
     assert len(CASES) >= 100
+
+
+MALFORMED_DESCRIPTIONS = [
+    ([1, 2, 3], "its description is a list, not an object"),
+    ({"format_version": 1}, "has no architecture object"),
+    ({"format_version": 1, "architecture": {"name": 7, "input_shape": [1, 8, 8], "num_classes": 10}},
+     "ill-typed architecture.name"),
+    ({"format_version": 1, "architecture": {"name": "mlp", "input_shape": "8x8", "num_classes": 10}},
+     "ill-typed architecture.input_shape"),
+    ({"format_version": 1, "architecture": {"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 1}},
+     "ill-typed architecture.num_classes"),
+    ({"format_version": 1, "architecture": {"name": "mlp", "params": {"hidden_sizes": "wide"},
+                                            "input_shape": [1, 8, 8], "num_classes": 10}},
+     "its architecture does not build"),
+    ({"format_version": 1, "architecture": {"name": "mlp", "params": {"hidden_sizes": [4]}, "input_shape": [1, 8, 8],
+                                            "num_classes": 10}, "storage": "zip"}, "unknown storage format 'zip'"),
+    ({"format_version": 1, "architecture": {"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 10},
+      "dataset": {"spec": 3}}, "ill-typed dataset"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("description,message", MALFORMED_DESCRIPTIONS)
+def test_a_malformed_model_json_is_one_line(tmp_path, description, message):
+    """A format-1 checkpoint whose model.json was edited into nonsense."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from shrinkflow import Artifact, ShrinkflowError
+
+    save_file({}, tmp_path / "weights.safetensors")
+    (tmp_path / "model.json").write_text(json.dumps(description))
+    with pytest.raises(ShrinkflowError, match="is corrupt") as error:
+        Artifact.load(tmp_path)
+    assert message in str(error.value)
+
+
+def test_edited_class_names_are_refused(tmp_path):
+    from shrinkflow import Artifact, ShrinkflowError, load_dataset, new_artifact
+    from shrinkflow.data import dataset_of
+
+    artifact = new_artifact("mlp", load_dataset("digits"), seed=0)
+    artifact.description["class_names"] = [str(c) for c in (1, 0, 2, 3, 4, 5, 6, 7, 8, 9)]
+    loaded = Artifact.load(artifact.save(tmp_path / "model"))
+    with pytest.raises(ShrinkflowError, match="class names .* are not the dataset's"):
+        dataset_of(loaded.description)
+
+
+def test_compare_refuses_models_of_different_datasets(trained_run_id, quick_train_config, fails_with_bad_input):
+    other = train.execute(quick_train_config(dataset="mnist1d", epochs=1))
+    line = fails_with_bad_input(compare.main, ["--run-ids", f"{trained_run_id},{other}", "--repetitions", "5"])
+    assert f"run '{other}' was trained on dataset 'mnist1d'" in line and "compare models of one dataset" in line
+
+
+def test_a_table_reordered_after_training_is_refused(tmp_path, quick_train_config, fails_with_bad_input):
+    from steps import evaluate
+
+    rng = np.random.default_rng(0)
+    rows = [f"{a:.3f},{b:.3f},{int(a > b)}" for a, b in rng.normal(size=(80, 2))]
+    table = tmp_path / "table.csv"
+    table.write_text("a,b,label\n" + "\n".join(rows))
+    run_id = train.execute(quick_train_config(dataset=str(table), epochs=1))
+    table.write_text("a,b,label\n" + "\n".join(reversed(rows)))  # same rows, another order: another split
+    line = fails_with_bad_input(evaluate.main, ["--run-id", run_id])
+    assert f"is not what run '{run_id}' used" in line and "rows changed or reordered" in line

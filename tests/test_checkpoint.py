@@ -99,7 +99,8 @@ def test_tied_weights_survive_the_round_trip(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_checkpoint, "build_model", lambda arch: _Tied())
     model = _Tied()
-    folder = save_checkpoint(model, {"architecture": {}}, tmp_path / "tied")
+    architecture = {"name": "tied", "input_shape": [4], "num_classes": 4}  # built by the patched build_model
+    folder = save_checkpoint(model, {"architecture": architecture}, tmp_path / "tied")
     reloaded, _ = load_checkpoint(folder)
     assert reloaded.decoder.weight is reloaded.encoder.weight
     assert torch.equal(reloaded.encoder.weight, model.encoder.weight)

@@ -147,3 +147,14 @@ class TestBadInput:
     def test_unknown_student(self):
         with pytest.raises(ShrinkflowError, match="unknown model 'tiny'"):
             student_architecture(DistillSettings(student="tiny"), describe("mlp", (1, 8, 8), 10))
+
+
+def test_an_int8_teacher_teaches(trained_run_id):
+    """Its parameters() are empty (packed int8 weights): the report counts them from its cost."""
+    from steps import quantize as quantize_step
+
+    teacher = quantize_step.execute(quantize_step.QuantizeConfig(run_id=trained_run_id, method="dynamic-int8",
+                                                                 device="cpu"))  # fmt: skip
+    run_id = distill_step.execute(distill_step.DistillConfig(run_id=teacher, epochs=1, control=False, device="cpu"))
+    metrics = mlflow.get_run(run_id).data.metrics
+    assert 0 < metrics["student_param_ratio"] < 1

@@ -289,7 +289,7 @@ def load():
 """
 
 
-def test_calibration_on_an_empty_split_fails_before_a_run(tmp_path, monkeypatch, fails_with_bad_input):
+def test_data_changed_since_training_fails_before_a_run(tmp_path, monkeypatch, fails_with_bad_input):
     (tmp_path / "switchable_digits.py").write_text(_SWITCHABLE_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
     run_id = train_step.execute(
@@ -299,11 +299,19 @@ def test_calibration_on_an_empty_split_fails_before_a_run(tmp_path, monkeypatch,
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
     argv = ["--run-id", run_id, "--method", "static-int8", "--calibration-split", "val"]
     line = fails_with_bad_input(quantize_step.main, argv)
-    assert line == (
-        "error: calibration on an empty split: the 'val' split of dataset 'switchable_digits:load' has no samples; "
-        "choose calibration_split train"
-    )
+    assert f"dataset 'switchable_digits:load' is not what run '{run_id}' used: its val split had digest" in line
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before  # no run was started
+
+
+def test_calibration_on_an_empty_split_is_refused(tmp_path, monkeypatch):
+    import dataclasses
+
+    data = load_dataset("digits")
+    empty_val = dataclasses.replace(data, x_val=data.x_val[:0], y_val=data.y_val[:0])
+    artifact = new_artifact("mlp", data, seed=0)
+    settings = QuantizeSettings(method="static-int8", calibration_split="val")
+    with pytest.raises(ShrinkflowError, match="calibration on an empty split: the 'val' split of dataset 'digits'"):
+        quantize(artifact, empty_val, settings, torch.device("cpu"))
 
 
 class TestBadInput:

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import load_dataset
@@ -79,3 +80,17 @@ def test_training_refuses_an_empty_validation_split():
     x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
     with pytest.raises(ShrinkflowError, match="the val split is empty"):
         fit(torch.nn.Linear(3, 2), (x, y), (x[:0], y[:0]), _settings(epochs=1), CPU)
+
+
+def test_running_out_of_memory_is_one_line_naming_the_batch_size():
+    class Hungry(nn.Module):  # asks the CPU allocator for ~40 TB on its first batch
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.linear(x) + torch.empty(10**7, 10**6)[:1, :2].sum()
+
+    x, y = torch.zeros(20, 4), torch.zeros(20, dtype=torch.long)
+    with pytest.raises(ShrinkflowError, match="ran out of cpu memory at batch_size 10: pass a smaller --batch-size"):
+        fit(Hungry(), (x, y), (x, y), FitSettings(epochs=1, batch_size=10), torch.device("cpu"))
