@@ -336,8 +336,9 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
 
 
 def _log_trial(client, run_id: str, record: dict, metrics: dict, artifact: Artifact | None, tags=None) -> None:
-    """Settings, metrics and tags in one batch; the checkpoint (front members get a servable model
-    after the search) and the per-layer cost table."""
+    """Settings, metrics and tags in one batch, then the checkpoint (front members get a servable
+    model after the search) and the per-layer cost table in one upload: each MLflow call is
+    ~10-30 ms of a ~1.4 s trial."""
     from mlflow.entities import Metric, Param, RunTag
 
     from shrinkflow import tracking
@@ -345,16 +346,17 @@ def _log_trial(client, run_id: str, record: dict, metrics: dict, artifact: Artif
     now = int(time.time() * 1000)
     metrics = {**metrics, **{f"{stage}_val_accuracy": r["val_accuracy"] for stage, r in record.items()
                              if "val_accuracy" in r}}  # fmt: skip
-    client.log_batch(
-        run_id,
-        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
-        params=[Param(key, str(value)) for key, value in _settings_params(record).items()],
-        tags=[RunTag(key, value) for key, value in (tags or {}).items()],
-    )
-    if artifact is not None:
-        tracking.log_checkpoint(artifact, run_id)
-        bits = artifact.description.get("bits")
-        client.log_table(run_id, layer_table(layer_costs(artifact.model, artifact.input_shape, bits)), "layers.json")
+    batch = {
+        "metrics": [Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        "params": [Param(key, str(value)) for key, value in _settings_params(record).items()],
+    }
+    if artifact is None:
+        client.log_batch(run_id, **batch, tags=[RunTag(key, value) for key, value in (tags or {}).items()])
+        return
+    table = layer_table(layer_costs(artifact.model, artifact.input_shape, artifact.description.get("bits")))
+    with tracking.checkpoint_files(artifact, {"layers.json": table}) as (folder, file_tags):
+        client.log_batch(run_id, **batch, tags=[RunTag(k, v) for k, v in {**(tags or {}), **file_tags}.items()])
+        client.log_artifacts(run_id, str(folder))
 
 
 def _settings_params(record: dict) -> dict[str, object]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ import torch
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from shrinkflow.artifact import Artifact
 from shrinkflow.cli import Terminated
@@ -36,6 +38,7 @@ from shrinkflow.data import SPLITS, DataSplits
 __all__ = [
     "DIGEST_TAG",
     "check_dataset",
+    "checkpoint_files",
     "checkpoint_digest",
     "ensure_store",
     "mark_dead_runs_killed",
@@ -230,6 +233,21 @@ def log_checkpoint(artifact: Artifact, run_id: str | None = None) -> None:
         client, run_id = mlflow.MlflowClient(), run_id or mlflow.active_run().info.run_id
         client.log_artifacts(run_id, str(folder), _CHECKPOINT)
         client.set_tag(run_id, DIGEST_TAG, checkpoint_digest(folder))
+
+
+@contextlib.contextmanager
+def checkpoint_files(artifact: Artifact, tables: dict[str, pd.DataFrame]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A folder holding ``checkpoint/`` and each table as an MLflow table (JSON, orient split),
+    with the run tags that go with them (the checkpoint's digest, the tables' entry in
+    ``mlflow.loggedArtifacts``): one ``log_artifacts`` and one ``log_batch`` log what
+    ``log_checkpoint`` and ``log_table`` would in five calls (a search logs one per trial)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        checkpoint = artifact.save(folder / _CHECKPOINT)
+        for name, table in tables.items():
+            table.to_json(folder / name, orient="split", index=False, date_format="iso")
+        listed = json.dumps([{"path": name, "type": "table"} for name in tables])
+        yield folder, {DIGEST_TAG: checkpoint_digest(checkpoint), MLFLOW_LOGGED_ARTIFACTS: listed}
 
 
 def _checkpoint_uri(run_id: str) -> tuple[str, str | None]:

@@ -5,6 +5,7 @@ RUNNING run, no traceback, nothing accepted silently. ``{run}`` is a trained mod
 import numpy as np
 import pytest
 
+from pipelines import main as pipeline
 from search import main as search
 from steps import benchmark, compare, distill, evaluate, prune, quantize, train
 
@@ -189,13 +190,20 @@ SEARCH = [
     (["--space", "fastest"], "does not exist (built-in spaces: default, latency)"),
     (["--model", "resnet"], "unknown model 'resnet'"),
 ]
-STEPS = {"train": train, "evaluate": evaluate, "prune": prune, "quantize": quantize, "distill": distill,
-         "benchmark": benchmark, "compare": compare, "search": search}  # fmt: skip
+PIPELINE = [
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--epochs", "0"], "epochs must be >= 1, got 0"),
+    (["--dataset", "{dir}/nan.csv"], "1 of 60 samples hold NaN or infinite features"),
+    (["--dataset", f"{HERE}:raising_data"], "raised ValueError: the warehouse is closed"),
+]
+STEPS = {"pipeline": pipeline, "train": train, "evaluate": evaluate, "prune": prune, "quantize": quantize,
+         "distill": distill, "benchmark": benchmark, "compare": compare, "search": search}  # fmt: skip
 NEEDS_RUN = ("prune", "quantize", "distill", "benchmark")  # take --run-id {run} unless the case gives one
 CASES = [
     pytest.param(step, argv, message, id=f"{step}:{' '.join(argv)[:60]}")
     for step, table in [("train", TRAIN), ("evaluate", EVALUATE), ("prune", PRUNE), ("quantize", QUANTIZE),
-                        ("distill", DISTILL), ("benchmark", BENCHMARK), ("compare", COMPARE), ("search", SEARCH)]
+                        ("distill", DISTILL), ("benchmark", BENCHMARK), ("compare", COMPARE), ("search", SEARCH),
+                        ("pipeline", PIPELINE)]
     for argv, message in table
 ]  # fmt: skip
 
@@ -222,7 +230,7 @@ def test_bad_input_is_one_clear_line(step, argv, message, trained_run_id, broken
     argv = [a.replace("{run}", trained_run_id).replace("{dir}", str(broken_files)) for a in argv]
     if step in NEEDS_RUN and "--run-id" not in argv:
         argv = ["--run-id", trained_run_id, *argv]
-    if step in ("train", "search"):
+    if step in ("train", "search", "pipeline"):
         argv = [*argv, "--epochs", "1"] if "--epochs" not in argv else argv
     line = fails_with_bad_input(STEPS[step].main, argv)
     assert message in line
