@@ -44,7 +44,6 @@ __all__ = [
     "mark_dead_runs_killed",
     "process_tags",
     "load_model",
-    "log_checkpoint",
     "log_dataset",
     "log_model",
     "log_table",
@@ -224,23 +223,13 @@ def checkpoint_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def log_checkpoint(artifact: Artifact, run_id: str | None = None) -> None:
-    """Log ``artifact``'s checkpoint as plain artifacts (``checkpoint/``) of ``run_id`` (default:
-    the active run): a tenth of the time of ``log_model`` and enough for ``load_model``, without
-    the pyfunc wrapper that serving needs."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = artifact.save(Path(tmp) / _CHECKPOINT)
-        client, run_id = mlflow.MlflowClient(), run_id or mlflow.active_run().info.run_id
-        client.log_artifacts(run_id, str(folder), _CHECKPOINT)
-        client.set_tag(run_id, DIGEST_TAG, checkpoint_digest(folder))
-
-
 @contextlib.contextmanager
 def checkpoint_files(artifact: Artifact, tables: dict[str, pd.DataFrame]) -> Iterator[tuple[Path, dict[str, str]]]:
     """A folder holding ``checkpoint/`` and each table as an MLflow table (JSON, orient split),
     with the run tags that go with them (the checkpoint's digest, the tables' entry in
-    ``mlflow.loggedArtifacts``): one ``log_artifacts`` and one ``log_batch`` log what
-    ``log_checkpoint`` and ``log_table`` would in five calls (a search logs one per trial)."""
+    ``mlflow.loggedArtifacts``): one ``log_artifacts`` and one ``log_batch`` log them, where
+    ``log_table`` alone takes three calls (a search logs one such folder per trial). The
+    checkpoint alone is enough for ``load_model``; serving needs ``log_model``."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         checkpoint = artifact.save(folder / _CHECKPOINT)
