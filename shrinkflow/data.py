@@ -232,7 +232,9 @@ def _load_table(spec: str, label_column: str) -> DataSplits:
 
     path = Path(spec)
     if not path.is_file():
-        raise ShrinkflowError(f"dataset file {spec!r} does not exist")
+        where = "" if path.is_absolute() else f" (a relative path, looked up in {Path.cwd()})"
+        # `mlflow run` starts steps in the project folder, not the user's: say where we looked
+        raise ShrinkflowError(f"dataset file {spec!r} does not exist{where}: pass an absolute path")
     frame = _read_table(path)
     if label_column not in frame.columns:
         raise ShrinkflowError(
