@@ -140,6 +140,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _in_store_transaction(frame) -> bool:
+    """Is the interrupted code inside the tracking store's database code? An exception raised
+    mid-transaction leaves SQLite's lock held by a connection no one closes, and marking the
+    run KILLED then fails with "database is locked" (seen in 1 of 8 tries under load)."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(("sqlalchemy", "sqlite3", "mlflow.store")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (only the main thread can
@@ -149,6 +160,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
+        if _in_store_transaction(frame):  # raising there leaves the SQLite store locked: retry soon
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         raise Terminated(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}

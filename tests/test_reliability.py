@@ -40,7 +40,7 @@ def test_a_terminated_step_marks_its_run_killed_and_says_so(sig):
     process, run_id = _start_long_train()
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + sig.value
+    assert process.returncode == 128 + sig.value, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == f"error: stopped by {sig.name}; the step's run is marked KILLED"
     assert mlflow.get_run(run_id).info.status == "KILLED"
 
