@@ -275,7 +275,8 @@ def _baseline_run(cfg: SearchConfig) -> str:
     """A FINISHED train run with these settings (MLflow keeps params as strings), or a new one."""
     import mlflow
 
-    wanted = {k: str(v) for k, v in config_to_params(cfg.train_config()).items()}
+    # nproc changes how the baseline is trained, not what it is (N processes see the same batches)
+    wanted = {k: str(v) for k, v in config_to_params(cfg.train_config()).items() if k != "nproc"}
     runs = mlflow.search_runs(
         filter_string="tags.`shrinkflow.step` = 'train' and attributes.status = 'FINISHED'", output_format="list"
     )

@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 
+from shrinkflow import distributed
 from shrinkflow.config import ShrinkflowError
 
 __all__ = ["EXIT_BAD_INPUT", "Terminated", "about_run", "run_main"]
@@ -29,9 +30,11 @@ def run_main(step: Callable[[], str]) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt as exc:
         name = str(exc) if isinstance(exc, Terminated) else "SIGINT"
-        print(f"error: stopped by {name}; the step's run is marked KILLED", file=sys.stderr)
+        status = "FAILED" if isinstance(exc, Terminated) and distributed.group().world_size > 1 else "KILLED"
+        print(f"error: stopped by {name}; the step's run is marked {status}", file=sys.stderr)
         sys.exit(128 + signal.Signals[name].value)
-    print(run_id, flush=True)
+    if run_id:  # under torchrun only rank 0 has a run
+        print(run_id, flush=True)
 
 
 @contextlib.contextmanager

@@ -24,16 +24,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
+from shrinkflow import distributed
 from shrinkflow.artifact import Artifact
 from shrinkflow.cli import Terminated
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost_summary
 from shrinkflow.data import SPLITS, DataSplits
+from shrinkflow.latency import hardware_tags
 
 __all__ = [
     "DIGEST_TAG",
@@ -77,16 +80,26 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """
     ensure_store()
     mark_dead_runs_killed()
+    world_size = distributed.group().world_size
     with mlflow.start_run(nested=mlflow.active_run() is not None) as run, _terminate_as_interrupt():
-        mlflow.set_tags({"shrinkflow.step": step, **process_tags()})
+        mlflow.set_tags({"shrinkflow.step": step, **process_tags(), **hardware_tags(torch.get_num_threads())})
+        if world_size > 1:
+            mlflow.set_tags({"shrinkflow.world_size": str(world_size), "shrinkflow.backend": dist.get_backend()})
         # Under `mlflow run` the project already logged its parameters (an empty string as "''");
         # logging a param twice with another spelling is an error, so add only the missing ones.
         logged = mlflow.get_run(run.info.run_id).data.params
         mlflow.log_params({k: v for k, v in params.items() if k not in logged})
         try:
             yield run
-        except KeyboardInterrupt:
-            mlflow.end_run("KILLED")
+        except KeyboardInterrupt as exc:
+            # Under torchrun a SIGTERM means the job is torn down, mostly because another
+            # process failed: the run did not finish its work, so it failed.
+            failed = world_size > 1 and isinstance(exc, Terminated)
+            if failed:
+                mlflow.set_tag(
+                    "shrinkflow.failure", f"{exc} from torchrun: another process failed or the job was stopped"
+                )
+            mlflow.end_run("FAILED" if failed else "KILLED")
             raise
 
 

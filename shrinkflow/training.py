@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from shrinkflow import distributed
 from shrinkflow.artifact import Artifact
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import DataSplits
@@ -133,6 +135,7 @@ def _out_of_memory(settings: FitSettings, device: torch.device) -> str:
 
 def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligible_epoch, loss_fn, augment):
     model.to(device)
+    network = _data_parallel(model, settings, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
     order = torch.Generator().manual_seed(settings.seed)  # batch order depends on the seed alone
@@ -143,9 +146,11 @@ def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligib
     )
     for epoch in progress:
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_epoch(model, optimizer, train, settings, order, device, after_step, epoch, loss_fn, augment)
+        train_loss = _train_epoch(
+            network, optimizer, train, settings, order, device, after_step, epoch, loss_fn, augment
+        )
         schedule.step()
-        val_metrics = score(model, *val, device)
+        val_metrics = _score_shared(model, *val, device)
         metrics = {
             "train_loss": train_loss,
             "val_loss": val_metrics["loss"],
@@ -172,6 +177,37 @@ def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligib
     return FitResult(best_epoch, epoch, max(best_accuracy, 0.0), stopped_early=epoch < settings.epochs)
 
 
+def _data_parallel(model: nn.Module, settings: FitSettings, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun (it starts from rank 0's
+    weights and averages gradients over the processes), else ``model`` itself."""
+    world_size = distributed.group().world_size
+    if world_size == 1:
+        return model
+    if settings.batch_size < world_size:
+        raise ShrinkflowError(
+            f"batch_size {settings.batch_size} is smaller than the {world_size} processes that share each batch: "
+            f"pass --batch-size >= {world_size}"
+        )
+    # A conv weight with one input channel has strides DDP's buckets do not copy: a warning
+    # about speed that says nothing about results, printed by every process.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _score_shared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """``score`` with the samples shared among torchrun's processes and the sums all-reduced:
+    every process gets the same numbers, so all take the same early-stopping decisions."""
+    if distributed.group().world_size == 1:
+        return score(model, x, y, device)
+    share = distributed.shard(torch.arange(len(x)))
+    logits = predict_logits(model, x[share], device)
+    correct = (logits.argmax(1) == y[share]).double().sum().item()
+    loss = nn.functional.cross_entropy(logits, y[share], reduction="sum").item() if len(share) else 0.0
+    correct, loss = distributed.all_reduce_sum([correct, loss], device)
+    return {"accuracy": correct / len(x), "loss": loss / len(x)}
+
+
 @dataclass
 class TrainResult:
     artifact: Artifact
@@ -195,13 +231,18 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
 def _train_epoch(
     model, optimizer, train, settings: FitSettings, order, device, after_step, epoch, loss_fn, augment
 ) -> float:
+    """One pass over the train split; the mean training loss (over all processes under torchrun)."""
     model.train()
     x, y = train
+    world_size = distributed.group().world_size
     permutation = torch.randperm(len(x), generator=order)
-    total = 0.0
+    total, seen = 0.0, 0
     step = (epoch - 1) * steps_per_epoch(len(x), settings.batch_size)
     for start in range(0, len(x), settings.batch_size):
         batch = permutation[start : start + settings.batch_size]
+        if len(batch) < world_size:  # a last batch too small to give every process a sample:
+            batch = batch.repeat(world_size)[:world_size]  # pad by repeating, as DistributedSampler does
+        batch = distributed.shard(batch)
         inputs, targets = x[batch].to(device), y[batch].to(device)
         if augment is not None:
             inputs = augment(inputs)
@@ -217,5 +258,6 @@ def _train_epoch(
         step += 1
         if after_step is not None:
             after_step(step)
-        total += loss.item() * len(batch)
-    return total / max(len(x), 1)
+        total, seen = total + loss.item() * len(batch), seen + len(batch)
+    total, seen = distributed.all_reduce_sum([total, seen], device)
+    return total / max(seen, 1)

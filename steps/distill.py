@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from shrinkflow import distributed
 from shrinkflow.cli import run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import cost
@@ -41,6 +42,9 @@ class DistillConfig(DistillSettings):
 
     run_id: str = field(kw_only=True, metadata={"help": "run id of the step that logged the teacher"})
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"})
+    nproc: int = field(
+        default=1, metadata={"help": "processes for data-parallel training; > 1 starts the step under torchrun"}
+    )
 
     def __post_init__(self):
         check_run_id(self.run_id, "the teacher's train step")
@@ -58,6 +62,12 @@ def execute(cfg: DistillConfig) -> str:
     tracking.check_dataset(cfg.run_id, data)
     check_distilling(teacher, cfg, data)  # a student that cannot learn from it fails before a run starts
     cpu = torch.device("cpu")
+    if run_id := distributed.launch_if_asked("steps.distill", cfg):  # after the checks: bad input is one line
+        return run_id
+    device = distributed.setup(device)
+    if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing
+        distill(teacher, data, cfg, device)
+        return ""
     with tracking.step_run("distill", config_to_params(cfg)) as run:
         mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)
         for split in ("train", "val", "test"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shrinkflow import distributed
 from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import before_after_metrics, cost, layer_costs, layer_table, storage_table
@@ -42,6 +43,9 @@ class PruneConfig(PruneSettings):
 
     run_id: str = field(kw_only=True, metadata={"help": "run id of the step that logged the model"})
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"})
+    nproc: int = field(
+        default=1, metadata={"help": "processes for data-parallel training; > 1 starts the step under torchrun"}
+    )
 
     def __post_init__(self):
         check_run_id(self.run_id)
@@ -63,6 +67,12 @@ def execute(cfg: PruneConfig) -> str:
     tracking.check_dataset(cfg.run_id, data)
     cpu = torch.device("cpu")
     accuracy_before = score(original.model, data.x_test, data.y_test, cpu)["accuracy"]
+    if run_id := distributed.launch_if_asked("steps.prune", cfg):  # after the checks: bad input is one line
+        return run_id
+    device = distributed.setup(device)
+    if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing
+        prune(original, data, cfg, device)
+        return ""
     with tracking.step_run("prune", config_to_params(cfg)) as run:
         mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)
         tracking.log_dataset(data, "train")

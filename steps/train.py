@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shrinkflow import distributed
 from shrinkflow.artifact import new_artifact
 from shrinkflow.cli import run_main
 from shrinkflow.config import config_to_params, parse_config
@@ -42,6 +43,9 @@ class TrainConfig(FitSettings):
     width: float = field(default=1.0, metadata={"help": "multiplies every layer width of a zoo model"})
     depth: int = field(default=0, metadata={"help": "hidden layers / conv blocks / LSTM layers; 0 = model default"})
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"})
+    nproc: int = field(
+        default=1, metadata={"help": "processes for data-parallel training; > 1 starts the step under torchrun"}
+    )
 
 
 def execute(cfg: TrainConfig) -> str:
@@ -53,6 +57,12 @@ def execute(cfg: TrainConfig) -> str:
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.label_column)
     initial = new_artifact(cfg.model, data, cfg.width, cfg.depth, cfg.seed)
+    if run_id := distributed.launch_if_asked("steps.train", cfg):  # after the checks: bad input is one line
+        return run_id
+    device = distributed.setup(device)
+    if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing
+        train(initial, data, cfg, device)
+        return ""
     with tracking.step_run("train", config_to_params(cfg)) as run:
         for split in ("train", "val", "test"):
             tracking.log_dataset(data, split)

@@ -1,0 +1,156 @@
+"""Data-parallel training under torchrun: which process this is, the process group, and the share
+of each global batch a process trains on.
+
+A step started with ``--nproc N`` (N > 1) starts itself again under ``torchrun``; one started by
+``torchrun`` (one machine or several) joins the process group torchrun describes in the
+environment: gloo on the CPU, NCCL on CUDA. Every process trains; only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from shrinkflow.config import ShrinkflowError, flag_name
+
+__all__ = ["Group", "all_reduce_sum", "group", "is_main", "launch", "launch_if_asked", "launched", "setup", "shard"]
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def launched() -> bool:
+    """Was this process started by torchrun (or another launcher that sets the env:// variables)?"""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def group() -> Group:
+    if not launched():
+        return Group()
+    env = os.environ
+    return Group(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+
+
+def is_main() -> bool:
+    return group().rank == 0
+
+
+def launch_if_asked(module: str, config) -> str | None:
+    """A step whose ``config.nproc`` > 1, not yet under torchrun, runs ``python -m <module>``
+    with the same config under ``torchrun --nproc-per-node <nproc>`` and returns the run id that
+    rank 0 printed; otherwise None (the caller trains in this process)."""
+    nproc = config.nproc
+    if nproc < 1:
+        raise ShrinkflowError(f"nproc must be >= 1 (1 = this process alone), got {nproc}")
+    if nproc == 1 or launched():
+        return None
+    if config.batch_size < nproc:
+        raise ShrinkflowError(
+            f"batch_size {config.batch_size} cannot be shared by {nproc} processes: pass --batch-size >= {nproc}"
+        )
+    if config.device.startswith("cuda") and nproc > torch.cuda.device_count():
+        raise ShrinkflowError(
+            f"nproc {nproc} needs one GPU per process with NCCL; this machine has {torch.cuda.device_count()}"
+        )
+    return launch(module, config, nproc)
+
+
+def launch(module: str, config, nproc: int) -> str:
+    """Run ``python -m <module>`` with ``config`` as flags under ``torchrun --nproc-per-node
+    nproc`` on this machine (``--standalone`` picks a free port: two jobs on one machine do not
+    collide), passing its output through; return the last line it printed (rank 0's run id).
+    A failed job exits this process with torchrun's code; a signal is passed on to torchrun,
+    which stops every process."""
+    flags = []
+    for field in dataclasses.fields(config):
+        # torchrun's parser takes --nproc for an abbreviation of its own --nproc-per-node; the
+        # launched processes need no nproc anyway (torchrun's environment says how many there are)
+        if field.name != "nproc":
+            flags += [flag_name(field.name), str(getattr(config, field.name))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    job = subprocess.Popen([*command, "-m", module, *flags], stdout=subprocess.PIPE, text=True)
+    last = ""
+    with _passing_signals_to(job):
+        for line in job.stdout:
+            sys.stdout.write(line)
+            last = line.strip() or last
+        code = job.wait()
+    if code:
+        raise SystemExit(code)
+    return last
+
+
+@contextlib.contextmanager
+def _passing_signals_to(job: subprocess.Popen) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda signum, frame: job.send_signal(signum)) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join torchrun's process group (once) and return this process's device: ``cuda:<local
+    rank>`` on CUDA, the CPU otherwise. Outside torchrun, ``device`` unchanged."""
+    where = group()
+    if where.world_size == 1:
+        return device
+    if device.type == "cuda":
+        if where.local_rank >= torch.cuda.device_count():
+            raise ShrinkflowError(
+                f"local rank {where.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "start at most that many processes per node, or use --device cpu"
+            )
+        device, backend = torch.device("cuda", where.local_rank), "nccl"
+        torch.cuda.set_device(device)
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise ShrinkflowError(f"distributed training runs on cpu (gloo) or cuda (NCCL), not {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+        atexit.register(_leave)
+    return device
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(batch: torch.Tensor) -> torch.Tensor:
+    """This process's share of a global batch of sample indices: every ``world_size``-th one
+    from its rank on. N processes thus train on exactly the global batches one process would
+    (the batch order comes from the seed alone), which is what makes their results comparable;
+    the global batch is reshuffled every epoch, as DistributedSampler's ``set_epoch`` does."""
+    where = group()
+    return batch[where.rank :: where.world_size]
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums over all processes (the values themselves outside torchrun)."""
+    if group().world_size == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
