@@ -7,7 +7,6 @@ timings synchronize before and after each call. Thread count is fixed by the cal
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import platform
 import sys
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from shrinkflow.config import ShrinkflowError
+from shrinkflow.onnx_export import export_onnx, onnx_session
 
 __all__ = [
     "FORMS",
@@ -82,26 +82,13 @@ class OnnxRuntimeModel:
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, threads: int):
-        import onnxruntime
-
         if example.device.type != "cpu":
             raise ShrinkflowError(f"the onnxruntime form runs on the CPU, not on {example.device.type}")
-        exported = io.BytesIO()
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-                torch.onnx.export(
-                    model, (example,), exported, dynamo=False, input_names=["input"], output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                )  # fmt: skip
-        except Exception as exc:  # the exporter raises many types on operators it cannot express
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ShrinkflowError(f"cannot export this model to ONNX ({first_line}): use form eager or traced") from exc
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting threads
-        self._session = onnxruntime.InferenceSession(exported.getvalue(), options, providers=["CPUExecutionProvider"])
+            onnx_model = export_onnx(model, example)
+        except ShrinkflowError as exc:
+            raise ShrinkflowError(f"{exc}: use form eager or traced") from exc
+        self._session = onnx_session(onnx_model, threads)
         self._binding = self._session.io_binding()
         self._classes = self._session.get_outputs()[0].shape[1]
         self._bound = None  # (the caller's tensor, the contiguous float32 input, the output buffer)

@@ -204,7 +204,7 @@ def test_onnxruntime_form_names_a_model_it_cannot_export():
         def forward(self, x):
             return torch.linalg.eigvals(x.reshape(len(x), 8, 8)).real  # no ONNX operator computes this
 
-    with pytest.raises(ShrinkflowError, match="cannot export this model to ONNX .*: use form eager or traced"):
+    with pytest.raises(ShrinkflowError, match="cannot export this model to ONNX: .*: use form eager or traced"):
         deployable(Eigenvalues(), torch.randn(1, 1, 8, 8), "onnxruntime")
 
 
