@@ -275,8 +275,9 @@ def _baseline_run(cfg: SearchConfig) -> str:
     """A FINISHED train run with these settings (MLflow keeps params as strings), or a new one."""
     import mlflow
 
-    # nproc changes how the baseline is trained, not what it is (N processes see the same batches)
-    wanted = {k: str(v) for k, v in config_to_params(cfg.train_config()).items() if k != "nproc"}
+    # nproc and compile change how the baseline is trained, not what it is trained on or for
+    how = ("nproc", "compile", "parallel")
+    wanted = {k: str(v) for k, v in config_to_params(cfg.train_config()).items() if k not in how}
     runs = mlflow.search_runs(
         filter_string="tags.`shrinkflow.step` = 'train' and attributes.status = 'FINISHED'", output_format="list"
     )

@@ -30,7 +30,7 @@ def run_main(step: Callable[[], str]) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt as exc:
         name = str(exc) if isinstance(exc, Terminated) else "SIGINT"
-        status = "FAILED" if isinstance(exc, Terminated) and distributed.group().world_size > 1 else "KILLED"
+        status = "FAILED" if isinstance(exc, Terminated) and distributed.launched() else "KILLED"
         print(f"error: stopped by {name}; the step's run is marked {status}", file=sys.stderr)
         sys.exit(128 + signal.Signals[name].value)
     if run_id:  # under torchrun only rank 0 has a run

@@ -21,10 +21,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 from shrinkflow.config import ShrinkflowError, flag_name
+from shrinkflow.zoo import build_model
 
-__all__ = ["Group", "all_reduce_sum", "group", "is_main", "launch", "launch_if_asked", "launched", "setup", "shard"]
+__all__ = [
+    "Group", "all_reduce_sum", "group", "is_main", "is_sharded", "launch", "launch_if_asked", "launched", "setup",
+    "shard", "shard_model", "unsharded",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,8 @@ def launch_if_asked(module: str, config) -> str | None:
 def launch(module: str, config, nproc: int) -> str:
     """Run ``python -m <module>`` with ``config`` as flags under ``torchrun --nproc-per-node
     nproc`` on this machine (``--standalone`` picks a free port: two jobs on one machine do not
-    collide), passing its output through; return the last line it printed (rank 0's run id).
+    collide), passing its output through but for the last line, which it returns (rank 0's
+    run id).
     A failed job exits this process with torchrun's code; a signal is passed on to torchrun,
     which stops every process."""
     flags = []
@@ -87,10 +95,12 @@ def launch(module: str, config, nproc: int) -> str:
     last = ""
     with _passing_signals_to(job):
         for line in job.stdout:
-            sys.stdout.write(line)
-            last = line.strip() or last
+            if line.strip():  # pass every line on but the last, which the caller prints
+                sys.stdout.write(f"{last}\n" if last else "")
+                last = line.strip()
         code = job.wait()
     if code:
+        sys.stdout.write(f"{last}\n" if last else "")
         raise SystemExit(code)
     return last
 
@@ -110,11 +120,12 @@ def _passing_signals_to(job: subprocess.Popen) -> Iterator[None]:
 
 
 def setup(device: torch.device) -> torch.device:
-    """Join torchrun's process group (once) and return this process's device: ``cuda:<local
-    rank>`` on CUDA, the CPU otherwise. Outside torchrun, ``device`` unchanged."""
-    where = group()
-    if where.world_size == 1:
+    """Join torchrun's process group (once; with one process too, so that the same code path
+    runs) and return this process's device: ``cuda:<local rank>`` on CUDA, the CPU otherwise.
+    Outside torchrun, ``device`` unchanged."""
+    if not launched():
         return device
+    where = group()
     if device.type == "cuda":
         if where.local_rank >= torch.cuda.device_count():
             raise ShrinkflowError(
@@ -149,8 +160,42 @@ def shard(batch: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums over all processes (the values themselves outside torchrun)."""
-    if group().world_size == 1:
+    if not dist.is_initialized():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """Shard ``model`` in place with FSDP2: each layer that holds weights, then the whole (so
+    that only one layer's weights are gathered at a time). Rank 0's weights are the ones kept."""
+    for module in model.modules():
+        if module is not model and any(True for _ in module.parameters(recurse=False)):
+            _broadcast_from_rank0(module)
+            fully_shard(module)
+    _broadcast_from_rank0(model)
+    fully_shard(model)
+    return model
+
+
+def _broadcast_from_rank0(module: nn.Module) -> None:
+    with torch.no_grad():
+        for tensor in module.parameters(recurse=False):
+            dist.broadcast(tensor.data, src=0)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def unsharded(model: nn.Module, architecture: dict) -> nn.Module:
+    """A plain copy of the FSDP-sharded ``model`` on the CPU, built from its ``architecture``:
+    every process gathers every layer (a collective: all of them call this)."""
+    state = {
+        name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
+        for name, value in model.state_dict().items()
+    }
+    whole = build_model(architecture)
+    whole.load_state_dict(state)
+    return whole

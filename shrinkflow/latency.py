@@ -26,6 +26,7 @@ __all__ = [
     "FORMS",
     "LatencyResult",
     "OnnxRuntimeModel",
+    "compiled",
     "deployable",
     "hardware_tags",
     "measure_latency",
@@ -34,10 +35,12 @@ __all__ = [
 ]
 
 # How a model is run when timed: "eager" (as PyTorch runs it by default), "traced" (TorchScript,
-# traced and frozen: one graph without Python dispatch between operators) or "onnxruntime" (the
+# traced and frozen: one graph without Python dispatch between operators), "compiled"
+# (torch.compile with Inductor, for the example's shape: fused kernels generated for this
+# machine, minutes of compiling on first use in a new process) or "onnxruntime" (the
 # model exported to ONNX and run by ONNX Runtime on the CPU, input and output bound to
 # preallocated buffers: the leanest per-operator overhead of the three for small batches).
-FORMS = ("eager", "traced", "onnxruntime")
+FORMS = ("eager", "traced", "compiled", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,26 @@ def deployable(model: nn.Module, example: torch.Tensor, form: str) -> nn.Module 
         return model
     if form == "onnxruntime":
         return OnnxRuntimeModel(model, example, torch.get_num_threads())
+    if form == "compiled":
+        return compiled(model, example)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings
         return torch.jit.freeze(torch.jit.trace(model, example))
+
+
+def compiled(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``torch.compile(model)`` (Inductor), compiled here for ``example``'s shape by one call, so
+    that a model it cannot compile fails now, in one line, not in the middle of timing."""
+    runnable = torch.compile(model, dynamic=False)
+    try:
+        with torch.no_grad():
+            runnable(example)
+    except Exception as exc:  # Dynamo and Inductor raise many types (and C++ compiler errors)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShrinkflowError(
+            f"torch.compile cannot compile this model ({first_line}): use form eager or traced"
+        ) from exc
+    return runnable
 
 
 class OnnxRuntimeModel:

@@ -80,27 +80,33 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """
     ensure_store()
     mark_dead_runs_killed()
-    world_size = distributed.group().world_size
-    with mlflow.start_run(nested=mlflow.active_run() is not None) as run, _terminate_as_interrupt():
-        mlflow.set_tags({"shrinkflow.step": step, **process_tags(), **hardware_tags(torch.get_num_threads())})
-        if world_size > 1:
-            mlflow.set_tags({"shrinkflow.world_size": str(world_size), "shrinkflow.backend": dist.get_backend()})
-        # Under `mlflow run` the project already logged its parameters (an empty string as "''");
-        # logging a param twice with another spelling is an error, so add only the missing ones.
-        logged = mlflow.get_run(run.info.run_id).data.params
-        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    under_torchrun = distributed.launched()
+    with _terminate_as_interrupt() as signals, mlflow.start_run(nested=mlflow.active_run() is not None) as run:
         try:
+            mlflow.set_tags({"shrinkflow.step": step, **process_tags(), **hardware_tags(torch.get_num_threads())})
+            if under_torchrun and dist.is_initialized():
+                world_size, backend = str(distributed.group().world_size), dist.get_backend()
+                mlflow.set_tags({"shrinkflow.world_size": world_size, "shrinkflow.backend": backend})
+            # Under `mlflow run` the project already logged its parameters (an empty string as
+            # "''"); logging a param twice with another spelling is an error: add only the missing.
+            logged = mlflow.get_run(run.info.run_id).data.params
+            mlflow.log_params({k: v for k, v in params.items() if k not in logged})
             yield run
         except KeyboardInterrupt as exc:
             # Under torchrun a SIGTERM means the job is torn down, mostly because another
             # process failed: the run did not finish its work, so it failed.
-            failed = world_size > 1 and isinstance(exc, Terminated)
+            failed = under_torchrun and isinstance(exc, Terminated)
+            signals.hold()
             if failed:
                 mlflow.set_tag(
                     "shrinkflow.failure", f"{exc} from torchrun: another process failed or the job was stopped"
                 )
             mlflow.end_run("FAILED" if failed else "KILLED")
             raise
+        except BaseException:
+            signals.hold()  # start_run marks the run FAILED on the way out
+            raise
+        signals.hold()  # start_run marks the run FINISHED on the way out
 
 
 def ensure_store() -> None:
@@ -164,26 +170,60 @@ def _in_store_transaction(frame) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (only the main thread can
-    install handlers; elsewhere the block runs unchanged)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Signals:
+    """SIGTERM and SIGHUP as ``Terminated``, until ``hold()``: from then on (the run is being
+    ended) a signal waits, and is sent again once the block is over, to the handlers the block
+    found (by default the process then ends by the signal, its run already marked)."""
 
-    def interrupt(signum, frame):
+    def __init__(self):
+        self.holding, self.closed = False, False
+        self.waiting = None  # a signal received and not acted on yet
+        self._lock = threading.Lock()
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def interrupt(self, signum, frame) -> None:
+        if self.holding:
+            self.waiting = signum
+            return
         if _in_store_transaction(frame):  # raising there leaves the SQLite store locked: retry soon
-            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            self.waiting = signum
+            threading.Timer(0.05, self._resend, (signum,)).start()
             return
         raise Terminated(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    def _resend(self, signum) -> None:
+        with self._lock:
+            if self.closed:  # the block is over: close() sends it
+                return
+            self.waiting = None
+        os.kill(os.getpid(), signum)
+
+    def close(self) -> int | None:
+        """The signal still waiting, if any; none is resent from now on."""
+        with self._lock:
+            self.closed = True
+            return self.waiting
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[_Signals]:
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` until ``hold()`` is called
+    (only the main thread can install handlers; elsewhere the block runs unchanged)."""
+    signals = _Signals()
+    if threading.current_thread() is not threading.main_thread():
+        yield signals
+        return
+    previous = {sig: signal.signal(sig, signals.interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        yield signals
     finally:
+        waiting = signals.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if waiting is not None:
+            os.kill(os.getpid(), waiting)
 
 
 def log_dataset(data: DataSplits, split: str) -> None:

@@ -18,7 +18,18 @@ from shrinkflow.artifact import Artifact
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import DataSplits
 
-__all__ = ["FitResult", "FitSettings", "TrainResult", "fit", "predict_logits", "score", "steps_per_epoch", "train"]
+__all__ = [
+    "PARALLEL",
+    "Execution",
+    "FitResult",
+    "FitSettings",
+    "TrainResult",
+    "fit",
+    "predict_logits",
+    "score",
+    "steps_per_epoch",
+    "train",
+]
 
 
 def _autocast(device: torch.device):
@@ -83,6 +94,26 @@ class FitSettings:
             raise ShrinkflowError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How ``fit`` runs, not what it learns. Under torchrun, ``parallel`` is ``ddp`` (every
+    process holds the whole model; gradients are averaged) or ``fsdp`` (FSDP2 ``fully_shard``:
+    every process holds 1/N of each layer's weights, gradients and optimizer state, and gathers
+    a layer's weights only while computing it: for a model too big for one device).
+    ``compile`` trains through ``torch.compile`` (Inductor): tens of seconds of compiling up
+    front, paid back only where kernels, not Python, dominate a step."""
+
+    compile: bool = False
+    parallel: str = "ddp"
+
+    def __post_init__(self):
+        if self.parallel not in PARALLEL:
+            raise ShrinkflowError(f"unknown parallel mode {self.parallel!r}: choose {', '.join(PARALLEL)}")
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -103,6 +134,7 @@ def fit(
     first_eligible_epoch: int = 1,
     loss_fn: LossFn | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    execution: Execution = Execution(),
 ) -> FitResult:
     """AdamW with a cosine learning-rate schedule and label smoothing; early stopping on
     validation accuracy (``patience`` epochs without improvement, 0 = never). ``model`` ends
@@ -113,6 +145,8 @@ def fit(
     still ramping up). ``loss_fn(logits, targets, inputs)`` replaces the default
     label-smoothed cross-entropy (e.g. a distillation loss that asks a teacher about ``inputs``);
     ``augment(inputs)`` transforms each training batch before the model (and ``loss_fn``) sees it.
+    ``execution`` says how (``Execution``): under torchrun the model trains as
+    DistributedDataParallel or, sharded, with FSDP2, each process on its share of every batch.
     """
     for split, (x, _) in (("train", train), ("val", val)):
         if len(x) == 0:
@@ -120,7 +154,10 @@ def fit(
                 f"the {split} split is empty: training needs samples in train, and in val to score epochs"
             )
     try:
-        return _fit(model, train, val, settings, device, on_epoch, after_step, first_eligible_epoch, loss_fn, augment)
+        return _fit(
+            model, train, val, settings, device, on_epoch, after_step, first_eligible_epoch, loss_fn, augment,
+            execution,
+        )  # fmt: skip
     except torch.OutOfMemoryError:
         raise ShrinkflowError(_out_of_memory(settings, device)) from None
     except RuntimeError as exc:  # the CPU allocator raises a plain RuntimeError
@@ -133,9 +170,11 @@ def _out_of_memory(settings: FitSettings, device: torch.device) -> str:
     return f"training ran out of {device.type} memory at batch_size {settings.batch_size}: pass a smaller --batch-size"
 
 
-def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligible_epoch, loss_fn, augment):
+def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligible_epoch, loss_fn, augment, execution):
     model.to(device)
-    network = _data_parallel(model, settings, device)
+    network = _parallel(model, settings, device, execution.parallel)
+    if execution.compile:
+        network = torch.compile(network)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
     order = torch.Generator().manual_seed(settings.seed)  # batch order depends on the seed alone
@@ -177,17 +216,19 @@ def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligib
     return FitResult(best_epoch, epoch, max(best_accuracy, 0.0), stopped_early=epoch < settings.epochs)
 
 
-def _data_parallel(model: nn.Module, settings: FitSettings, device: torch.device) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel under torchrun (it starts from rank 0's
-    weights and averages gradients over the processes), else ``model`` itself."""
-    world_size = distributed.group().world_size
-    if world_size == 1:
+def _parallel(model: nn.Module, settings: FitSettings, device: torch.device, parallel: str) -> nn.Module:
+    """Under torchrun, ``model`` as DistributedDataParallel (it starts from rank 0's weights)
+    or sharded in place by FSDP2 (``fully_shard``: rank 0's weights too); else ``model``."""
+    if not torch.distributed.is_initialized():
         return model
+    world_size = distributed.group().world_size
     if settings.batch_size < world_size:
         raise ShrinkflowError(
             f"batch_size {settings.batch_size} is smaller than the {world_size} processes that share each batch: "
             f"pass --batch-size >= {world_size}"
         )
+    if parallel == "fsdp":
+        return distributed.shard_model(model)
     # A conv weight with one input channel has strides DDP's buckets do not copy: a warning
     # about speed that says nothing about results, printed by every process.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -197,13 +238,20 @@ def _data_parallel(model: nn.Module, settings: FitSettings, device: torch.device
 
 def _score_shared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
     """``score`` with the samples shared among torchrun's processes and the sums all-reduced:
-    every process gets the same numbers, so all take the same early-stopping decisions."""
-    if distributed.group().world_size == 1:
+    every process gets the same numbers, so all take the same early-stopping decisions. Every
+    process calls the model equally often (a sharded model gathers its weights in each call)."""
+    if not torch.distributed.is_initialized():
         return score(model, x, y, device)
-    share = distributed.shard(torch.arange(len(x)))
-    logits = predict_logits(model, x[share], device)
-    correct = (logits.argmax(1) == y[share]).double().sum().item()
-    loss = nn.functional.cross_entropy(logits, y[share], reduction="sum").item() if len(share) else 0.0
+    world_size = distributed.group().world_size
+    correct, loss = 0.0, 0.0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(x), 512 * world_size):
+            share = distributed.shard(torch.arange(start, min(start + 512 * world_size, len(x))))
+            with _autocast(device):
+                logits = model(x[share].to(device)).float().cpu()
+            correct += (logits.argmax(1) == y[share]).double().sum().item()
+            loss += nn.functional.cross_entropy(logits, y[share], reduction="sum").item() if len(share) else 0.0
     correct, loss = distributed.all_reduce_sum([correct, loss], device)
     return {"accuracy": correct / len(x), "loss": loss / len(x)}
 
@@ -212,16 +260,25 @@ def _score_shared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
 class TrainResult:
     artifact: Artifact
     fit: FitResult
+    params_per_process: int  # weights this process held while training (1/N of them under fsdp)
 
 
-def train(artifact: Artifact, data: DataSplits, settings: FitSettings, device: torch.device, *, on_epoch=None):
+def train(
+    artifact: Artifact, data: DataSplits, settings: FitSettings, device: torch.device, *, on_epoch=None,
+    execution: Execution = Execution(),
+):  # fmt: skip
     """Train a copy of ``artifact``'s model on the train split, early-stopping on val accuracy;
-    return a ``TrainResult`` holding the trained artifact (on the CPU)."""
+    return a ``TrainResult`` holding the trained artifact (on the CPU, whole on every process)."""
     artifact.require_float("train")
     trained = artifact.copy()
-    result = fit(trained.model, data.train, data.val, settings, device, on_epoch=on_epoch)
+    result = fit(trained.model, data.train, data.val, settings, device, on_epoch=on_epoch, execution=execution)
+    sharded = distributed.is_sharded(trained.model)
+    held = sum(p.to_local().numel() if sharded else p.numel() for p in trained.model.parameters())
+    if sharded:
+        whole = distributed.unsharded(trained.model, trained.description["architecture"])
+        trained = Artifact(whole, trained.description)
     trained.model.cpu()
-    return TrainResult(trained, result)
+    return TrainResult(trained, result, held)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

@@ -8,8 +8,9 @@ torch version and threads, GPU name) with
   ``cost_size_entropy_bytes``, and a per-layer table ``layers.json``;
 - per device and batch size B, in the chosen execution ``form`` (tag ``shrinkflow.execution_form``):
   ``latency_<device>_bs<B>_ms_p50``/``_p90``/``_p99``/``_mean``,
-  ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, with a
-  ``price_per_hour``, ``cost_per_million_<device>_bs<B>_usd``;
+  ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, for a device
+  with a price per hour (``--price-per-hour cpu:0.10,cuda:3.50``),
+  ``cost_per_million_<device>_bs<B>_usd``;
 - ``cost_latency_ms_p50``: CPU p50 at the smallest batch size, the search's latency objective;
   in the ``onnxruntime`` form peak memory counts weights, input and output only: ONNX Runtime's
   own activation arena is invisible to the PyTorch profiler;
@@ -36,7 +37,7 @@ from shrinkflow.data import DataSplits, dataset_of
 from shrinkflow.encoding import is_int8_layer
 from shrinkflow.latency import FORMS, LatencyResult, deployable, hardware_tags, measure_latency, torch_threads
 
-__all__ = ["CONFIG", "BenchmarkConfig", "benchmark", "example_batch", "main", "parse_batch_sizes"]
+__all__ = ["CONFIG", "BenchmarkConfig", "benchmark", "example_batch", "main", "parse_batch_sizes", "parse_prices"]
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -63,6 +64,31 @@ def resolve_devices(text: str) -> tuple[torch.device, ...]:
     return tuple(devices)
 
 
+def parse_prices(text: str) -> dict[str, float]:
+    """Price per hour by device type: ``'0.10'`` prices every device the same (``'*'``),
+    ``'cpu:0.10,cuda:3.50'`` each one; ``'0'`` none."""
+    text = text.strip()
+    pairs = [part.split(":", 1) if ":" in part else ["*", part] for part in text.split(",")] if text else []
+    prices = {}
+    for device, price in pairs:
+        device = device.strip()
+        if device not in ("*", "cpu", "cuda"):
+            raise ShrinkflowError(f"price_per_hour names unknown device {device!r}: write e.g. 'cpu:0.10,cuda:3.50'")
+        try:
+            prices[device] = float(price)
+        except ValueError:
+            raise ShrinkflowError(
+                f"price_per_hour must be a number or device:number pairs such as 'cpu:0.10,cuda:3.50', got {text!r}"
+            ) from None
+        if not 0 <= prices[device] < float("inf"):
+            raise ShrinkflowError(f"price_per_hour must be >= 0, got {text!r}")
+    return {device: price for device, price in prices.items() if price > 0}
+
+
+def _price(prices: dict[str, float], device: str) -> float:
+    return prices.get(device, prices.get("*", 0.0))
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """Measure a logged model's static cost and its latency, throughput and memory."""
@@ -75,10 +101,17 @@ class BenchmarkConfig:
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing (recorded as a tag)"})
     devices: str = field(default="auto", metadata={"help": "auto (CPU, plus CUDA when present), cpu, cuda or cpu,cuda"})
     form: str = field(
-        default="eager", metadata={"help": "form timed: eager, traced (TorchScript, frozen) or onnxruntime (CPU)"}
+        default="eager",
+        metadata={
+            "help": "form timed: eager, traced (TorchScript, frozen), compiled (torch.compile) or onnxruntime (CPU)"
+        },
     )
-    price_per_hour: float = field(
-        default=0.0, metadata={"help": "machine price per hour (USD); > 0 adds cost per million inferences"}
+    price_per_hour: str = field(
+        default="0",
+        metadata={
+            "help": "price per hour in USD of each device, e.g. 'cpu:0.10,cuda:3.50', or one price for all; "
+            "adds cost per million inferences per device (0 = none)"
+        },
     )
 
     def __post_init__(self):
@@ -92,8 +125,7 @@ class BenchmarkConfig:
             )
         if self.form not in FORMS:
             raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
-        if self.price_per_hour < 0:
-            raise ShrinkflowError(f"price_per_hour must be >= 0, got {self.price_per_hour}")
+        parse_prices(self.price_per_hour)
 
 
 def example_batch(data: DataSplits, batch_size: int) -> torch.Tensor:
@@ -118,14 +150,19 @@ def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[
     return results
 
 
-def latency_table(results: list[LatencyResult], price_per_hour: float) -> pd.DataFrame:
+def latency_table(results: list[LatencyResult], prices: dict[str, float]) -> pd.DataFrame:
+    """One row per device and batch size; with prices, what a million inferences cost on each
+    device, side by side (NaN for a device without a price)."""
     table = pd.DataFrame([asdict(r) for r in results])
-    if price_per_hour > 0:
-        table["cost_per_million_usd"] = [r.cost_per_million(price_per_hour) for r in results]
+    if prices:
+        table["price_per_hour_usd"] = [_price(prices, r.device) or float("nan") for r in results]
+        table["cost_per_million_usd"] = [
+            r.cost_per_million(_price(prices, r.device)) if _price(prices, r.device) else float("nan") for r in results
+        ]
     return table
 
 
-def latency_metrics(results: list[LatencyResult], price_per_hour: float) -> dict[str, float]:
+def latency_metrics(results: list[LatencyResult], prices: dict[str, float]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for r in results:
         prefix = f"{r.device}_bs{r.batch_size}"
@@ -133,8 +170,8 @@ def latency_metrics(results: list[LatencyResult], price_per_hour: float) -> dict
             metrics[f"latency_{prefix}_ms_{stat}"] = getattr(r, f"{stat}_ms")
         metrics[f"throughput_{prefix}_sps"] = r.throughput_sps
         metrics[f"peak_memory_{prefix}_bytes"] = r.peak_memory_bytes
-        if price_per_hour > 0:
-            metrics[f"cost_per_million_{prefix}_usd"] = r.cost_per_million(price_per_hour)
+        if _price(prices, r.device):
+            metrics[f"cost_per_million_{prefix}_usd"] = r.cost_per_million(_price(prices, r.device))
     cpu = [r for r in results if r.device == "cpu"]
     if cpu:
         metrics["cost_latency_ms_p50"] = min(cpu, key=lambda r: r.batch_size).p50_ms
@@ -159,8 +196,9 @@ def execute(cfg: BenchmarkConfig) -> str:
             }
         )
         results = benchmark(model, data, cfg)
-        table = latency_table(results, cfg.price_per_hour)
-        mlflow.log_metrics({**costs, **latency_metrics(results, cfg.price_per_hour)})
+        prices = parse_prices(cfg.price_per_hour)
+        table = latency_table(results, prices)
+        mlflow.log_metrics({**costs, **latency_metrics(results, prices)})
         tracking.log_table(table, "benchmark")
         mlflow.log_table(layers, artifact_file="layers.json")
         print(table.to_string(index=False, float_format="%.4f"), file=sys.stderr)

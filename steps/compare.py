@@ -43,7 +43,10 @@ class CompareConfig:
     repetitions: int = field(default=200, metadata={"help": "timed forward passes per model"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing"})
     form: str = field(
-        default="eager", metadata={"help": "form timed: eager, traced (TorchScript, frozen) or onnxruntime (CPU)"}
+        default="eager",
+        metadata={
+            "help": "form timed: eager, traced (TorchScript, frozen), compiled (torch.compile) or onnxruntime (CPU)"
+        },
     )
 
     def __post_init__(self):

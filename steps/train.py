@@ -26,7 +26,7 @@ from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import cost
 from shrinkflow.data import load_dataset
 from shrinkflow.runtime import resolve_device
-from shrinkflow.training import FitSettings, score, train
+from shrinkflow.training import Execution, FitSettings, score, train
 
 __all__ = ["CONFIG", "TrainConfig", "main"]
 
@@ -43,9 +43,26 @@ class TrainConfig(FitSettings):
     width: float = field(default=1.0, metadata={"help": "multiplies every layer width of a zoo model"})
     depth: int = field(default=0, metadata={"help": "hidden layers / conv blocks / LSTM layers; 0 = model default"})
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"})
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "train through torch.compile (Inductor): tens of seconds of compiling first; for large models"
+        },
+    )
+    parallel: str = field(
+        default="ddp",
+        metadata={"help": "under torchrun: ddp (whole model per process) or fsdp (weights sharded across processes)"},
+    )
     nproc: int = field(
         default=1, metadata={"help": "processes for data-parallel training; > 1 starts the step under torchrun"}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.execution()  # an unknown parallel mode fails here
+
+    def execution(self) -> Execution:
+        return Execution(compile=self.compile, parallel=self.parallel)
 
 
 def execute(cfg: TrainConfig) -> str:
@@ -61,13 +78,16 @@ def execute(cfg: TrainConfig) -> str:
         return run_id
     device = distributed.setup(device)
     if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing
-        train(initial, data, cfg, device)
+        train(initial, data, cfg, device, execution=cfg.execution())
         return ""
     with tracking.step_run("train", config_to_params(cfg)) as run:
         for split in ("train", "val", "test"):
             tracking.log_dataset(data, split)
         mlflow.set_tag("shrinkflow.device", str(device))
-        result = train(initial, data, cfg, device, on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+        if distributed.launched():
+            mlflow.set_tag("shrinkflow.parallel", cfg.parallel)
+        log_epoch = lambda epoch, m: mlflow.log_metrics(m, step=epoch)  # noqa: E731
+        result = train(initial, data, cfg, device, on_epoch=log_epoch, execution=cfg.execution())
         trained = result.artifact
         test = score(trained.model, data.x_test, data.y_test, torch.device("cpu"))
         model_id = tracking.log_model(trained, data.x_train[:2])
@@ -78,6 +98,7 @@ def execute(cfg: TrainConfig) -> str:
             "epochs_run": result.fit.epochs_run,
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
+            "params_per_process": result.params_per_process,
             **costs,
         }
         mlflow.log_metrics(metrics)

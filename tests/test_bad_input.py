@@ -164,8 +164,10 @@ BENCHMARK = [
     (["--repetitions", "0"], "need warmup >= 0, repetitions >= 1 and threads >= 1, got 20, 0"),
     (["--threads", "0"], "need warmup >= 0, repetitions >= 1 and threads >= 1, got 20, 200, 0"),
     (["--devices", "tpu"], "unknown benchmark device 'tpu'"),
-    (["--form", "fast"], "unknown execution form 'fast': choose eager, traced, onnxruntime"),
+    (["--form", "fast"], "unknown execution form 'fast': choose eager, traced, compiled, onnxruntime"),
     (["--price-per-hour", "-1"], "price_per_hour must be >= 0"),
+    (["--price-per-hour", "tpu:1"], "price_per_hour names unknown device 'tpu'"),
+    (["--price-per-hour", "cpu:cheap"], "price_per_hour must be a number or device:number pairs"),
 ]
 COMPARE = [
     (["--run-ids", ""], "run_ids is required"),

@@ -42,9 +42,26 @@ def test_cost_per_million_inferences():
     assert result.cost_per_million(3.6) == pytest.approx(0.2)
 
 
+def test_prices_per_device_give_cost_per_million_side_by_side():
+    assert benchmark.parse_prices("0") == {} and benchmark.parse_prices("") == {}
+    assert benchmark.parse_prices("0.36") == {"*": 0.36}
+    prices = benchmark.parse_prices("cpu:0.36, cuda:3.6")
+    assert prices == {"cpu": 0.36, "cuda": 3.6}
+    results = [
+        LatencyResult("cpu", 64, 1, 1.0, 1.0, 1.0, 1.0, throughput_sps=5000.0, peak_memory_bytes=0),
+        LatencyResult("cuda", 64, 1, 1.0, 1.0, 1.0, 1.0, throughput_sps=100000.0, peak_memory_bytes=0),
+    ]
+    table = benchmark.latency_table(results, prices)
+    # 1e6 at 5,000/s = 200 s at 0.36 USD/h; 1e6 at 100,000/s = 10 s at 3.6 USD/h
+    assert table["cost_per_million_usd"].tolist() == pytest.approx([0.02, 0.01])
+    metrics = benchmark.latency_metrics(results, {"cpu": 0.36})
+    assert metrics["cost_per_million_cpu_bs64_usd"] == pytest.approx(0.02)
+    assert "cost_per_million_cuda_bs64_usd" not in metrics  # no price given for it
+
+
 def test_latency_metric_names_carry_device_batch_and_unit():
     result = LatencyResult("cpu", 1, 1, 1.0, 2.0, 3.0, 1.5, 1000.0, 10)
-    metrics = benchmark.latency_metrics([result], price_per_hour=1.0)
+    metrics = benchmark.latency_metrics([result], {"cpu": 1.0})
     assert metrics["latency_cpu_bs1_ms_p99"] == 3.0
     assert metrics["throughput_cpu_bs1_sps"] == 1000.0
     assert metrics["peak_memory_cpu_bs1_bytes"] == 10
@@ -169,7 +186,9 @@ def test_benchmark_traced_form_is_tagged(trained_run_id):
 
 
 def test_unknown_form_lists_choices():
-    with pytest.raises(ShrinkflowError, match="unknown execution form 'onnx': choose eager, traced, onnxruntime"):
+    with pytest.raises(
+        ShrinkflowError, match="unknown execution form 'onnx': choose eager, traced, compiled, onnxruntime"
+    ):
         benchmark.BenchmarkConfig(run_id="r", form="onnx")
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch.distributed.run
 
-from shrinkflow import distributed
+from shrinkflow import distributed, tracking
 from shrinkflow.config import ShrinkflowError, flag_name
 from steps import distill, prune, quantize, train
 
@@ -45,20 +45,40 @@ def _launch(config) -> str:
     return STEPS[type(config)].execute(config)
 
 
-def test_two_processes_train_on_the_batches_one_process_does_and_log_one_run(quick_train_config):
-    settings = {"model": "cnn", "epochs": 3, "seed": 3}
-    single = train.execute(quick_train_config(**settings))
+SETTINGS = {"model": "cnn", "epochs": 3, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def single_process_run(quick_train_config) -> str:
+    return train.execute(quick_train_config(**SETTINGS))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_train_on_the_batches_one_process_does_and_log_one_run(
+    quick_train_config, single_process_run, parallel
+):
     before = _run_ids()
-    run_id = _launch(quick_train_config(**settings, nproc=2))
+    run_id = _launch(quick_train_config(**SETTINGS, nproc=2, parallel=parallel))
     run = _new_run(before)
     assert run.info.run_id == run_id
     assert run.info.status == "FINISHED"
     assert run.data.tags["shrinkflow.world_size"] == "2" and run.data.tags["shrinkflow.backend"] == "gloo"
+    assert run.data.tags["shrinkflow.parallel"] == parallel
     # the same global batches in the same order: the losses agree up to float summation order
+    single = single_process_run
     assert _history(run.info.run_id, "train_loss") == pytest.approx(_history(single, "train_loss"), rel=1e-3)
     one = mlflow.get_run(single).data.metrics
     assert abs(run.data.metrics["test_accuracy"] - one["test_accuracy"]) <= 0.01
     assert abs(run.data.metrics["val_accuracy"] - one["val_accuracy"]) <= 0.01
+    # fsdp: each process held half of every layer's weights (the first dimension split in two)
+    held, total = run.data.metrics["params_per_process"], one["params_per_process"]
+    assert held == (total if parallel == "ddp" else _sharded_share(single))
+
+
+def _sharded_share(run_id: str) -> int:
+    """Rank 0's share of the weights when every tensor's first dimension is split in two."""
+    artifact, _ = tracking.load_model(run_id)
+    return sum(-(-p.shape[0] // 2) * p[0].numel() for p in artifact.model.parameters())
 
 
 def test_prune_quantize_and_distill_fine_tune_under_torchrun(trained_run_id):
