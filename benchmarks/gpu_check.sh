@@ -10,4 +10,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -m benchmarks.gpu_check single --out "$out/gpu_single.json" --epochs "${EPOCHS:-60}" 2>&1 | tail -40 > "$out/gpu_single.log"
 python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m benchmarks.gpu_check nccl \
   --out "$out/gpu_nccl.json" --epochs "${EPOCHS:-60}" 2>&1 | tail -40 > "$out/gpu_nccl.log"
-tail -5 "$out"/gpu_*.log
+for log in "$out"/gpu_*.log; do tail -n 5 "$log"; done

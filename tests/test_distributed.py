@@ -195,3 +195,15 @@ def test_bad_nproc_is_one_line_before_anything_starts(quick_train_config, overri
     with pytest.raises(ShrinkflowError, match=message.replace("(", r"\(").replace(")", r"\)")):
         distributed.launch_if_asked("steps.train", quick_train_config(**overrides))
     assert "WORLD_SIZE" not in os.environ
+
+
+@pytest.mark.slow
+def test_two_process_ddp_reaches_the_one_process_test_accuracy_at_full_length(quick_train_config):
+    """The default training of digits cnn (150 epochs, early stopping), 1 process against 2."""
+    full = {"model": "cnn", "epochs": 150, "patience": 30, "seed": 0}
+    single = mlflow.get_run(train.execute(quick_train_config(**full))).data.metrics
+    before = _run_ids()
+    _launch(quick_train_config(**full, nproc=2))
+    run = _new_run(before)
+    assert run.info.status == "FINISHED"
+    assert abs(run.data.metrics["test_accuracy"] - single["test_accuracy"]) <= 0.01

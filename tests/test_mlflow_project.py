@@ -87,3 +87,20 @@ def test_quick_start_main_job_is_a_short_search_ending_with_a_model_run_id(tmp_p
     search_run = mlflow.get_run(champion.data.tags["mlflow.parentRunId"])
     assert search_run.data.tags["mlflow.project.entryPoint"] == "main"
     print(f"main job: {seconds:.0f} s, front size {search_run.data.metrics['front_size']:.0f}")
+
+
+@pytest.mark.slow
+def test_nproc_trains_under_torchrun_inside_the_project_run_and_export_follows():
+    before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    trained = _mlflow_run("-e", "train", "-P", "model=cnn", "-P", "epochs=2", "-P", "nproc=2")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run_id = trained.stdout.strip().splitlines()[-1]
+    new = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")} - before
+    assert new == {run_id}  # rank 0 logged into the run `mlflow run` made; no other process made one
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "train"
+    assert run.data.tags["shrinkflow.world_size"] == "2"
+    exported = _mlflow_run("-e", "export", "-P", f"run_id={run_id}")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert mlflow.get_run(exported.stdout.strip().splitlines()[-1]).data.metrics["onnx_argmax_agreement"] == 1.0
