@@ -64,6 +64,7 @@ from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of
 from shrinkflow.imports import trust, trusted_here
+from shrinkflow.latency import hardware_tags
 from shrinkflow.runtime import resolve_device
 from steps import train as train_step
 
@@ -299,13 +300,14 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
     cfg, floor = job.cfg, job.floor
     client = mlflow.MlflowClient()
     reference = LatencyReference(baseline, job.baseline_latency_ms) if job.baseline_latency_ms else None
+    hardware = hardware_tags(torch.get_num_threads())  # once per worker: it reads /proc/cpuinfo
 
     def objective(trial: optuna.Trial):
         if is_surplus(study, trial.number, cfg.trials):
             raise Surplus(f"trial {trial.number}: the study already holds {cfg.trials} trials")
         tags = {"mlflow.parentRunId": job.parent_run_id, "shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
                 "shrinkflow.trial_number": str(trial.number), "shrinkflow.worker": str(worker),
-                **tracking.process_tags()}  # fmt: skip
+                **tracking.process_tags(), **hardware}  # fmt: skip
         run_id = client.create_run(job.experiment_id, run_name=f"trial {trial.number}", tags=tags).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         record, started = {}, time.perf_counter()

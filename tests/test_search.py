@@ -225,6 +225,7 @@ def test_two_workers_finish_exactly_the_trials_asked_without_duplicates(trained_
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["shrinkflow.trial_number"]) for r in finished) == sorted(t.number for t in done)
     assert all(r.info.status != "RUNNING" for r in runs)
+    assert all(r.data.tags["hw.cpu_cores"] == str(os.cpu_count()) for r in runs)  # the hardware it ran on
 
 
 @pytest.mark.slow
