@@ -282,8 +282,11 @@ def _baseline_run(cfg: SearchConfig) -> str:
     runs = mlflow.search_runs(
         filter_string="tags.`shrinkflow.step` = 'train' and attributes.status = 'FINISHED'", output_format="list"
     )
+    # a run from before a parameter existed ran with its default
+    defaults = {f.name: str(f.default) for f in dataclasses.fields(train_step.TrainConfig)}
     for run in runs:
-        if {k: run.data.params.get(k) for k in wanted} == wanted and run.outputs and run.outputs.model_outputs:
+        logged = {k: run.data.params.get(k, defaults[k]) for k in wanted}
+        if logged == wanted and run.outputs and run.outputs.model_outputs:
             print(f"search: reusing baseline train run {run.info.run_id}", file=sys.stderr)
             return run.info.run_id
     return train_step.execute(cfg.train_config())

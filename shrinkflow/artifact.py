@@ -78,6 +78,7 @@ def new_artifact(model: str, data: DataSplits, width: float = 1.0, depth: int = 
         "class_names": list(data.class_names),
         "dataset": data.reference(),
         "storage": "dense-fp32",
+        **({"preprocessing": data.preprocessing} if data.preprocessing else {}),
     }
     seed_everything(seed)
     return Artifact(build_model(description["architecture"]), description)

@@ -220,6 +220,7 @@ def _description_problem(description: Any) -> str | None:
         "dataset": isinstance(description.get("dataset", {}), dict)
         and all(isinstance(v, str) for v in description.get("dataset", {}).values()),
         "storage": isinstance(description.get("storage", "dense-fp32"), str),
+        "preprocessing": isinstance(description.get("preprocessing", {}), dict),
     }  # fmt: skip
     bad = [name for name, ok in checks.items() if not ok]
     return f"has a missing or ill-typed {', '.join(bad)}" if bad else None

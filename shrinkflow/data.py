@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,10 @@ import torch
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.imports import is_import_spec, load_callable, trust
 
-__all__ = ["BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "dataset_of", "load_dataset"]
+__all__ = [
+    "BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "apply_preprocessing", "class_names_of", "dataset_of",
+    "load_dataset", "raw_inputs",
+]  # fmt: skip
 
 SPLIT_SEED = 0
 SPLITS = ("train", "val", "test")
@@ -55,6 +59,11 @@ class DataSplits:
     class_names: tuple[str, ...]
     spec: str = ""  # what ``load_dataset`` was given, so a saved model can name its data
     label_column: str = "label"
+    args: str = ""  # a dataset function's keyword arguments, as a JSON object
+    # How raw inputs become the features above, saved with every model so that a served model
+    # takes the rows a user has: {"columns": [...], "mean": [...], "std": [...]} for a
+    # standardized table; {} where the features are the inputs (built-in sets, most functions).
+    preprocessing: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def train(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +75,8 @@ class DataSplits:
 
     def reference(self) -> dict[str, str]:
         """How a model's description names this dataset (``dataset_of`` loads it back)."""
-        return {"spec": self.spec, "label_column": self.label_column}
+        reference = {"spec": self.spec, "label_column": self.label_column}
+        return {**reference, "args": self.args} if self.args else reference
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -92,14 +102,16 @@ def dataset_choices() -> str:
     return f"{', '.join(BUILTIN_DATASETS)}, a .csv/.parquet file, or package.module:function"
 
 
-def load_dataset(spec: str, label_column: str = "label") -> DataSplits:
-    """Load and split the dataset that ``spec`` names; raise ShrinkflowError on bad input."""
+def load_dataset(spec: str, label_column: str = "label", args: str = "") -> DataSplits:
+    """Load and split the dataset that ``spec`` names (``args``: a JSON object of keyword
+    arguments for a dataset function); raise ShrinkflowError on bad input."""
     if is_import_spec(spec):
         trust(spec)  # the user names it
-    return _load(spec, label_column)
+    return _load(spec, label_column, args)
 
 
-def _load(spec: str, label_column: str) -> DataSplits:
+def _load(spec: str, label_column: str, args: str = "") -> DataSplits:
+    keywords = _parse_args(args, spec)
     if spec == "digits":
         data = _load_digits()
     elif spec == "mnist1d":
@@ -107,10 +119,30 @@ def _load(spec: str, label_column: str) -> DataSplits:
     elif spec.lower().endswith(_TABLE_SUFFIXES):
         data = _load_table(spec, label_column)
     elif is_import_spec(spec):
-        data = _load_user_function(spec)
+        data = _load_user_function(spec, keywords)
     else:
         raise ShrinkflowError(f"unknown dataset {spec!r}: choose {dataset_choices()}")
-    return dataclasses.replace(data, spec=spec, label_column=label_column)
+    return dataclasses.replace(data, spec=spec, label_column=label_column, args=_canonical(keywords))
+
+
+def _parse_args(args: str, spec: str) -> dict:
+    if not args.strip():
+        return {}
+    if not is_import_spec(spec):  # nothing would read them: refuse rather than ignore
+        raise ShrinkflowError(
+            f"dataset_args are keyword arguments of a dataset function; dataset {spec!r} takes none (leave it empty)"
+        )
+    try:
+        parsed = json.loads(args)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ShrinkflowError(f"dataset_args must be a JSON object such as '{{\"n\": 500}}', got {args!r}")
+    return parsed
+
+
+def _canonical(keywords: dict) -> str:
+    return json.dumps(keywords, sort_keys=True) if keywords else ""
 
 
 def dataset_of(description: dict) -> DataSplits:
@@ -119,7 +151,7 @@ def dataset_of(description: dict) -> DataSplits:
     spec = description["dataset"]["spec"]
     if is_import_spec(spec):
         load_callable(spec, "dataset function", from_artifact=True)  # refuses an untrusted spec
-    data = _load(spec, description["dataset"]["label_column"])
+    data = _load(spec, description["dataset"]["label_column"], description["dataset"].get("args", ""))
     named = description.get("class_names")
     if named is not None and tuple(named) != data.class_names:  # scores would be of the wrong classes
         raise ShrinkflowError(
@@ -252,10 +284,62 @@ def _load_table(spec: str, label_column: str) -> DataSplits:
     x = features.to_numpy(dtype=np.float32)
     _check_finite(spec, x)  # before standardizing, which would spread one NaN to every row
     index = _stratified_split(y, (_VAL_FRACTION, _TEST_FRACTION))
-    mean = x[index[0]].mean(axis=0)
-    std = x[index[0]].std(axis=0)
-    x = (x - mean) / np.where(std > 0, std, 1.0)  # train-split statistics only
-    return _as_splits(path.stem, str(path.resolve()), x, y, index, class_names)
+    x, preprocessing = _standardized(x, index[0], [str(c) for c in features.columns])
+    splits = _as_splits(path.stem, str(path.resolve()), x, y, index, class_names)
+    return dataclasses.replace(splits, preprocessing=preprocessing)
+
+
+def _standardized(x: np.ndarray, train_rows: np.ndarray, columns: list[str] | None) -> tuple[np.ndarray, dict]:
+    """``x`` standardized per feature with the train split's mean and std (a constant feature
+    keeps std 1), and the preprocessing record that lets a served model do the same."""
+    flat = x.reshape(len(x), -1)
+    mean = flat[train_rows].mean(axis=0)
+    std = flat[train_rows].std(axis=0)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    standardized = ((flat - mean) / std).reshape(x.shape).astype(np.float32)
+    record = {"mean": mean.tolist(), "std": std.tolist()}
+    if columns is not None:
+        record["columns"] = columns
+    return standardized, record
+
+
+def apply_preprocessing(preprocessing: dict, raw) -> np.ndarray:
+    """Raw inputs — a table (pandas DataFrame) with the training columns, or an array — as the
+    float32 features a model was trained on (``DataSplits.preprocessing``)."""
+    columns = preprocessing.get("columns")
+    if hasattr(raw, "columns") and columns is not None:
+        missing = [c for c in columns if c not in raw.columns]
+        if missing:
+            raise ShrinkflowError(f"the input lacks column(s) {missing}: the model reads {columns}")
+        raw = raw[columns]
+    x = np.asarray(raw, dtype=np.float32)
+    if "mean" in preprocessing:
+        shape = x.shape
+        flat = x.reshape(len(x), -1)
+        x = (flat - np.asarray(preprocessing["mean"], np.float32)) / np.asarray(preprocessing["std"], np.float32)
+        x = x.reshape(shape).astype(np.float32)
+    return x
+
+
+def class_names_of(description: dict) -> list[str]:
+    """A model's class names, by output index (their indices where none were recorded)."""
+    names = description.get("class_names")
+    return list(names) if names else [str(i) for i in range(description["architecture"]["num_classes"])]
+
+
+def raw_inputs(preprocessing: dict, x: torch.Tensor):
+    """The raw inputs that ``apply_preprocessing`` turns into the features ``x`` (up to float
+    rounding): a DataFrame with the training columns for a table, else an array. For input
+    examples of logged models."""
+    import pandas as pd
+
+    raw = x.detach().cpu().numpy().astype(np.float64)
+    if "mean" in preprocessing:
+        flat = raw.reshape(len(raw), -1) * np.asarray(preprocessing["std"]) + np.asarray(preprocessing["mean"])
+        raw = flat.reshape(raw.shape)
+    if preprocessing.get("columns") is not None:
+        return pd.DataFrame(raw.reshape(len(raw), -1), columns=preprocessing["columns"])
+    return raw.astype(np.float32)
 
 
 def _read_table(path: Path):
@@ -278,16 +362,31 @@ def _same_length(spec: str, x, y, split: str = "") -> None:
         raise ShrinkflowError(f"dataset function {spec!r} returned {len(x)} samples but {len(y)} labels{where}")
 
 
-def _load_user_function(spec: str) -> DataSplits:
+def _load_user_function(spec: str, args: dict) -> DataSplits:
     function = load_callable(spec, "dataset function")
     try:
-        loaded = function()
+        loaded = function(**args)
+    except TypeError as exc:
+        if args and not _takes(function, args):  # the arguments do not fit: say which it takes
+            raise ShrinkflowError(
+                f"dataset function {spec!r} does not take the dataset_args {sorted(args)}: its parameters are "
+                f"{_parameters(function)}"
+            ) from None
+        raise ShrinkflowError(f"dataset function {spec!r} raised TypeError: {exc}") from None
     except Exception as exc:  # the user's code failed: say whose, in one line
         raise ShrinkflowError(f"dataset function {spec!r} raised {type(exc).__name__}: {exc}") from None
+    options = {}
+    if isinstance(loaded, Mapping):
+        options = {key: loaded[key] for key in _OPTIONS if key in loaded}
+        if "X" in loaded and "y" in loaded:
+            loaded = (loaded["X"], loaded["y"])
     if isinstance(loaded, Mapping):
         missing = [s for s in SPLITS if s not in loaded]
         if missing:
-            raise ShrinkflowError(f"dataset function {spec!r} returned a mapping without {', '.join(missing)}")
+            raise ShrinkflowError(
+                f"dataset function {spec!r} returned a mapping without {', '.join(missing)} (give train, val and "
+                "test, or X and y)"
+            )
         parts = [tuple(np.asarray(a) for a in loaded[s]) for s in SPLITS]
         for split, (features, labels) in zip(SPLITS, parts, strict=True):
             _same_length(spec, features, labels, split)
@@ -304,5 +403,39 @@ def _load_user_function(spec: str) -> DataSplits:
         y, class_names = _encode_labels(np.asarray(loaded[1]))
         index = _stratified_split(y, (_VAL_FRACTION, _TEST_FRACTION))
     else:
-        raise ShrinkflowError(f"dataset function {spec!r} must return (X, y) or a mapping of train/val/test to (X, y)")
-    return _as_splits(spec, spec, x, y, index, class_names)
+        raise ShrinkflowError(
+            f"dataset function {spec!r} must return (X, y), or a mapping of train/val/test to (X, y), or of X and y"
+        )
+    preprocessing = {}
+    if options.get("standardize"):
+        _check_finite(spec, x)
+        columns = [str(c) for c in options["columns"]] if options.get("columns") is not None else None
+        x, preprocessing = _standardized(x, index[0], columns)
+    return dataclasses.replace(_as_splits(spec, spec, x, y, index, class_names), preprocessing=preprocessing)
+
+
+# What a dataset function's mapping may say besides its data: "standardize": True standardizes
+# the features with the train split's statistics, saved with the model (so a served model takes
+# raw inputs); "columns" names the features of 2-D X, so the served model takes a table.
+_OPTIONS = ("standardize", "columns")
+
+
+def _parameters(function) -> list[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _takes(function, args: dict) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(function).bind(**args)
+    except TypeError:
+        return False
+    except ValueError:
+        return True  # no signature to check (a builtin): let the call speak
+    return True

@@ -159,4 +159,4 @@ def distill(
 
 
 def _data_keys(description: dict) -> dict:
-    return {key: description[key] for key in ("class_names", "dataset") if key in description}
+    return {key: description[key] for key in ("class_names", "dataset", "preprocessing") if key in description}

@@ -14,11 +14,12 @@ import importlib
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from shrinkflow.config import ShrinkflowError
 
-__all__ = ["TRUST_ENV", "is_import_spec", "is_trusted", "load_callable", "trust", "trusted_here"]
+__all__ = ["TRUST_ENV", "is_import_spec", "is_trusted", "load_callable", "trust", "trusted_here", "user_code"]
 
 TRUST_ENV = "SHRINKFLOW_TRUST_CODE"
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -67,3 +68,29 @@ def load_callable(spec: str, what: str, *, from_artifact: bool = False) -> Calla
     if not callable(target):
         raise ShrinkflowError(f"{what} {spec!r}: module {module_name!r} has no callable {attribute!r}")
     return target
+
+
+def user_code(spec: str) -> tuple[list[str], list[str]]:
+    """What a served model needs to import ``spec``'s module elsewhere: the local file or
+    top-level package to copy into the model (MLflow ``code_paths``), or, for an installed
+    package, its pip requirement. Neither found: one line saying so, at log time."""
+    import importlib.metadata
+    import importlib.util
+    import sysconfig
+
+    top = spec.split(":")[0].split(".")[0]
+    found = importlib.util.find_spec(top)
+    if found is None or not (found.origin or found.submodule_search_locations):
+        raise ShrinkflowError(f"cannot find the module of model factory {spec!r} to bundle it with the model")
+    path = Path(list(found.submodule_search_locations)[0] if found.submodule_search_locations else found.origin)
+    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    if not any(path.resolve().is_relative_to(root) for root in installed):
+        return [str(path)], []  # a local file or package: it travels with the model
+    distributions = importlib.metadata.packages_distributions().get(top, [])
+    if not distributions:
+        raise ShrinkflowError(
+            f"model factory {spec!r} comes from an installed module {top!r} that no pip distribution provides: "
+            "the served model could not import it; make it a local package or install it from a distribution"
+        )
+    name = distributions[0]
+    return [], [f"{name}=={importlib.metadata.version(name)}"]

@@ -2,26 +2,49 @@
 
 MLflow loads this file as source, so no Python object is pickled; the weights come from the
 checkpoint folder logged beside it and are read with ``torch.load(weights_only=True)``.
-Input: a float32 array (N, *input_shape), preprocessed like the training data. Output: logits.
+
+Input: the raw inputs the model was trained from — for a table, a DataFrame with its feature
+columns (any order, extra columns ignored), standardized here with the training statistics
+saved in the model; otherwise a float array (N, *input_shape). Output, by the ``output`` param:
+``labels`` (default: the class names), ``probabilities`` (a DataFrame, one column per class) or
+``logits`` (an array).
 """
 
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
 from shrinkflow.checkpoint import load_checkpoint
+from shrinkflow.data import apply_preprocessing, class_names_of
+from shrinkflow.imports import trust
+
+OUTPUTS = ("labels", "probabilities", "logits")
 
 
 class ShrinkflowPyfunc(PythonModel):
     def load_context(self, context):
+        for spec in (context.model_config or {}).get("trust", []):
+            trust(spec)  # the model's own factory, logged with it by whoever logged the model
         self.model, self.description = load_checkpoint(context.artifacts["checkpoint"])
+        self.preprocessing = self.description.get("preprocessing", {})
+        self.class_names = np.asarray(class_names_of(self.description), dtype=object)
 
-    # np.ndarray: MLflow takes the schema from the logged signature and skips its own validation
-    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+    # np.ndarray: MLflow then takes the schema from the logged signature (a table's columns or an
+    # array's shape) and passes a table through as a DataFrame; other hints warn or convert
+    def predict(self, context, model_input: np.ndarray, params=None):
+        output = (params or {}).get("output", "labels")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}: choose {', '.join(OUTPUTS)}")
+        x = torch.as_tensor(apply_preprocessing(self.preprocessing, model_input))
         with torch.no_grad():
-            return self.model(x).numpy()
+            logits = self.model(x)
+        if output == "logits":
+            return logits.numpy()
+        if output == "probabilities":
+            return pd.DataFrame(torch.softmax(logits, 1).numpy(), columns=list(self.class_names))
+        return self.class_names[logits.argmax(1).numpy()]
 
 
 set_model(ShrinkflowPyfunc())

@@ -35,7 +35,8 @@ from shrinkflow.artifact import Artifact
 from shrinkflow.cli import Terminated
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost_summary
-from shrinkflow.data import SPLITS, DataSplits
+from shrinkflow.data import SPLITS, DataSplits, class_names_of, raw_inputs
+from shrinkflow.imports import is_import_spec, user_code
 from shrinkflow.latency import hardware_tags
 
 __all__ = [
@@ -261,21 +262,33 @@ def _pip_requirements() -> list[str]:
 
 
 def log_model(artifact: Artifact, example: torch.Tensor) -> str:
-    """Log ``artifact``'s checkpoint as the run's model (signature and input example from
-    ``example``); return its model id (``models:/<model_id>``)."""
-    example_np = example.detach().cpu().numpy()
+    """Log ``artifact``'s checkpoint as the run's model; return its model id
+    (``models:/<model_id>``). The served model takes raw inputs — a table's rows with its column
+    names where the model was trained on a table — and returns class names (``params={"output":
+    "probabilities"}`` or ``"logits"`` for the others); ``example`` (model features) gives the
+    input example and signature, turned back into raw inputs."""
+    preprocessing = artifact.description.get("preprocessing", {})
+    raw_example = raw_inputs(preprocessing, example)
     with torch.no_grad():
-        output = artifact.model.cpu().eval()(example.cpu()).numpy()
+        logits = artifact.model.cpu().eval()(example.cpu())
+    labels = np.asarray(class_names_of(artifact.description), dtype=object)[logits.argmax(1).numpy()]
+    factory = artifact.description["architecture"]["name"]
+    code_paths, requirements = [str(_PACKAGE_DIR)], _pip_requirements()
+    if is_import_spec(factory):
+        more_code, more_requirements = user_code(factory)
+        code_paths, requirements = code_paths + more_code, requirements + more_requirements
     with tempfile.TemporaryDirectory() as tmp:
         folder = artifact.save(Path(tmp) / "checkpoint")
         info = mlflow.pyfunc.log_model(
             name=_MODEL_NAME,
             python_model=str(_PACKAGE_DIR / "pyfunc_model.py"),
             artifacts={"checkpoint": str(folder)},
-            code_paths=[str(_PACKAGE_DIR)],
-            signature=infer_signature(example_np, output),
-            input_example=example_np,
-            pip_requirements=_pip_requirements(),
+            code_paths=code_paths,
+            # the logged model's own factory is trusted where it is served (its code travels with it)
+            model_config={"trust": [factory] if is_import_spec(factory) else []},
+            signature=infer_signature(raw_example, labels, params={"output": "labels"}),
+            input_example=raw_example,
+            pip_requirements=requirements,
         )
         mlflow.set_logged_model_tags(info.model_id, {DIGEST_TAG: checkpoint_digest(folder)})
     return info.model_id

@@ -40,6 +40,9 @@ class TrainConfig(FitSettings):
         default="digits", metadata={"help": "digits, mnist1d, a .csv/.parquet file, or package.module:function"}
     )
     label_column: str = field(default="label", metadata={"help": "label column of a .csv/.parquet dataset"})
+    dataset_args: str = field(
+        default="", metadata={"help": "keyword arguments of a dataset function, as a JSON object: '{\"n\": 500}'"}
+    )
     width: float = field(default=1.0, metadata={"help": "multiplies every layer width of a zoo model"})
     depth: int = field(default=0, metadata={"help": "hidden layers / conv blocks / LSTM layers; 0 = model default"})
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"})
@@ -72,7 +75,7 @@ def execute(cfg: TrainConfig) -> str:
     from shrinkflow import tracking
 
     device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.label_column)
+    data = load_dataset(cfg.dataset, cfg.label_column, cfg.dataset_args)
     initial = new_artifact(cfg.model, data, cfg.width, cfg.depth, cfg.seed)
     if run_id := distributed.launch_if_asked("steps.train", cfg):  # after the checks: bad input is one line
         return run_id

@@ -3,11 +3,9 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from serving import invoke, serving
 
 from search import main as search
 from search.space import load_space
@@ -85,9 +84,9 @@ def test_search_logs_every_trial_tags_the_front_and_registers_a_champion(trained
     assert sizes[champion_run_id] == min(sizes.values())  # the cheapest member within the budget
     artifact, _ = tracking.load_model(champion_run_id)
     x = load_dataset("digits").x_test[:8]
-    served = mlflow.pyfunc.load_model(f"models:/{cfg.register_name}@champion").predict(x.numpy())
+    served = mlflow.pyfunc.load_model(f"models:/{cfg.register_name}@champion")
     with torch.no_grad():
-        np.testing.assert_array_equal(artifact.model(x).numpy(), served)
+        np.testing.assert_array_equal(artifact.model(x).numpy(), served.predict(x.numpy(), params={"output": "logits"}))
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(parent)}
     assert {"front.json", "front.csv", "pareto.png"} <= files
     history = mlflow.MlflowClient().get_metric_history(parent, "hypervolume")
@@ -307,36 +306,14 @@ def _killable(cfg):
 def test_the_champion_answers_rest_requests_like_the_local_model(trained_run_id, tmp_path, small_space):
     cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=2)
     artifact, _ = tracking.load_model(search.execute(cfg))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{cfg.register_name}@champion",
-            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    server = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        x = load_dataset("digits").x_test[:16]
-        predictions = _invoke(f"http://127.0.0.1:{port}", x.numpy())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    x = load_dataset("digits").x_test[:16]
+    with serving(f"models:/{cfg.register_name}@champion") as url:
+        logits = invoke(url, {"inputs": x.numpy().tolist(), "params": {"output": "logits"}})
+        labels = invoke(url, {"inputs": x.numpy().tolist()})
     with torch.no_grad():
-        np.testing.assert_array_equal(np.asarray(predictions, dtype=np.float32), artifact.model(x).numpy())
-
-
-def _invoke(url: str, x: np.ndarray, wait_s: float = 90):
-    deadline = time.time() + wait_s
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/ping", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
-    body = json.dumps({"inputs": x.tolist()}).encode()
-    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
+        expected = artifact.model(x).numpy()
+    np.testing.assert_array_equal(np.asarray(logits, dtype=np.float32), expected)
+    assert labels == [artifact.description["class_names"][i] for i in expected.argmax(1)]
 
 
 def test_latency_in_onnxruntime_leaves_out_methods_onnx_cannot_run(small_space):

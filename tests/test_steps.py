@@ -44,8 +44,13 @@ def test_model_reloads_with_identical_predictions_through_pyfunc(trained_run_id,
     with torch.no_grad():
         ours = model(x).numpy()
     model_id = mlflow.get_run(trained_run_id).outputs.model_outputs[0].model_id
-    served = mlflow.pyfunc.load_model(f"models:/{model_id}").predict(x.numpy())
-    np.testing.assert_array_equal(ours, served)
+    served = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    np.testing.assert_array_equal(ours, served.predict(x.numpy(), params={"output": "logits"}))
+    labels = served.predict(x.numpy())  # by default: the class names
+    assert list(labels) == [description["class_names"][i] for i in ours.argmax(1)]
+    probabilities = served.predict(x.numpy(), params={"output": "probabilities"})
+    assert list(probabilities.columns) == description["class_names"]
+    np.testing.assert_allclose(probabilities.to_numpy().sum(1), 1.0, rtol=1e-5)
     assert description["dataset"] == {"spec": "digits", "label_column": "label"}
 
 
