@@ -36,6 +36,8 @@ from shrinkflow import (
     ShrinkflowError,
 )
 from shrinkflow.masks import prunable_layers
+from shrinkflow.pruning import APPLIES as PRUNE_APPLIES
+from shrinkflow.quantization import APPLIES as QUANTIZE_APPLIES
 
 __all__ = ["BUILT_IN_SPACES", "DEFAULT_SPACE", "STAGES", "Knob", "Space", "load_space"]
 
@@ -47,23 +49,7 @@ NO_QUANTIZATION = "none"
 _ENABLED = (True, False, "search")
 _PER_LAYER = {"prune": "thresholds", "quantize": "bits"}
 # knob -> the methods it applies to; knobs not listed apply to every method of their stage
-_APPLIES = {
-    "prune": {
-        "sparsity": ("global", "layerwise", "gradual", "structured"),
-        "thresholds": ("threshold",),
-        "layers": ("threshold", "global", "layerwise", "gradual"),
-        "norm": ("structured",),
-        "initial_sparsity": ("gradual",),
-        "ramp_epochs": ("gradual",),
-    },
-    "quantize": {
-        "bits": ("kbit", "kmeans"),
-        "keep_first_last": ("binary",),
-        "observer": ("static-int8", "qat"),
-        "calibration_batches": ("static-int8",),
-        "calibration_split": ("static-int8",),
-    },
-}
+_APPLIES = {"prune": PRUNE_APPLIES, "quantize": QUANTIZE_APPLIES}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import DataSplits
 from shrinkflow.encoding import Encoded
 from shrinkflow.runtime import seed_everything
-from shrinkflow.zoo import build_model, describe
+from shrinkflow.zoo import build_model, check_model, describe
 
 __all__ = ["Artifact", "new_artifact"]
 
@@ -81,4 +81,7 @@ def new_artifact(model: str, data: DataSplits, width: float = 1.0, depth: int = 
         **({"preprocessing": data.preprocessing} if data.preprocessing else {}),
     }
     seed_everything(seed)
+    built = build_model(description["architecture"])
+    check_model(built, data.x_train[:2], data.num_classes, model)
+    seed_everything(seed)  # the check must not change the weights a seed gives (dropout, lazy layers)
     return Artifact(build_model(description["architecture"]), description)

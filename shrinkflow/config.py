@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 __all__ = [
     "ShrinkflowError",
+    "check_applies",
     "build_parser",
     "check_run_id",
     "config_to_params",
@@ -25,6 +26,19 @@ __all__ = [
 
 class ShrinkflowError(ValueError):
     """Bad user input: reported as one line, with the valid choices, and a non-zero exit."""
+
+
+def check_applies(settings: Any, applies: dict[str, tuple[str, ...]]) -> None:
+    """Refuse a setting changed from its default where ``settings.method`` does not read it
+    (``applies``: setting → the methods that read it): it would be logged but change nothing."""
+    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
+    for name, methods in applies.items():
+        value = getattr(settings, name)
+        if settings.method not in methods and value != defaults[name]:
+            raise ShrinkflowError(
+                f"{name} applies to method {', '.join(methods)} only; method {settings.method} would ignore "
+                f"{name}={value!r}: leave it at {defaults[name]!r}"
+            )
 
 
 def check_run_id(run_id: str, producer: str = "a train step") -> None:

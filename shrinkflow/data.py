@@ -112,6 +112,11 @@ def load_dataset(spec: str, label_column: str = "label", args: str = "") -> Data
 
 def _load(spec: str, label_column: str, args: str = "") -> DataSplits:
     keywords = _parse_args(args, spec)
+    if label_column != "label" and not spec.lower().endswith(_TABLE_SUFFIXES):  # nothing would read it
+        raise ShrinkflowError(
+            f"label_column names the label column of a .csv/.parquet table; dataset {spec!r} has none "
+            "(leave it 'label')"
+        )
     if spec == "digits":
         data = _load_digits()
     elif spec == "mnist1d":

@@ -26,7 +26,7 @@ from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import DataSplits
 from shrinkflow.runtime import seed_everything
 from shrinkflow.training import FitResult, FitSettings, LossFn, fit
-from shrinkflow.zoo import build_model, describe
+from shrinkflow.zoo import build_model, check_model, describe
 
 __all__ = [
     "DistillResult",
@@ -99,8 +99,9 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float, labe
 def student_architecture(settings: DistillSettings, teacher_arch: dict) -> dict:
     name = settings.student or teacher_arch["name"]
     return describe(
-        name, teacher_arch["input_shape"], teacher_arch["num_classes"], settings.student_width, settings.student_depth
-    )
+        name, teacher_arch["input_shape"], teacher_arch["num_classes"], settings.student_width, settings.student_depth,
+        names=("student_width", "student_depth"),
+    )  # fmt: skip
 
 
 def check_distilling(teacher: Artifact, settings: DistillSettings, data: DataSplits) -> dict:
@@ -108,13 +109,8 @@ def check_distilling(teacher: Artifact, settings: DistillSettings, data: DataSpl
     arch = student_architecture(settings, teacher.description["architecture"])
     example = data.x_train[:2]
     with torch.no_grad():
-        student_out = build_model(arch).eval()(example).shape[-1]
         teacher_out = copy.deepcopy(teacher.model).cpu().eval()(example).shape[-1]
-    if student_out != teacher_out:
-        raise ShrinkflowError(
-            f"the student outputs {student_out} values per sample but the teacher {teacher_out}: "
-            "a student must predict the teacher's classes"
-        )
+    check_model(build_model(arch), example, teacher_out, arch["name"])  # the teacher's classes, this data's layout
     return arch
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from shrinkflow.artifact import Artifact
-from shrinkflow.config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError, check_applies
 from shrinkflow.data import DataSplits
 from shrinkflow.masks import (
     Masks,
@@ -93,6 +93,17 @@ def pruning_method(name: str, *, structural: bool = False, needs_epochs: bool = 
     return register
 
 
+# Which methods read each method-specific setting (the others must leave it at its default).
+APPLIES = {
+    "sparsity": ("global", "layerwise", "gradual", "structured"),
+    "thresholds": ("threshold",),
+    "layers": ("threshold", "global", "layerwise", "gradual"),
+    "norm": ("structured",),
+    "initial_sparsity": ("gradual",),
+    "ramp_epochs": ("gradual",),
+}
+
+
 @dataclass(frozen=True)
 class PruneSettings(FitSettings):
     """How to prune and fine-tune (the defaults fine-tune a trained model for 60 epochs)."""
@@ -130,6 +141,7 @@ class PruneSettings(FitSettings):
             raise ShrinkflowError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}")
         if PRUNING_METHODS[self.method].needs_epochs and self.epochs < 1:
             raise ShrinkflowError(f"{self.method} pruning happens during fine-tuning: set epochs >= 1")
+        check_applies(self, APPLIES)
 
     def threshold_map(self) -> dict[str, float]:
         text = self.thresholds.strip()

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from shrinkflow.artifact import Artifact
-from shrinkflow.config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError, check_applies
 from shrinkflow.cost import storage_table
 from shrinkflow.data import DataSplits
 from shrinkflow.encoding import (
@@ -117,6 +117,17 @@ def quantization_method(name: str, *, storage: str, fine_tuning: str, **options)
     return register
 
 
+# Which methods read each method-specific setting (the others must leave it at its default).
+APPLIES = {
+    "bits": ("kbit", "kmeans"),
+    "keep_first_last": ("binary",),
+    "observer": ("static-int8", "qat"),
+    "calibration_batches": ("static-int8",),
+    "calibration_split": ("static-int8",),
+    "bias_bits": ("kbit", "binary", "kmeans"),
+}
+
+
 @dataclass(frozen=True)
 class QuantizeSettings(FitSettings):
     """How to quantize, and whether to fine-tune first (by default not)."""
@@ -170,6 +181,7 @@ class QuantizeSettings(FitSettings):
             raise ShrinkflowError(
                 f"unknown calibration split {self.calibration_split!r}: choose {', '.join(CALIBRATION_SPLITS)}"
             )
+        check_applies(self, APPLIES)
 
     def observer_name(self) -> str:
         return QUANTIZATION_METHODS[self.method].default_observer if self.observer == "auto" else self.observer

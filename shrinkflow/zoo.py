@@ -18,6 +18,7 @@ Models (inputs are (B, *input_shape)):
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -118,9 +119,13 @@ class LSTMClassifier(nn.Module):
 _CLASSES = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1d, "lstm": LSTMClassifier}
 
 
-def describe(name: str, input_shape, num_classes: int, width: float = 1.0, depth: int = 0) -> dict[str, Any]:
+def describe(
+    name: str, input_shape, num_classes: int, width: float = 1.0, depth: int = 0, names=("width", "depth")
+) -> dict[str, Any]:
     """Architecture description for a zoo model scaled by ``width`` (× every layer width) and
-    ``depth`` (number of hidden layers / conv blocks / LSTM layers; 0 keeps the default)."""
+    ``depth`` (number of hidden layers / conv blocks / LSTM layers; 0 keeps the default). A user
+    factory gets ``width`` and ``depth`` if it takes them; if it does not, they must keep their
+    defaults (``names``: what the user calls them, for the error)."""
     if not 0 < width < math.inf:  # also refuses NaN
         raise ShrinkflowError(f"width must be a finite number > 0, got {width}")
     if depth < 0:
@@ -129,11 +134,75 @@ def describe(name: str, input_shape, num_classes: int, width: float = 1.0, depth
         params = _scaled_params(name, width, depth)
     elif is_import_spec(name):
         trust(name)  # the user names it: build_model may call it in this process
-        load_callable(name, "model factory")  # fail early on a bad spec
-        params = {}
+        factory = load_callable(name, "model factory")  # fail early on a bad spec
+        params = _factory_params(name, factory, {names[0]: (width, 1.0), names[1]: (depth, 0)})
     else:
         raise ShrinkflowError(f"unknown model {name!r}: choose {model_choices()}")
     return {"name": name, "params": params, "input_shape": list(input_shape), "num_classes": int(num_classes)}
+
+
+# What Shrinkflow passes a user factory: always these, plus width and depth when it takes them.
+FACTORY_ARGUMENTS = ("input_shape", "num_classes")
+
+
+def _factory_params(name: str, factory, scaling: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Check ``factory`` against the contract (keyword arguments ``input_shape``, ``num_classes``,
+    optionally ``width`` and ``depth``, nothing else required); return the scaling it gets."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}  # no signature to read (a builtin, a C extension): the call will tell
+    keywords = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    takes = {n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY)}
+    call = "factory(input_shape=<sample shape, e.g. (1, 8, 8)>, num_classes=<number of classes>[, width=, depth=])"
+    missing = [a for a in FACTORY_ARGUMENTS if a not in takes and not keywords]
+    required = [
+        n for n, p in parameters.items() if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    unknown = [n for n in required if n not in (*FACTORY_ARGUMENTS, "width", "depth")]
+    if missing or unknown:
+        raise ShrinkflowError(
+            f"model factory {name!r} takes ({', '.join(parameters)}), but Shrinkflow calls {call}: "
+            + (
+                f"it needs keyword argument(s) {', '.join(missing)}"
+                if missing
+                else f"{', '.join(unknown)} would have no value"
+            )
+        )
+    params = {}
+    for (user_name, (value, default)), argument in zip(scaling.items(), ("width", "depth"), strict=True):
+        if value == default:
+            continue
+        if argument not in takes and not keywords:
+            raise ShrinkflowError(
+                f"model factory {name!r} takes no {argument} argument, so {user_name}={value} would change nothing: "
+                f"leave {user_name} at {default}, or give the factory a {argument} parameter"
+            )
+        params[argument] = value
+    return params
+
+
+def check_model(model: nn.Module, example: torch.Tensor, num_classes: int, name: str) -> None:
+    """Run ``model`` once on ``example`` (a batch of the dataset's samples) before any training:
+    a model that expects another input layout, or returns other than one logit per class,
+    fails here in one line."""
+    shape = tuple(example.shape[1:])
+    try:
+        with torch.no_grad():
+            output = model.eval()(example)
+    except Exception as exc:  # the user's forward failed: show what it was given
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ShrinkflowError(
+            f"model {name!r} fails on a batch of {len(example)} of this dataset's samples, each of shape {shape}: "
+            f"{type(exc).__name__}: {first_line}"
+        ) from None
+    expected = (len(example), num_classes)
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ShrinkflowError(
+            f"model {name!r} returns {got} for a batch of {len(example)} samples of shape {shape}; expected logits of "
+            f"shape {expected} (one per class)"
+        )
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:

@@ -22,7 +22,7 @@ import torch
 from shrinkflow import distributed
 from shrinkflow.artifact import new_artifact
 from shrinkflow.cli import run_main
-from shrinkflow.config import config_to_params, parse_config
+from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
 from shrinkflow.cost import cost
 from shrinkflow.data import load_dataset
 from shrinkflow.runtime import resolve_device
@@ -63,6 +63,8 @@ class TrainConfig(FitSettings):
     def __post_init__(self):
         super().__post_init__()
         self.execution()  # an unknown parallel mode fails here
+        if self.parallel != "ddp" and self.nproc == 1 and not distributed.launched():
+            raise ShrinkflowError(f"parallel {self.parallel} applies to training under torchrun: set nproc > 1")
 
     def execution(self) -> Execution:
         return Execution(compile=self.compile, parallel=self.parallel)

@@ -4,6 +4,7 @@ RUNNING run, no traceback, nothing accepted silently. ``{run}`` is a trained mod
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines import main as pipeline
 from search import main as search
@@ -51,6 +52,30 @@ def not_a_module(input_shape, num_classes):
     return "a model"
 
 
+def no_arguments():
+    """A factory that ignores the data it is built for."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def other_names(shape, classes):
+    """A factory whose arguments have other names."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, classes))
+
+
+def sequence_model(input_shape, num_classes):
+    """An LSTM that expects (batch, time, features), given images (batch, 1, 8, 8)."""
+
+    class Last(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = torch.nn.LSTM(8, 16, batch_first=True), torch.nn.Linear(16, num_classes)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    return Last()
+
+
 HERE = "test_bad_input"
 TRAIN = [
     (["--model", "resnet"], "unknown model 'resnet': choose mlp, cnn, cnn1d, lstm"),
@@ -81,6 +106,27 @@ TRAIN = [
     (["--model", f"{HERE}:no_such_factory"], f"module '{HERE}' has no callable 'no_such_factory'"),
     (["--model", f"{HERE}:raising_factory"], "raised RuntimeError: no such layer size"),
     (["--model", f"{HERE}:not_a_module"], "returned str, not a torch.nn.Module"),
+    (
+        ["--model", f"{HERE}:no_arguments"],
+        f"model factory '{HERE}:no_arguments' takes (), but Shrinkflow calls factory(input_shape=<sample shape, e.g. "
+        "(1, 8, 8)>, num_classes=<number of classes>[, width=, depth=]): it needs keyword argument(s) input_shape, "
+        "num_classes",
+    ),
+    (["--model", f"{HERE}:other_names"], "takes (shape, classes), but Shrinkflow calls factory(input_shape="),
+    (
+        ["--model", f"{HERE}:sequence_model"],
+        f"model '{HERE}:sequence_model' fails on a batch of 2 of this dataset's samples, each of shape (1, 8, 8): "
+        "ValueError: LSTM: Expected input to be 2D or 3D, got 4D",
+    ),
+    (["--model", f"{HERE}:raising_factory", "--width", "2"], "takes no width argument, so width=2.0 would change"),
+    (["--model", f"{HERE}:raising_factory", "--depth", "3"], "takes no depth argument, so depth=3 would change"),
+    (
+        ["--dataset", "digits", "--label-column", "digit"],
+        "label_column names the label column of a .csv/.parquet table; dataset 'digits' has none (leave it 'label')",
+    ),
+    (["--dataset", "digits", "--dataset-args", '{"n": 3}'], "dataset_args are keyword arguments of a dataset function"),
+    (["--parallel", "fsdp"], "parallel fsdp applies to training under torchrun: set nproc > 1"),
+    (["--parallel", "zero"], "unknown parallel mode 'zero': choose ddp, fsdp"),
     (["--model", "cnn", "--dataset", "mnist1d"], "model 'cnn' needs images (C, H, W)"),
     (["--dataset", "mypkg.data:"], "malformed dataset function 'mypkg.data:'"),
     (["--dataset", f"{HERE}:raising_data"], "raised ValueError: the warehouse is closed"),
@@ -88,7 +134,7 @@ TRAIN = [
     (["--dataset", f"{HERE}:nan_features"], "1 of 60 samples hold NaN or infinite features (first: sample 7)"),
     (["--dataset", f"{HERE}:one_class"], "the labels hold 1 class; a classifier needs at least 2"),
     (["--dataset", f"{HERE}:missing_labels"], "3 of 60 labels are missing (first: sample 0)"),
-    (["--dataset", f"{HERE}:wrong_return"], "must return (X, y) or a mapping"),
+    (["--dataset", f"{HERE}:wrong_return"], "must return (X, y), or a mapping"),
     (["--dataset", f"{HERE}:missing_split"], "returned a mapping without val, test"),
     (["--dataset", "{dir}/nope.csv"], "nope.csv' does not exist: pass an absolute path"),
     (["--dataset", "wine.csv"], "dataset file 'wine.csv' does not exist (a relative path, looked up in /"),
@@ -154,7 +200,12 @@ DISTILL = [
     (["--alpha", "-0.5"], "alpha must be in [0, 1], got -0.5"),
     (["--input-noise", "-1"], "input_noise must be >= 0"),
     (["--epochs", "0"], "epochs must be >= 1"),
-    (["--student", f"{HERE}:raising_factory"], "raised RuntimeError"),
+    (["--student", f"{HERE}:raising_factory", "--student-width", "1"], "raised RuntimeError"),
+    (
+        ["--student", f"{HERE}:raising_factory"],
+        f"model factory '{HERE}:raising_factory' takes no width argument, so student_width=0.5 would change nothing",
+    ),
+    (["--student", f"{HERE}:no_arguments"], "takes (), but Shrinkflow calls factory(input_shape="),
 ]
 BENCHMARK = [
     (["--batch-sizes", "0"], "every batch size must be >= 1"),
@@ -307,3 +358,42 @@ def test_a_table_reordered_after_training_is_refused(tmp_path, quick_train_confi
     table.write_text("a,b,label\n" + "\n".join(reversed(rows)))  # same rows, another order: another split
     line = fails_with_bad_input(evaluate.main, ["--run-id", run_id])
     assert f"is not what run '{run_id}' used" in line and "rows changed or reordered" in line
+
+
+# Every setting that only some methods read, set where the method would ignore it: refused.
+_NON_DEFAULT = {
+    "sparsity": "0.5", "thresholds": "0.05", "layers": "layers.1", "norm": "l2", "initial_sparsity": "0.1",
+    "ramp_epochs": "3", "bits": "8", "keep_first_last": "false", "observer": "minmax", "calibration_batches": "3",
+    "calibration_split": "val", "bias_bits": "32",
+}  # fmt: skip
+_NEEDS = {"threshold": ["--thresholds", "0.05"], "gradual": ["--epochs", "1"], "qat": ["--epochs", "1"]}
+
+
+def _not_applicable():
+    from shrinkflow.pruning import APPLIES as PRUNE_APPLIES
+    from shrinkflow.pruning import PRUNING_METHODS
+    from shrinkflow.quantization import APPLIES as QUANTIZE_APPLIES
+    from shrinkflow.quantization import QUANTIZATION_METHODS
+
+    for step, applies, methods in (("prune", PRUNE_APPLIES, PRUNING_METHODS), ("quantize", QUANTIZE_APPLIES,
+                                                                                QUANTIZATION_METHODS)):  # fmt: skip
+        for knob, readers in applies.items():
+            for method in sorted(set(methods) - set(readers)):
+                needs = [] if knob == "thresholds" else _NEEDS.get(method, [])
+                yield (
+                    step,
+                    method,
+                    knob,
+                    ["--method", method, *needs, f"--{knob.replace('_', '-')}", _NON_DEFAULT[knob]],
+                )
+
+
+@pytest.mark.parametrize("step,method,knob,argv", list(_not_applicable()))
+def test_a_setting_the_method_does_not_read_is_refused(step, method, knob, argv, trained_run_id, fails_with_bad_input):
+    line = fails_with_bad_input(STEPS[step].main, ["--run-id", trained_run_id, *argv])
+    assert f"error: {knob} applies to method " in line and f"method {method} would ignore {knob}=" in line
+
+
+def test_the_not_applicable_battery_covers_every_method_specific_setting():
+    assert {knob for _, _, knob, _ in _not_applicable()} == set(_NON_DEFAULT)
+    assert len(list(_not_applicable())) >= 40

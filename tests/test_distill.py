@@ -135,9 +135,13 @@ class TestBadInput:
 
     def test_student_with_other_output_size(self, fails_with_bad_input, trained_run_id):
         line = fails_with_bad_input(
-            distill_step.main, ["--run-id", trained_run_id, "--student", "test_distill:three_outputs"]
+            distill_step.main,
+            ["--run-id", trained_run_id, "--student", "test_distill:three_outputs", "--student-width", "1"],
         )
-        assert "the student outputs 3 values per sample but the teacher 10" in line
+        assert line == (
+            "error: model 'test_distill:three_outputs' returns (2, 3) for a batch of 2 samples of shape (1, 8, 8); "
+            "expected logits of shape (2, 10) (one per class)"
+        )
 
     def test_bad_control_flag(self, capsys):
         with pytest.raises(SystemExit):

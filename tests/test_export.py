@@ -27,8 +27,8 @@ def _compressed(kind: str, run_id: str) -> str:
         return run_id
     if kind in ("global", "structured"):
         return prune.execute(prune.PruneConfig(run_id=run_id, method=kind, sparsity=0.5, epochs=1, device="cpu"))
-    method, bits = {"kbit4": ("kbit", "4"), "static-int8": ("static-int8", "8")}[kind]
-    return quantize.execute(quantize.QuantizeConfig(run_id=run_id, method=method, bits=bits, epochs=0, device="cpu"))
+    method = {"kbit4": "kbit", "static-int8": "static-int8"}[kind]
+    return quantize.execute(quantize.QuantizeConfig(run_id=run_id, method=method, epochs=0, device="cpu"))
 
 
 @pytest.mark.parametrize("kind", ["fp32", "global", "structured", "kbit4", "static-int8"])

@@ -4,10 +4,13 @@ arguments and may opt in to standardization."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from serving import invoke, serving
 
 from shrinkflow import tracking
@@ -132,3 +135,26 @@ def test_unstandardized_function_data_is_served_as_given():
 def test_bad_dataset_args(spec, args, message):
     with pytest.raises(ShrinkflowError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_dataset(spec, args=args)
+
+
+def scalable(input_shape, num_classes, width=1.0):
+    """A user factory that takes width."""
+    hidden = round(32 * width)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(int(np.prod(input_shape)), hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, num_classes),
+    )  # fmt: skip
+
+
+def test_a_factory_that_takes_width_gets_it(quick_train_config):
+    run_id = train.execute(quick_train_config(model="test_user_data:scalable", width=2.0, epochs=1))
+    artifact, _ = tracking.load_model(run_id)
+    assert artifact.description["architecture"]["params"] == {"width": 2.0}
+    assert artifact.model[1].out_features == 64
+    # its own code travels with the served model, and the served model trusts it
+    served = mlflow.pyfunc.load_model(_model_uri(run_id))
+    x = load_dataset("digits").x_test[:4]
+    assert list(served.predict(x.numpy())) == [str(int(i)) for i in artifact.model(x).argmax(1)]
+    logged = mlflow.get_logged_model(_model_uri(run_id).removeprefix("models:/"))
+    code = Path(mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/code"))
+    assert sorted(p.name for p in code.iterdir()) == ["shrinkflow", "test_user_data.py"]
