@@ -33,7 +33,7 @@ from shrinkflow.imports import is_import_spec, load_callable, trust
 
 __all__ = [
     "BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "apply_preprocessing", "class_names_of", "dataset_of",
-    "load_dataset", "raw_inputs",
+    "load_dataset", "raw_inputs", "table_split",
 ]  # fmt: skip
 
 SPLIT_SEED = 0
@@ -345,6 +345,16 @@ def raw_inputs(preprocessing: dict, x: torch.Tensor):
     if preprocessing.get("columns") is not None:
         return pd.DataFrame(raw.reshape(len(raw), -1), columns=preprocessing["columns"])
     return raw.astype(np.float32)
+
+
+def table_split(spec: str, label_column: str = "label") -> dict[str, np.ndarray]:
+    """The row numbers of each split of a .csv/.parquet table: which raw rows were the test set
+    (for scoring a served model on them, say). The split is fixed: the same on every run."""
+    frame = _read_table(Path(spec))
+    if label_column not in frame.columns:
+        raise ShrinkflowError(f"dataset {spec!r} has no label column {label_column!r}")
+    codes, _ = _encode_labels(frame[label_column].to_numpy())
+    return dict(zip(SPLITS, _stratified_split(codes, (_VAL_FRACTION, _TEST_FRACTION)), strict=True))
 
 
 def _read_table(path: Path):

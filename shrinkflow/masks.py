@@ -78,11 +78,41 @@ def _keep_largest(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep.reshape(magnitudes.shape)
 
 
-def global_masks(weights: dict[str, torch.Tensor], sparsity: float) -> Masks:
-    """One magnitude ranking across all layers: ``sparsity`` of all their weights become zero."""
+def global_masks(weights: dict[str, torch.Tensor], sparsity: float, min_density: float = 0.0) -> Masks:
+    """One magnitude ranking across all layers: ``sparsity`` of all their weights become zero,
+    but every layer keeps at least ``min_density`` of its weights (Han et al. keep a small
+    output layer far denser than the rest: ranked globally, a 100→10 layer's weights are small
+    and nearly all go). Where the floor stops a layer, the others give up more instead."""
+    counts = {name: w.numel() for name, w in weights.items()}
+    floors = {name: min(n, math.ceil(min_density * n)) for name, n in counts.items()}
+    target = min(int(round(sparsity * sum(counts.values()))), sum(counts[n] - floors[n] for n in counts))
+    at_floor: set[str] = set()
+    while True:  # each pass fixes at least one more layer at its floor, so this ends
+        free = [name for name in weights if name not in at_floor]
+        left = target - sum(counts[n] - floors[n] for n in at_floor)
+        pruned = _pruned_counts({n: weights[n] for n in free}, left)
+        over = {n for n in free if counts[n] - pruned[n] < floors[n]}
+        if not over:
+            break
+        at_floor |= over
+    masks = {name: _keep_largest(weights[name].detach().abs(), (counts[name] - floors[name]) / counts[name])
+             for name in at_floor}  # fmt: skip
+    if free:
+        masks.update(_ranked_together({n: weights[n] for n in free}, left))
+    return {name: masks[name] for name in weights}
+
+
+def _pruned_counts(weights: dict[str, torch.Tensor], prune_count: int) -> dict[str, int]:
+    return {name: int((~mask).sum()) for name, mask in _ranked_together(weights, prune_count).items()}
+
+
+def _ranked_together(weights: dict[str, torch.Tensor], prune_count: int) -> Masks:
+    """Masks zeroing the ``prune_count`` smallest magnitudes of ``weights`` ranked together."""
     names = list(weights)
+    if not names:
+        return {}
     magnitudes = torch.cat([weights[n].detach().abs().flatten() for n in names])
-    keep = _keep_largest(magnitudes, sparsity)
+    keep = _keep_largest(magnitudes, prune_count / magnitudes.numel())
     masks, start = {}, 0
     for name in names:
         count = weights[name].numel()
@@ -91,9 +121,14 @@ def global_masks(weights: dict[str, torch.Tensor], sparsity: float) -> Masks:
     return masks
 
 
-def layerwise_masks(weights: dict[str, torch.Tensor], sparsity: float) -> Masks:
-    """The same ``sparsity`` in every layer, by magnitude within the layer."""
-    return {name: _keep_largest(weight.detach().abs(), sparsity) for name, weight in weights.items()}
+def layerwise_masks(weights: dict[str, torch.Tensor], sparsity: float | dict[str, float]) -> Masks:
+    """The same ``sparsity`` in every layer (or each layer's own, from a mapping of layer names,
+    ``*`` for the rest), by magnitude within the layer."""
+    share = sparsity if isinstance(sparsity, dict) else {"*": sparsity}
+    return {
+        name: _keep_largest(weight.detach().abs(), share.get(name.removesuffix(".weight"), share.get("*", 0.0)))
+        for name, weight in weights.items()
+    }
 
 
 @torch.no_grad()

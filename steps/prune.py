@@ -92,6 +92,12 @@ def execute(cfg: PruneConfig) -> str:
         mlflow.log_table(layers_before, artifact_file="layers_before.json")
         mlflow.log_table(layer_table(layer_costs(pruned.model, pruned.input_shape)), artifact_file="layers.json")
         tracking.log_table(storage_table(pruned.model, pruned.description), "storage")
+        if cfg.method in ("global", "gradual") and result.sparsity < cfg.sparsity - 5e-4:  # the floor stopped it
+            print(
+                f"warning: min_layer_density {cfg.min_layer_density} keeps every layer at least that dense, so "
+                f"{cfg.method} pruning reached sparsity {result.sparsity:.3f}, not {cfg.sparsity}",
+                file=sys.stderr,
+            )
         size = costs["cost_size_bytes"]
         print(
             f"{cfg.method} pruning: test_accuracy {accuracy_before:.4f} -> {test['accuracy']:.4f}, "

@@ -15,7 +15,7 @@ from serving import invoke, serving
 
 from shrinkflow import tracking
 from shrinkflow.config import ShrinkflowError
-from shrinkflow.data import _encode_labels, _stratified_split, load_dataset
+from shrinkflow.data import load_dataset, table_split
 from steps import quantize, train
 
 CULTIVARS = np.array(["barolo", "grignolino", "barbera"])
@@ -30,10 +30,9 @@ def _wine() -> pd.DataFrame:
     return bunch.frame.drop(columns="target").assign(cultivar=CULTIVARS[bunch.target])
 
 
-def _test_rows(frame: pd.DataFrame) -> pd.DataFrame:
+def _test_rows(frame: pd.DataFrame, path) -> pd.DataFrame:
     """The raw rows of the fixed test split, as a user has them."""
-    codes, _ = _encode_labels(frame["cultivar"].to_numpy())
-    return frame.iloc[_stratified_split(codes, (0.1, 0.2))[2]]
+    return frame.iloc[table_split(str(path), "cultivar")["test"]]
 
 
 def _model_uri(run_id: str) -> str:
@@ -47,12 +46,12 @@ def wine_runs(request, tmp_path_factory, quick_train_config):
     frame.to_csv(path, index=False) if request.param == ".csv" else frame.to_parquet(path)
     trained = train.execute(quick_train_config(dataset=str(path), label_column="cultivar", epochs=40))
     quantized = quantize.execute(quantize.QuantizeConfig(run_id=trained, method="dynamic-int8", device="cpu"))
-    return frame, trained, quantized
+    return frame, path, trained, quantized
 
 
 def test_a_served_table_model_takes_raw_rows_and_answers_with_label_strings(wine_runs):
-    frame, trained, quantized = wine_runs
-    rows = _test_rows(frame)
+    frame, path, trained, quantized = wine_runs
+    rows = _test_rows(frame, path)
     for run_id in (trained, quantized):
         served = mlflow.pyfunc.load_model(_model_uri(run_id))
         labels = served.predict(rows.drop(columns="cultivar"))
@@ -67,23 +66,23 @@ def test_a_served_table_model_takes_raw_rows_and_answers_with_label_strings(wine
 
 
 def test_the_logged_signature_and_example_are_the_raw_table(wine_runs):
-    frame, trained, _ = wine_runs
+    frame, _, trained, _ = wine_runs
     info = mlflow.models.get_model_info(_model_uri(trained))
     assert info.signature.inputs.input_names() == [c for c in frame.columns if c != "cultivar"]
     assert info.signature.params.to_dict() == [{"name": "output", "type": "string", "default": "labels", "shape": None}]
 
 
 def test_a_table_model_says_which_columns_it_lacks(wine_runs):
-    frame, trained, _ = wine_runs
+    frame, path, trained, _ = wine_runs
     served = mlflow.pyfunc.load_model(_model_uri(trained))
     with pytest.raises(Exception, match="alcohol"):
-        served.predict(_test_rows(frame).drop(columns=["alcohol", "cultivar"]))
+        served.predict(_test_rows(frame, path).drop(columns=["alcohol", "cultivar"]))
 
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_raw_rows_with_labels_at_the_logged_accuracy(wine_runs):
-    frame, _, quantized = wine_runs
-    rows = _test_rows(frame)
+    frame, path, _, quantized = wine_runs
+    rows = _test_rows(frame, path)
     features = rows.drop(columns="cultivar")
     body = {"dataframe_split": {"columns": list(features.columns), "data": features.to_numpy().tolist()}}
     with serving(_model_uri(quantized)) as url:
