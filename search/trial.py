@@ -6,17 +6,14 @@ checkpoint every size and latency is measured on.
 
 from __future__ import annotations
 
-import statistics
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 import torch
 
 from search.space import Space
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, prune, quantize, score
-from shrinkflow.latency import FORMS, deployable, measure_latency, torch_threads
+from shrinkflow.latency import FORMS, deployable, interleaved_medians, torch_threads
 from steps.benchmark import example_batch
 
 __all__ = [
@@ -103,18 +100,9 @@ def interleaved_latency(artifacts: dict[str, Artifact], data: DataSplits, latenc
     example = example_batch(data, latency.batch_size)
     with torch_threads(latency.threads):
         runnable = {
-            name: deployable(_reloaded(artifact).model, example, latency.form) for name, artifact in artifacts.items()
+            name: deployable(artifact.reloaded().model, example, latency.form) for name, artifact in artifacts.items()
         }
-        medians = {name: [] for name in artifacts}
-        for _ in range(rounds):
-            for name, model in runnable.items():
-                medians[name].append(measure_latency(model, example, CPU, latency.warmup, latency.repetitions).p50_ms)
-    return {name: statistics.median(values) for name, values in medians.items()}
-
-
-def _reloaded(artifact: Artifact) -> Artifact:
-    with tempfile.TemporaryDirectory() as tmp:
-        return Artifact.load(artifact.save(Path(tmp) / "checkpoint"))
+        return interleaved_medians(runnable, example, rounds, latency.warmup, latency.repetitions)
 
 
 def objective_values(costs: dict[str, float], names) -> list[float]:

@@ -13,6 +13,7 @@ id through MLflow. An artifact is never changed by the technique it is given to.
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ class Artifact:
         """Rebuild an artifact from a checkpoint folder (nothing is unpickled): saving it again
         writes the same checkpoint."""
         return cls(*read_checkpoint(folder))
+
+    def reloaded(self) -> Artifact:
+        """This artifact saved and loaded back: what a later step, or a server, will run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return Artifact.load(self.save(Path(tmp) / "checkpoint"))
 
     def require_float(self, action: str) -> None:
         """Refuse to ``action`` a quantized model: its weights are codes that would be spoiled."""

@@ -26,11 +26,14 @@ __all__ = [
     "FORMS",
     "LatencyResult",
     "OnnxRuntimeModel",
+    "before_after_latency",
     "compiled",
+    "interleaved_medians",
     "deployable",
     "hardware_tags",
     "measure_latency",
     "peak_memory_bytes",
+    "slower_warning",
     "torch_threads",
 ]
 
@@ -289,3 +292,50 @@ def hardware_tags(threads: int) -> dict[str, str]:
     if torch.cuda.is_available():
         tags["hw.gpu_name"] = torch.cuda.get_device_name()
     return tags
+
+
+def interleaved_medians(
+    models: dict[str, nn.Module], example: torch.Tensor, rounds: int, warmup: int, repetitions: int
+) -> dict[str, float]:
+    """Median latency (ms, CPU) of each model over ``rounds`` rounds that time every model in
+    turn: a machine slowing down slows them all alike, so their ratios hold."""
+    medians: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            medians[name].append(measure_latency(model, example, torch.device("cpu"), warmup, repetitions).p50_ms)
+    return {name: float(np.median(values)) for name, values in medians.items()}
+
+
+# The quick before/after check of every compression step: eager, one thread, batch 1 and a
+# larger batch, the two models timed in turn.
+CHECK_BATCH_SIZES, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS = (1, 64), 3, 10, 50
+SLOWER = 0.9  # a speed-up below this is reported as slower (timing noise stays within ±10% here)
+
+
+def before_after_latency(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """``latency_bs<B>_ms_before``/``_after`` and ``speedup_bs<B>`` (before ÷ after: > 1 is
+    faster) of two models on the first samples of ``x``, for each ``CHECK_BATCH_SIZES``."""
+    metrics = {}
+    with torch_threads(1), torch.no_grad():
+        for size in CHECK_BATCH_SIZES:
+            example = x.repeat(-(-size // len(x)), *([1] * (x.dim() - 1)))[:size]
+            timed = interleaved_medians(
+                {"before": before.eval(), "after": after.eval()}, example, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS
+            )
+            metrics[f"latency_bs{size}_ms_before"] = timed["before"]
+            metrics[f"latency_bs{size}_ms_after"] = timed["after"]
+            metrics[f"speedup_bs{size}"] = timed["before"] / timed["after"]
+    return metrics
+
+
+def slower_warning(metrics: dict[str, float], what: str) -> str | None:
+    """A warning line when ``before_after_latency`` found the new model slower, else None."""
+    slower = [size for size in CHECK_BATCH_SIZES if metrics[f"speedup_bs{size}"] < SLOWER]
+    if not slower:
+        return None
+    parts = [
+        f"{1 / metrics[f'speedup_bs{size}']:.1f}x slower at batch {size} ({metrics[f'latency_bs{size}_ms_before']:.3f}"
+        f" -> {metrics[f'latency_bs{size}_ms_after']:.3f} ms)"
+        for size in slower
+    ]
+    return f"warning: the {what} model is {', '.join(parts)} than the original (eager, 1 CPU thread)"

@@ -30,6 +30,7 @@ from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import cost
 from shrinkflow.data import dataset_of
 from shrinkflow.distillation import DistillSettings, check_distilling, distill
+from shrinkflow.latency import before_after_latency, slower_warning
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import score
 
@@ -91,7 +92,11 @@ def execute(cfg: DistillConfig) -> str:
         if result.control is not None:
             metrics["control_test_accuracy"] = accuracy["control"]
             metrics["distill_gain_pp"] = (accuracy["student"] - accuracy["control"]) * 100
+        speed = before_after_latency(teacher.model, student.reloaded().model, data.x_test)
+        metrics.update(speed)
         mlflow.log_metrics(metrics)
+        if warning := slower_warning(speed, "student"):
+            print(warning, file=sys.stderr)
         mlflow.set_tag("shrinkflow.model_id", model_id)
         table = pd.DataFrame(
             {"model": list(rows), "architecture": [a.description["architecture"]["name"] for a in rows.values()],

@@ -30,6 +30,7 @@ from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import before_after_metrics, cost, layer_costs, layer_table, storage_table
 from shrinkflow.data import dataset_of
+from shrinkflow.latency import before_after_latency, slower_warning
 from shrinkflow.pruning import PruneSettings, check_pruning, prune
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import score
@@ -87,7 +88,11 @@ def execute(cfg: PruneConfig) -> str:
         }
         if result.fit is not None:
             metrics["val_accuracy"] = result.fit.best_val_accuracy
+        speed = before_after_latency(original.model, pruned.reloaded().model, data.x_test)
+        metrics.update(speed)
         mlflow.log_metrics(metrics)
+        if warning := slower_warning(speed, "pruned"):
+            print(warning, file=sys.stderr)
         mlflow.set_tag("shrinkflow.model_id", model_id)
         mlflow.log_table(layers_before, artifact_file="layers_before.json")
         mlflow.log_table(layer_table(layer_costs(pruned.model, pruned.input_shape)), artifact_file="layers.json")

@@ -30,6 +30,7 @@ from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import before_after_metrics, cost
 from shrinkflow.data import dataset_of
+from shrinkflow.latency import before_after_latency, slower_warning
 from shrinkflow.quantization import QuantizeSettings, check_quantizing, quantization_table, quantize
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import score
@@ -83,7 +84,11 @@ def execute(cfg: QuantizeConfig) -> str:
         costs = cost(quantized)
         size = costs["cost_size_bytes"]
         metrics = before_after_metrics(accuracy_before, test, costs_before, costs)
+        speed = before_after_latency(original.model, quantized.reloaded().model, data.x_test)
+        metrics.update(speed)
         mlflow.log_metrics(metrics)
+        if warning := slower_warning(speed, "quantized"):
+            print(warning, file=sys.stderr)
         mlflow.set_tag("shrinkflow.model_id", model_id)
         tracking.log_table(report, "quantization")
         print(report.to_string(index=False), file=sys.stderr)
