@@ -1,50 +1,164 @@
-"""The main job: train a baseline, then evaluate it on the test split.
+"""Run a recipe: its stages in order, each a step's run nested under one parent run, reusing
+every stage whose result is already in the tracking store.
 
-Produces: a parent MLflow run (tag ``shrinkflow.step=pipeline``) holding the train and evaluate
-runs as nested children; its metrics repeat the headline numbers (``test_accuracy``,
-``cost_size_bytes``) and its tags name the child run ids. The parent run id is the last line
-printed.
+Consumes: a recipe (``pipelines/recipe.py``): a shipped name (``baseline``, ``deep_compression``,
+``int8_deploy``, ``distill_quantize``, ``search_then_deploy``) or a YAML path; overrides
+``stage.param=value,...``.
+Produces: a parent run (tag ``shrinkflow.step=pipeline``) with one nested run per stage it ran,
+tags ``shrinkflow.stage.<name>`` naming every stage's run (run or reused), and a stage table —
+accuracy, bytes, MACs, latency, ratios to the first model — as ``stages.json`` (MLflow table),
+``stages.csv`` and ``stages.png``, also printed. The parent run id is the last line printed.
+
+The cache: a stage is reused when a FINISHED run carries its key, ``shrinkflow.cache_key`` =
+SHA-256 of the step's name, its full config as typed values (every parameter, defaults included,
+and the input's run id) and the version of the code the step runs (``recipe.code_version``). A
+changed parameter, a rerun input, or edited code gives another key: that stage and everything
+after it run again, nothing before. A failed or killed run never has the key (it is set after
+the step finishes). ``force`` reruns every stage.
 
 Example:
-    python -m pipelines.main --model cnn --dataset digits
+    python -m pipelines.main --recipe deep_compression --set trained.model=cnn
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+from dataclasses import dataclass, field
 
+import pandas as pd
+
+from pipelines.recipe import MAKES_MODEL, Recipe, Stage, code_version, load_recipe, step_module
 from shrinkflow.cli import run_main
-from shrinkflow.config import config_to_params, parse_config
-from steps import evaluate, train
+from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
 
-__all__ = ["CONFIG", "execute", "main"]
+__all__ = ["CONFIG", "PipelineConfig", "execute", "main", "stage_table"]
 
-CONFIG = train.TrainConfig  # the pipeline takes the train step's knobs
+CACHE_TAG = "shrinkflow.cache_key"
 
 
-def execute(cfg: train.TrainConfig) -> str:
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Run a recipe of steps (shipped name or YAML path), reusing stages already run."""
+
+    recipe: str = field(default="baseline", metadata={"help": "shipped recipe name or path to a recipe .yaml"})
+    set: str = field(default="", metadata={"help": "overrides: stage.param=value,... (e.g. trained.model=cnn)"})
+    force: bool = field(default=False, metadata={"help": "rerun every stage, reusing none"})
+
+
+def cache_key(stage: Stage, config) -> str:
+    payload = {"step": stage.step, "config": config_to_params(config), "code": code_version(stage.step)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(key: str) -> str | None:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+    )  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
+def _run_stage(stage: Stage, models: dict[str, str], force: bool) -> tuple[str, bool]:
+    """(run id, reused?) of ``stage`` given the run ids of the earlier stages' models."""
+    import mlflow
+
+    config = stage.config([models[name] for name in stage.inputs])
+    key = cache_key(stage, config)
+    if not force and (run_id := _cached(key)):
+        print(f"pipeline: stage {stage.name} ({stage.step}): reusing run {run_id}", file=sys.stderr)
+        return run_id, True
+    print(f"pipeline: stage {stage.name} ({stage.step}): running", file=sys.stderr)
+    try:
+        run_id = step_module(stage.step).execute(config)
+    except ShrinkflowError as exc:
+        raise ShrinkflowError(f"stage {stage.name!r} ({stage.step}): {exc}") from None
+    mlflow.MlflowClient().set_tag(run_id, CACHE_TAG, key)  # only now: a failed stage has no key
+    mlflow.MlflowClient().set_tag(run_id, "shrinkflow.code_version", code_version(stage.step))
+    return run_id, False
+
+
+def execute(cfg: PipelineConfig) -> str:
     import mlflow
 
     from shrinkflow import tracking
 
-    with tracking.step_run("pipeline", config_to_params(cfg)) as run:
-        train_run_id = train.execute(cfg)
-        evaluate_run_id = evaluate.execute(
-            evaluate.EvaluateConfig(run_id=train_run_id, split="test", device=cfg.device)
-        )
-        mlflow.set_tags({"shrinkflow.train_run_id": train_run_id, "shrinkflow.evaluate_run_id": evaluate_run_id})
-        child = mlflow.get_run(evaluate_run_id).data.metrics
-        mlflow.log_metrics({k: child[k] for k in ("test_accuracy", "cost_size_bytes", "cost_params")})
-        print(
-            f"pipeline: train run {train_run_id}, evaluate run {evaluate_run_id}, "
-            f"test_accuracy={child['test_accuracy']:.4f}",
-            file=sys.stderr,
-        )
+    recipe = load_recipe(cfg.recipe, cfg.set)  # the whole recipe is checked before any run
+    with tracking.step_run("pipeline", {**config_to_params(cfg), "recipe_name": recipe.name}) as run:
+        runs, models, reused = {}, {}, {}
+        for stage in recipe.stages:
+            runs[stage.name], reused[stage.name] = _run_stage(stage, models, cfg.force)
+            own = stage.step in MAKES_MODEL
+            models[stage.name] = runs[stage.name] if own else models.get((stage.inputs or ("",))[-1], runs[stage.name])
+            mlflow.set_tag(f"shrinkflow.stage.{stage.name}", runs[stage.name])
+        table = stage_table(recipe, runs, models, reused)
+        tracking.log_table(table, "stages")
+        mlflow.log_figure(_plot(table, recipe.name), "stages.png")
+        first = table.iloc[0]
+        mlflow.log_metrics({"stages_run": int((~table["reused"]).sum()), "stages_reused": int(table["reused"].sum())})
+        if pd.notna(first.get("test_accuracy")):
+            last = table.dropna(subset=["test_accuracy"]).iloc[-1]
+            mlflow.log_metrics({"test_accuracy": last["test_accuracy"], "cost_size_bytes": last["cost_size_bytes"]})
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=sys.stderr)
         return run.info.run_id
 
 
+# What each stage contributes to the table, first found wins (benchmark's latency over the
+# compression steps' quick before/after timing).
+_LATENCY_KEYS = ("latency_cpu_bs1_ms_p50", "latency_bs1_ms_after")
+
+
+def stage_table(recipe: Recipe, runs: dict, models: dict, reused: dict) -> pd.DataFrame:
+    """One row per stage: its run, whether it was reused, the accuracy, bytes, MACs and CPU
+    batch-1 latency of its model, and ratios to the first stage's model."""
+    import mlflow
+
+    rows = []
+    for stage in recipe.stages:
+        own = mlflow.get_run(runs[stage.name]).data.metrics
+        model = mlflow.get_run(models[stage.name]).data.metrics
+        metrics = {**model, **own}
+        latency = next((metrics[k] for k in _LATENCY_KEYS if k in metrics), float("nan"))
+        rows.append({
+            "stage": stage.name, "step": stage.step, "run_id": runs[stage.name], "reused": reused[stage.name],
+            "test_accuracy": metrics.get("test_accuracy", float("nan")),
+            "cost_size_bytes": metrics.get("cost_size_bytes", float("nan")),
+            "cost_macs": metrics.get("cost_macs_effective", metrics.get("cost_macs", float("nan"))),
+            "latency_bs1_ms": latency,
+        })  # fmt: skip
+    table = pd.DataFrame(rows)
+    base = table.iloc[0]
+    table["accuracy_delta_pp"] = (table["test_accuracy"] - base["test_accuracy"]) * 100
+    table["size_reduction"] = base["cost_size_bytes"] / table["cost_size_bytes"]
+    table["macs_reduction"] = base["cost_macs"] / table["cost_macs"]
+    return table
+
+
+def _plot(table: pd.DataFrame, name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, accuracy_axis = plt.subplots(figsize=(max(6, 1.2 * len(table)), 4))
+    accuracy_axis.plot(table["stage"], table["test_accuracy"] * 100, "o-", color="tab:blue")
+    accuracy_axis.set_ylabel("test accuracy (%)", color="tab:blue")
+    size_axis = accuracy_axis.twinx()
+    size_axis.bar(table["stage"], table["cost_size_bytes"] / 1024, alpha=0.3, color="tab:orange")
+    size_axis.set_ylabel("artifact size (KiB)", color="tab:orange")
+    accuracy_axis.set_title(f"recipe {name}: accuracy and size per stage")
+    figure.tight_layout()
+    return figure
+
+
+CONFIG = PipelineConfig  # the entry point's config, read by tests/test_project_spec.py
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(CONFIG, argv)))
+    run_main(lambda: execute(parse_config(PipelineConfig, argv)))
 
 
 if __name__ == "__main__":

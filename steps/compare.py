@@ -126,6 +126,8 @@ def execute(cfg: CompareConfig) -> str:
     table = comparison_table([{k: v for k, v in row.items() if k != "dataset"} for row in rows])
     with tracking.step_run("compare", config_to_params(cfg)) as run:
         mlflow.set_tags({"shrinkflow.baseline_run_id": cfg.ids()[0], **hardware_tags(cfg.threads)})
+        last = table.iloc[-1]  # the last model against the first, as metrics (a recipe's verdict)
+        mlflow.log_metrics({name: float(last[name]) for name in ("accuracy_delta_pp", *_RATIO_COLUMNS.values())})
         tracking.log_table(table, "comparison")
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g"), file=sys.stderr)

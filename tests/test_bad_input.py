@@ -245,10 +245,12 @@ SEARCH = [
     (["--model", "resnet"], "unknown model 'resnet'"),
 ]
 PIPELINE = [
-    (["--model", "resnet"], "unknown model 'resnet'"),
-    (["--epochs", "0"], "epochs must be >= 1, got 0"),
-    (["--dataset", "{dir}/nan.csv"], "1 of 60 samples hold NaN or infinite features"),
-    (["--dataset", f"{HERE}:raising_data"], "raised ValueError: the warehouse is closed"),
+    (["--set", "trained.model=resnet"], "unknown model 'resnet'"),
+    (["--set", "trained.epochs=0"], "epochs must be >= 1, got 0"),
+    (["--set", "trained.dataset={dir}/nan.csv,trained.epochs=1"], "1 of 60 samples hold NaN or infinite features"),
+    (["--set", f"trained.dataset={HERE}:raising_data,trained.epochs=1"], "raised ValueError: the warehouse is closed"),
+    (["--recipe", "nosuch"], "recipe 'nosuch' not found"),
+    (["--force", "maybe"], "expected true or false"),
 ]
 STEPS = {"pipeline": pipeline, "train": train, "evaluate": evaluate, "prune": prune, "quantize": quantize,
          "distill": distill, "benchmark": benchmark, "compare": compare, "search": search}  # fmt: skip
@@ -284,7 +286,7 @@ def test_bad_input_is_one_clear_line(step, argv, message, trained_run_id, broken
     argv = [a.replace("{run}", trained_run_id).replace("{dir}", str(broken_files)) for a in argv]
     if step in NEEDS_RUN and "--run-id" not in argv:
         argv = ["--run-id", trained_run_id, *argv]
-    if step in ("train", "search", "pipeline"):
+    if step in ("train", "search"):
         argv = [*argv, "--epochs", "1"] if "--epochs" not in argv else argv
     line = fails_with_bad_input(STEPS[step].main, argv)
     assert message in line

@@ -64,12 +64,20 @@ def test_bad_input_via_mlflow_run_fails_the_run():
 
 @pytest.mark.slow
 def test_default_pipeline_on_digits_cnn_reaches_floor():
-    """The issue's acceptance run, full default recipe: `mlflow run . -e pipeline -P model=cnn`."""
-    result = _mlflow_run("-e", "pipeline", "-P", "model=cnn", "-P", "dataset=digits")
+    """The baseline recipe, full default training: `mlflow run . -e pipeline -P set=trained.model=cnn`;
+    run twice, the second reuses every stage."""
+    result = _mlflow_run("-e", "pipeline", "-P", "set=trained.model=cnn", "-P", "force=true")
     assert result.returncode == 0, result.stderr[-2000:]
     parent = mlflow.get_run(result.stdout.strip().splitlines()[-1])
-    train_run = mlflow.get_run(parent.data.tags["shrinkflow.train_run_id"])
+    train_run = mlflow.get_run(parent.data.tags["shrinkflow.stage.trained"])
     assert parent.data.metrics["test_accuracy"] == train_run.data.metrics["test_accuracy"] >= 0.98
+    started = time.time()
+    again = _mlflow_run("-e", "pipeline", "-P", "set=trained.model=cnn")
+    assert again.returncode == 0, again.stderr[-2000:]
+    second = mlflow.get_run(again.stdout.strip().splitlines()[-1])
+    assert second.data.metrics["stages_reused"] == 3 and second.data.metrics["stages_run"] == 0
+    assert second.data.tags["shrinkflow.stage.trained"] == train_run.info.run_id
+    print(f"second run of the recipe: {time.time() - started:.1f} s")
 
 
 @pytest.mark.slow

@@ -94,16 +94,3 @@ def test_same_seed_twice_gives_identical_metrics(quick_train_config):
     first, second = train.execute(cfg), train.execute(cfg)
     metrics = [mlflow.get_run(r).data.metrics for r in (first, second)]
     assert metrics[0] == metrics[1]
-
-
-def test_pipeline_nests_train_and_evaluate(quick_train_config):
-    from pipelines import main as pipeline
-
-    parent_id = pipeline.execute(quick_train_config(epochs=2))
-    parent = mlflow.get_run(parent_id)
-    children = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list"
-    )
-    assert {c.data.tags["shrinkflow.step"] for c in children} == {"train", "evaluate"}
-    evaluate_run = mlflow.get_run(parent.data.tags["shrinkflow.evaluate_run_id"])
-    assert parent.data.metrics["test_accuracy"] == evaluate_run.data.metrics["test_accuracy"]

@@ -1,0 +1,143 @@
+"""Recipes: stages chained by run id under one parent run, a cache that reuses exactly what is
+unchanged, and malformed recipes refused before any run."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pytest
+
+from pipelines import main as pipeline
+from pipelines import recipe as recipes
+
+SMALL = """
+stages:
+  - name: trained
+    step: train
+    params: {model: mlp, epochs: 2, patience: 0, device: cpu}
+  - name: pruned
+    step: prune
+    params: {method: global, sparsity: 0.8, epochs: 1, device: cpu}
+  - name: quantized
+    step: quantize
+    params: {method: kbit, bits: 4, device: cpu}
+  - name: evaluated
+    step: evaluate
+    input: pruned
+"""
+
+
+@pytest.fixture
+def small_recipe(tmp_path) -> str:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return str(path)
+
+
+def _stages(parent_id: str):
+    table = mlflow.load_table("stages.json", run_ids=[parent_id])
+    return {row.stage: row for row in table.itertuples()}
+
+
+def _run(recipe: str, overrides: str = "", force: bool = False) -> dict:
+    return _stages(pipeline.execute(pipeline.PipelineConfig(recipe=recipe, set=overrides, force=force)))
+
+
+def test_a_recipe_chains_its_stages_under_one_parent(small_recipe):
+    parent_id = pipeline.execute(pipeline.PipelineConfig(recipe=small_recipe, force=True))
+    stages = _stages(parent_id)
+    children = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list"
+    )
+    assert sorted(c.data.tags["shrinkflow.step"] for c in children) == ["evaluate", "prune", "quantize", "train"]
+    pruned = mlflow.get_run(stages["pruned"].run_id)
+    assert pruned.data.tags["shrinkflow.source_run_id"] == stages["trained"].run_id
+    assert mlflow.get_run(stages["quantized"].run_id).data.tags["shrinkflow.source_run_id"] == pruned.info.run_id
+    assert mlflow.get_run(stages["evaluated"].run_id).data.tags["shrinkflow.source_run_id"] == pruned.info.run_id
+    assert stages["quantized"].size_reduction > 4  # 4 bits of an 80%-sparse model
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(parent_id)}
+    assert {"stages.json", "stages.csv", "stages.png"} <= files
+
+
+def test_a_second_run_reuses_every_stage_and_a_change_reruns_from_there(small_recipe):
+    first = _run(small_recipe, force=True)
+    again = _run(small_recipe)
+    assert all(row.reused for row in again.values())
+    assert {name: row.run_id for name, row in again.items()} == {name: row.run_id for name, row in first.items()}
+    changed = _run(small_recipe, "pruned.sparsity=0.7")
+    assert changed["trained"].reused and changed["trained"].run_id == first["trained"].run_id
+    assert not any(changed[name].reused for name in ("pruned", "quantized", "evaluated"))
+    # the string "0.7" from the command line and a YAML 0.7 are one typed value: the same key
+    assert all(row.reused for row in _run(small_recipe, "pruned.sparsity=0.70").values())
+
+
+def test_edited_step_code_invalidates_its_stages(small_recipe, monkeypatch):
+    first = _run(small_recipe)
+    version = recipes.code_version
+    monkeypatch.setattr(pipeline, "code_version", lambda step: version(step) + ("edited" if step == "quantize" else ""))
+    after = _run(small_recipe)
+    assert after["trained"].reused and after["pruned"].reused and after["evaluated"].reused
+    assert not after["quantized"].reused and after["quantized"].run_id != first["quantized"].run_id
+
+
+def test_the_code_version_follows_the_files(tmp_path, monkeypatch):
+    for folder in ("shrinkflow", "steps"):
+        shutil.copytree(recipes._ROOT / folder, tmp_path / folder)
+    monkeypatch.setattr(recipes, "_ROOT", tmp_path)
+    before = {step: recipes.code_version(step) for step in ("train", "prune")}
+    with (tmp_path / "steps" / "prune.py").open("a") as file:
+        file.write("\n# edited\n")
+    assert recipes.code_version("prune") != before["prune"] and recipes.code_version("train") == before["train"]
+    with (tmp_path / "shrinkflow" / "training.py").open("a") as file:
+        file.write("\n# edited\n")
+    assert recipes.code_version("train") != before["train"]
+
+
+def test_every_shipped_recipe_loads():
+    shipped = sorted(p.stem for p in recipes.RECIPES_DIR.glob("*.yaml"))
+    assert shipped == ["baseline", "deep_compression", "distill_quantize", "int8_deploy", "search_then_deploy"]
+    for name in shipped:
+        assert recipes.load_recipe(name).stages
+
+
+BAD = [
+    ("stages:\n  - name: a\n    step: train\n   params: {}\n", "line 4: not valid YAML"),
+    ("stages: []\n", "needs a non-empty list 'stages'"),
+    ("stages:\n  - {name: a, step: fit}\n", "stage 'a': unknown step 'fit': choose train, evaluate"),
+    ("stages:\n  - {name: a, step: train, params: {epoch: 3}}\n", "stage 'a' (train): unknown parameter 'epoch'"),
+    ("stages:\n  - {name: a, step: train, params: {epochs: many}}\n", "stage 'a': epochs must be int, got 'many'"),
+    ("stages:\n  - {name: a, step: train, params: {epochs: 0}}\n", "stage 'a' (train): epochs must be >= 1, got 0"),
+    ("stages:\n  - {name: a, step: train}\n  - {name: b, step: prune, input: c}\n  - {name: c, step: train}\n",
+     "stage 'b': input 'c' names a later stage"),
+    ("stages:\n  - {name: a, step: train}\n  - {name: b, step: prune, input: z}\n",
+     "stage 'b': input 'z' names no stage"),
+    ("stages:\n  - {name: b, step: prune}\n", "stage 'b' (prune) has no input model"),
+    ("stages:\n  - {name: a, step: train}\n  - {name: a, step: train}\n", "two stages are named 'a'"),
+    ("stages:\n  - {name: a, step: train, params: {method: x}}\n", "unknown parameter 'method'"),
+    ("stages:\n  - {name: a, step: train}\n  - {name: b, step: prune, params: {norm: l2}}\n",
+     "stage 'b' (prune): norm applies to method structured only"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_a_malformed_recipe_is_one_line_and_starts_no_run(tmp_path, text, message, fails_with_bad_input):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    line = fails_with_bad_input(pipeline.main, ["--recipe", str(path)])
+    assert message in line
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--recipe", "nosuch"], "recipe 'nosuch' not found"),
+        (["--set", "trained"], "override 'trained' must look like stage.param=value"),
+        (["--set", "ghost.epochs=3"], "override ghost.epochs: recipe baseline has no stage 'ghost'"),
+        (["--set", "trained.model=resnet"], "stage 'trained' (train): unknown model 'resnet'"),
+    ],
+)
+def test_bad_recipe_arguments(argv, message, fails_with_bad_input):
+    assert message in fails_with_bad_input(pipeline.main, argv)
