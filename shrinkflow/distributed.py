@@ -91,7 +91,10 @@ def launch(module: str, config, nproc: int) -> str:
         if field.name != "nproc":
             flags += [flag_name(field.name), str(getattr(config, field.name))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    job = subprocess.Popen([*command, "-m", module, *flags], stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    if parent := _active_run_id():  # rank 0's run nests under this process's run (a recipe's, a search's)
+        env[PARENT_RUN_ENV] = parent
+    job = subprocess.Popen([*command, "-m", module, *flags], stdout=subprocess.PIPE, text=True, env=env)
     last = ""
     with _passing_signals_to(job):
         for line in job.stdout:
@@ -103,6 +106,18 @@ def launch(module: str, config, nproc: int) -> str:
         sys.stdout.write(f"{last}\n" if last else "")
         raise SystemExit(code)
     return last
+
+
+PARENT_RUN_ENV = "SHRINKFLOW_PARENT_RUN_ID"
+
+
+def _active_run_id() -> str | None:
+    if "mlflow" not in sys.modules:  # nothing started a run in this process
+        return None
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
 
 
 @contextlib.contextmanager

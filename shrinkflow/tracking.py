@@ -82,7 +82,10 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     ensure_store()
     mark_dead_runs_killed()
     under_torchrun = distributed.launched()
-    with _terminate_as_interrupt() as signals, mlflow.start_run(nested=mlflow.active_run() is not None) as run:
+    # a step torchrun started for a process that had a run open nests under that run
+    parent = None if mlflow.active_run() else os.environ.get(distributed.PARENT_RUN_ENV)
+    nested = mlflow.active_run() is not None
+    with _terminate_as_interrupt() as signals, mlflow.start_run(nested=nested, parent_run_id=parent) as run:
         try:
             mlflow.set_tags({"shrinkflow.step": step, **process_tags(), **hardware_tags(torch.get_num_threads())})
             if under_torchrun and dist.is_initialized():

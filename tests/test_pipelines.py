@@ -141,3 +141,12 @@ def test_a_malformed_recipe_is_one_line_and_starts_no_run(tmp_path, text, messag
 )
 def test_bad_recipe_arguments(argv, message, fails_with_bad_input):
     assert message in fails_with_bad_input(pipeline.main, argv)
+
+
+def test_a_stage_under_torchrun_nests_under_the_recipes_run(tmp_path):
+    path = tmp_path / "ddp.yaml"
+    path.write_text("stages:\n  - {name: trained, step: train, params: {epochs: 1, device: cpu, nproc: 2}}\n")
+    parent_id = pipeline.execute(pipeline.PipelineConfig(recipe=str(path), force=True))
+    stage = mlflow.get_run(_stages(parent_id)["trained"].run_id)
+    assert stage.data.tags["shrinkflow.world_size"] == "2"
+    assert stage.data.tags["mlflow.parentRunId"] == parent_id
