@@ -57,10 +57,11 @@ def is_main() -> bool:
     return group().rank == 0
 
 
-def launch_if_asked(module: str, config) -> str | None:
+def launch_if_asked(module: str, config, parent_run_id: str | None = None) -> str | None:
     """A step whose ``config.nproc`` > 1, not yet under torchrun, runs ``python -m <module>``
     with the same config under ``torchrun --nproc-per-node <nproc>`` and returns the run id that
-    rank 0 printed; otherwise None (the caller trains in this process)."""
+    rank 0 printed; otherwise None (the caller trains in this process). ``parent_run_id``: the
+    run that rank 0's run nests under (a recipe's, a search's)."""
     nproc = config.nproc
     if nproc < 1:
         raise ShrinkflowError(f"nproc must be >= 1 (1 = this process alone), got {nproc}")
@@ -74,10 +75,10 @@ def launch_if_asked(module: str, config) -> str | None:
         raise ShrinkflowError(
             f"nproc {nproc} needs one GPU per process with NCCL; this machine has {torch.cuda.device_count()}"
         )
-    return launch(module, config, nproc)
+    return launch(module, config, nproc, parent_run_id)
 
 
-def launch(module: str, config, nproc: int) -> str:
+def launch(module: str, config, nproc: int, parent_run_id: str | None = None) -> str:
     """Run ``python -m <module>`` with ``config`` as flags under ``torchrun --nproc-per-node
     nproc`` on this machine (``--standalone`` picks a free port: two jobs on one machine do not
     collide), passing its output through but for the last line, which it returns (rank 0's
@@ -91,9 +92,7 @@ def launch(module: str, config, nproc: int) -> str:
         if field.name != "nproc":
             flags += [flag_name(field.name), str(getattr(config, field.name))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    env = dict(os.environ)
-    if parent := _active_run_id():  # rank 0's run nests under this process's run (a recipe's, a search's)
-        env[PARENT_RUN_ENV] = parent
+    env = {**os.environ, PARENT_RUN_ENV: parent_run_id} if parent_run_id else None
     job = subprocess.Popen([*command, "-m", module, *flags], stdout=subprocess.PIPE, text=True, env=env)
     last = ""
     with _passing_signals_to(job):
@@ -108,16 +107,7 @@ def launch(module: str, config, nproc: int) -> str:
     return last
 
 
-PARENT_RUN_ENV = "SHRINKFLOW_PARENT_RUN_ID"
-
-
-def _active_run_id() -> str | None:
-    if "mlflow" not in sys.modules:  # nothing started a run in this process
-        return None
-    import mlflow
-
-    run = mlflow.active_run()
-    return run.info.run_id if run else None
+PARENT_RUN_ENV = "SHRINKFLOW_PARENT_RUN_ID"  # read by tracking.step_run in rank 0
 
 
 @contextlib.contextmanager

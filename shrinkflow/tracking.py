@@ -41,6 +41,7 @@ from shrinkflow.latency import hardware_tags
 
 __all__ = [
     "DIGEST_TAG",
+    "active_run_id",
     "check_dataset",
     "checkpoint_files",
     "checkpoint_digest",
@@ -111,6 +112,12 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
             signals.hold()  # start_run marks the run FAILED on the way out
             raise
         signals.hold()  # start_run marks the run FINISHED on the way out
+
+
+def active_run_id() -> str | None:
+    """The run open in this process, if any (for the processes it starts to nest under)."""
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
 
 
 def ensure_store() -> None:

@@ -63,7 +63,9 @@ def execute(cfg: DistillConfig) -> str:
     tracking.check_dataset(cfg.run_id, data)
     check_distilling(teacher, cfg, data)  # a student that cannot learn from it fails before a run starts
     cpu = torch.device("cpu")
-    if run_id := distributed.launch_if_asked("steps.distill", cfg):  # after the checks: bad input is one line
+    if run_id := distributed.launch_if_asked(
+        "steps.distill", cfg, tracking.active_run_id()
+    ):  # after the checks: bad input is one line
         return run_id
     device = distributed.setup(device)
     if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing

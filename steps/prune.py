@@ -68,7 +68,9 @@ def execute(cfg: PruneConfig) -> str:
     tracking.check_dataset(cfg.run_id, data)
     cpu = torch.device("cpu")
     accuracy_before = score(original.model, data.x_test, data.y_test, cpu)["accuracy"]
-    if run_id := distributed.launch_if_asked("steps.prune", cfg):  # after the checks: bad input is one line
+    if run_id := distributed.launch_if_asked(
+        "steps.prune", cfg, tracking.active_run_id()
+    ):  # after the checks: bad input is one line
         return run_id
     device = distributed.setup(device)
     if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing

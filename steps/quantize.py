@@ -67,7 +67,9 @@ def execute(cfg: QuantizeConfig) -> str:
     check_quantizing(original, cfg, data)  # bad layer names or an empty split fail before a run starts
     cpu = torch.device("cpu")
     accuracy_before = score(original.model, data.x_test, data.y_test, cpu)["accuracy"]
-    if run_id := distributed.launch_if_asked("steps.quantize", cfg):  # after the checks: bad input is one line
+    if run_id := distributed.launch_if_asked(
+        "steps.quantize", cfg, tracking.active_run_id()
+    ):  # after the checks: bad input is one line
         return run_id
     device = distributed.setup(device)
     if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing

@@ -79,7 +79,9 @@ def execute(cfg: TrainConfig) -> str:
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.label_column, cfg.dataset_args)
     initial = new_artifact(cfg.model, data, cfg.width, cfg.depth, cfg.seed)
-    if run_id := distributed.launch_if_asked("steps.train", cfg):  # after the checks: bad input is one line
+    if run_id := distributed.launch_if_asked(
+        "steps.train", cfg, tracking.active_run_id()
+    ):  # after the checks: bad input is one line
         return run_id
     device = distributed.setup(device)
     if not distributed.is_main():  # the other processes train alongside rank 0 and log nothing
