@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
 
 from shrinkflow.config import ShrinkflowError, flag_name
 from shrinkflow.zoo import build_model
@@ -175,6 +173,8 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def shard_model(model: nn.Module) -> nn.Module:
     """Shard ``model`` in place with FSDP2: each layer that holds weights, then the whole (so
     that only one layer's weights are gathered at a time). Rank 0's weights are the ones kept."""
+    from torch.distributed.fsdp import fully_shard  # 0.9 s to import: only where it is used
+
     for module in model.modules():
         if module is not model and any(True for _ in module.parameters(recurse=False)):
             _broadcast_from_rank0(module)
@@ -191,12 +191,15 @@ def _broadcast_from_rank0(module: nn.Module) -> None:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    tensor_module = sys.modules.get("torch.distributed.tensor")  # not imported: nothing is sharded
+    return tensor_module is not None and any(isinstance(p, tensor_module.DTensor) for p in model.parameters())
 
 
 def unsharded(model: nn.Module, architecture: dict) -> nn.Module:
     """A plain copy of the FSDP-sharded ``model`` on the CPU, built from its ``architecture``:
     every process gathers every layer (a collective: all of them call this)."""
+    from torch.distributed.tensor import DTensor
+
     state = {
         name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
         for name, value in model.state_dict().items()

@@ -213,8 +213,10 @@ def shared_storage(request, tmp_path):
 @pytest.mark.slow
 def test_two_workers_finish_exactly_the_trials_asked_without_duplicates(trained_run_id, tmp_path, shared_storage):
     storage, name = shared_storage
-    slower = tmp_path / "slower.yaml"  # trials of ~2 s, so the helper (~5 s to start) gets some
-    slower.write_text(SMALL_SPACE.replace("epochs: 1", "epochs: 60"))
+    # trials of ~3 s, so that the helper (~5 s to start) gets some: at 60 epochs (~1.4 s a
+    # trial) the first worker once finished all 8 before the helper asked for one
+    slower = tmp_path / "slower.yaml"
+    slower.write_text(SMALL_SPACE.replace("epochs: 1", "epochs: 150"))
     cfg = _config(tmp_path, str(slower), run_id=trained_run_id, trials=8, workers=2, storage=storage, study_name=name)
     champion = search.execute(cfg)
     done = _done(_study(cfg))
