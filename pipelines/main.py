@@ -91,8 +91,7 @@ def execute(cfg: PipelineConfig) -> str:
         runs, models, reused = {}, {}, {}
         for stage in recipe.stages:
             runs[stage.name], reused[stage.name] = _run_stage(stage, models, cfg.force)
-            own = stage.step in MAKES_MODEL
-            models[stage.name] = runs[stage.name] if own else models.get((stage.inputs or ("",))[-1], runs[stage.name])
+            models[stage.name] = _model_of(stage, runs[stage.name], models)
             mlflow.set_tag(f"shrinkflow.stage.{stage.name}", runs[stage.name])
         table = stage_table(recipe, runs, models, reused)
         tracking.log_table(table, "stages")
@@ -104,6 +103,16 @@ def execute(cfg: PipelineConfig) -> str:
             mlflow.log_metrics({"test_accuracy": last["test_accuracy"], "cost_size_bytes": last["cost_size_bytes"]})
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=sys.stderr)
         return run.info.run_id
+
+
+def _model_of(stage: Stage, run_id: str, models: dict[str, str]) -> str:
+    """The run whose model ``stage`` leaves for the next: its own (a step that makes one), else
+    the one it was given (its last input, or the run id written in the recipe)."""
+    if stage.step in MAKES_MODEL:
+        return run_id
+    if stage.inputs:
+        return models[stage.inputs[-1]]
+    return stage.params.get("run_id", run_id)
 
 
 # What each stage contributes to the table, first found wins (benchmark's latency over the
