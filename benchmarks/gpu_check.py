@@ -26,7 +26,7 @@ import torch
 from shrinkflow import distributed
 from shrinkflow.artifact import new_artifact
 from shrinkflow.data import load_dataset
-from shrinkflow.latency import deployable, measure_latency, torch_threads
+from shrinkflow.latency import deployable, first_samples, measure_latency, torch_threads
 from shrinkflow.training import Execution, FitSettings, score, train
 
 CPU = torch.device("cpu")
@@ -58,8 +58,7 @@ def _latency(model: torch.nn.Module, data, devices, forms, batch_sizes) -> list[
     for device in devices:
         for form in forms:
             for size in batch_sizes:
-                x = data.x_test
-                example = x.repeat(-(-size // len(x)), *([1] * (x.dim() - 1)))[:size].to(device)
+                example = first_samples(data.x_test, size).to(device)
                 with torch_threads(1):
                     runnable = deployable(model.to(device), example, form)
                     result = measure_latency(runnable, example, device, 20, 200, model)

@@ -28,6 +28,7 @@ __all__ = [
     "OnnxRuntimeModel",
     "before_after_latency",
     "compiled",
+    "first_samples",
     "interleaved_medians",
     "deployable",
     "hardware_tags",
@@ -294,6 +295,11 @@ def hardware_tags(threads: int) -> dict[str, str]:
     return tags
 
 
+def first_samples(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch of the first ``size`` samples of ``x``, repeated when ``x`` has fewer."""
+    return x.repeat(-(-size // len(x)), *([1] * (x.dim() - 1)))[:size]
+
+
 def interleaved_medians(
     models: dict[str, nn.Module], example: torch.Tensor, rounds: int, warmup: int, repetitions: int
 ) -> dict[str, float]:
@@ -318,7 +324,7 @@ def before_after_latency(before: nn.Module, after: nn.Module, x: torch.Tensor) -
     metrics = {}
     with torch_threads(1), torch.no_grad():
         for size in CHECK_BATCH_SIZES:
-            example = x.repeat(-(-size // len(x)), *([1] * (x.dim() - 1)))[:size]
+            example = first_samples(x, size)
             timed = interleaved_medians(
                 {"before": before.eval(), "after": after.eval()}, example, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS
             )

@@ -35,7 +35,15 @@ from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, p
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import DataSplits, dataset_of
 from shrinkflow.encoding import is_int8_layer
-from shrinkflow.latency import FORMS, LatencyResult, deployable, hardware_tags, measure_latency, torch_threads
+from shrinkflow.latency import (
+    FORMS,
+    LatencyResult,
+    deployable,
+    first_samples,
+    hardware_tags,
+    measure_latency,
+    torch_threads,
+)  # fmt: skip
 
 __all__ = ["CONFIG", "BenchmarkConfig", "benchmark", "example_batch", "main", "parse_batch_sizes", "parse_prices"]
 
@@ -130,9 +138,7 @@ class BenchmarkConfig:
 
 def example_batch(data: DataSplits, batch_size: int) -> torch.Tensor:
     """The first ``batch_size`` test samples, repeated if the split is smaller."""
-    x = data.x_test
-    repeats = -(-batch_size // len(x))
-    return x.repeat(repeats, *([1] * (x.dim() - 1)))[:batch_size]
+    return first_samples(data.x_test, batch_size)
 
 
 def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[LatencyResult]:
