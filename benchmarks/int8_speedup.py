@@ -2,7 +2,8 @@
 
 Builds the default digits ``mlp`` (LeNet-300-100), its dynamic-int8 copy, saves and reloads both
 as checkpoints, and times them in one process (1 thread, 50 warm-up passes, 1,000 timed passes
-at batch 1 and 300 at batch 256), eager and traced-and-frozen. Weights do not change the speed of
+at batch 1 and 300 at batch 256), eager and traced-and-frozen, the int8 model with each of
+PyTorch's int8 engines (x86, fbgemm, qnnpack, onednn). Weights do not change the speed of
 dense kernels, so no training is needed. Results: benchmarks/results/int8_speedup.csv,
 summarized in the README.
 
@@ -18,7 +19,7 @@ import torch
 
 from benchmarks._speedup import speedup_table, write_results
 from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
-from shrinkflow.encoding import dynamic_int8
+from shrinkflow.encoding import dynamic_int8, int8_engines
 from shrinkflow.zoo import build_model, describe
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8_speedup.csv"
@@ -36,7 +37,7 @@ def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = _artifacts(Path(tmp))
-    write_results(speedup_table(models, (1, 8, 8), ((1, 1000), (256, 300))), RESULTS)
+    write_results(speedup_table(models, (1, 8, 8), ((1, 1000), (256, 300)), engines=int8_engines()), RESULTS)
     print(f"-> {RESULTS}")
 
 

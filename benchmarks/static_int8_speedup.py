@@ -3,7 +3,8 @@
 Builds the default digits ``cnn``, its static-int8 copy (FX graph mode, histogram observer,
 calibrated on 10 batches of 100 random images: ranges change the scales, not the speed), saves
 and reloads both as checkpoints, and times them in one process (1 thread, 50 warm-up passes,
-1,000 timed passes at batch 1 and 300 at batch 64), eager and traced-and-frozen. Results:
+1,000 timed passes at batch 1 and 300 at batch 64), eager and traced-and-frozen, the int8 model
+with each of PyTorch's int8 engines (x86, fbgemm, qnnpack, onednn). Results:
 benchmarks/results/static_int8_speedup.csv, summarized in the README.
 
     python -m benchmarks.static_int8_speedup
@@ -19,7 +20,7 @@ import torch
 
 from benchmarks._speedup import speedup_table, write_results
 from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
-from shrinkflow.encoding import convert_int8, prepare_static_int8
+from shrinkflow.encoding import convert_int8, int8_engines, prepare_static_int8
 from shrinkflow.zoo import build_model, describe
 
 RESULTS = Path(__file__).resolve().parent / "results" / "static_int8_speedup.csv"
@@ -45,7 +46,7 @@ def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = _artifacts(Path(tmp))
-    write_results(speedup_table(models, _SHAPE, ((1, 1000), (64, 300))), RESULTS)
+    write_results(speedup_table(models, _SHAPE, ((1, 1000), (64, 300)), engines=int8_engines()), RESULTS)
     print(f"-> {RESULTS}")
 
 

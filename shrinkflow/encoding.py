@@ -23,6 +23,8 @@ are stored (packed k bits each, or entropy-coded) is ``shrinkflow.storage``'s bu
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -38,16 +40,21 @@ __all__ = [
     "encode_codebook",
     "encode_symmetric",
     "INT8_STORAGES",
+    "INT8_ENGINES",
     "OBSERVERS",
     "convert_int8",
+    "int8_engines",
     "int8_skeleton",
     "int8_state",
     "is_dynamic_int8_linear",
     "is_dynamic_int8_lstm",
+    "has_int8_layers",
     "is_int8_layer",
     "kept_weights",
     "load_int8_state",
     "prepare_static_int8",
+    "quantized_engine",
+    "repacked_int8",
     "pack_codes",
     "refit_codebook",
     "unpack_codes",
@@ -364,3 +371,50 @@ def _load_int8_lstm(module: nn.Module, prefix: str, state: dict[str, torch.Tenso
         used.add(f"{prefix}{key}")
     module.set_weight_bias(tensors)
     return used
+
+
+# --- int8 engines ----------------------------------------------------------------------------
+# PyTorch's int8 CPU kernels come from one of several libraries, chosen by one process-wide
+# setting, torch.backends.quantized.engine: it is read when a layer's weights are packed (on
+# loading) and when the layer runs. Measured on the digits cnn (traced, 1 thread): x86, the
+# default, runs oneDNN convolutions that are the fastest at batch 64 but pay ~10 µs of setup a
+# call, so fbgemm and qnnpack run batch 1 ~1.6-1.9x faster and batch 64 2.5x slower. The engine is
+# therefore a property of how a model is run, like its execution form, not of the checkpoint.
+
+INT8_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+
+
+def int8_engines() -> tuple[str, ...]:
+    """The ``INT8_ENGINES`` this PyTorch build has."""
+    return tuple(engine for engine in INT8_ENGINES if engine in torch.backends.quantized.supported_engines)
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str):
+    """Run the block with ``engine``'s int8 kernels, then restore the engine that was set."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def has_int8_layers(model: nn.Module) -> bool:
+    return any(is_int8_layer(module) for module in model.modules())
+
+
+def repacked_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its int8 weights packed for the engine set now, exactly as loading
+    its checkpoint under that engine packs them. Engines round differently in places (qnnpack its
+    requantization, onednn its on-the-fly quantization of dynamic int8), so outputs can differ
+    slightly: on the digits models, the same class for every test image, logits within 1.3%."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if is_dynamic_int8_lstm(module):
+                weights, biases = int8_lstm_tensors(module)
+                module.set_weight_bias({**weights, **biases})
+            elif is_int8_layer(module):
+                module.set_weight_bias(module.weight(), module.bias())
+    return model

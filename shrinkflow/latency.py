@@ -14,16 +14,20 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from shrinkflow.config import ShrinkflowError
+from shrinkflow.encoding import has_int8_layers, int8_engines, quantized_engine, repacked_int8
 from shrinkflow.onnx_export import export_onnx, onnx_session
 
 __all__ = [
+    "ENGINE_CHOICES",
     "FORMS",
+    "Deployed",
     "LatencyResult",
     "OnnxRuntimeModel",
     "before_after_latency",
@@ -31,6 +35,8 @@ __all__ = [
     "first_samples",
     "interleaved_medians",
     "deployable",
+    "deployed",
+    "fastest_engine",
     "hardware_tags",
     "measure_latency",
     "peak_memory_bytes",
@@ -58,6 +64,7 @@ class LatencyResult:
     mean_ms: float
     throughput_sps: float  # samples per second at the median latency
     peak_memory_bytes: int
+    quantized_engine: str = ""  # the int8 kernels' engine it ran with; empty for a float model
 
     def cost_per_million(self, price_per_hour: float) -> float:
         """Price of a million inferences at ``price_per_hour`` for the machine, at this throughput."""
@@ -143,6 +150,53 @@ class OnnxRuntimeModel:
         self._bound = (x, inputs, output)
 
 
+# ``quantized_engine`` settings of benchmark and compare: auto, or one engine of this build.
+ENGINE_CHOICES = ("auto", *int8_engines())
+_ENGINE_ROUNDS, _ENGINE_WARMUP, _ENGINE_REPETITIONS = 3, 10, 50  # choosing the engine: ~0.1 s at batch 1
+
+
+class Deployed(NamedTuple):
+    runnable: nn.Module | OnnxRuntimeModel  # what is timed: the model in its execution form
+    model: nn.Module  # the eager model it was made from, int8 weights packed for ``engine``
+    engine: str  # the int8 engine it runs with; empty for a float model or the onnxruntime form
+
+
+@contextlib.contextmanager
+def deployed(model: nn.Module, example: torch.Tensor, form: str, engine: str = "auto"):
+    """``model`` ready to time in ``form`` (``Deployed``); inside the block, a model with int8
+    layers runs with ``engine``'s kernels — ``auto``: whichever of this build's engines runs
+    ``example`` fastest in this form (eager and traced; other forms keep the engine set now)."""
+    if form == "onnxruntime" or not has_int8_layers(model):  # ONNX Runtime has its own int8 kernels
+        yield Deployed(deployable(model, example, form), model, "")
+        return
+    if engine == "auto" and form in ("eager", "traced"):
+        engine = fastest_engine(model, example, form)
+    elif engine == "auto":  # compiling once per engine would take minutes
+        engine = torch.backends.quantized.engine
+    if engine not in int8_engines():
+        raise ShrinkflowError(f"unknown int8 engine {engine!r}: this PyTorch has {', '.join(int8_engines())}")
+    with quantized_engine(engine):
+        repacked = repacked_int8(model)
+        yield Deployed(deployable(repacked, example, form), repacked, engine)
+
+
+def fastest_engine(model: nn.Module, example: torch.Tensor, form: str) -> str:
+    """The int8 engine with which ``model`` (loaded and run under it) runs ``example`` fastest in
+    ``form``: the engines timed in turn over a few rounds, the smallest median wins."""
+    runnables = {}
+    for engine in int8_engines():
+        with quantized_engine(engine), torch.no_grad():
+            runnables[engine] = deployable(repacked_int8(model), example, form)
+    medians: dict[str, list[float]] = {engine: [] for engine in runnables}
+    with torch.inference_mode():
+        for _ in range(_ENGINE_ROUNDS):
+            for engine, runnable in runnables.items():
+                with quantized_engine(engine):
+                    samples = _timed_ms(runnable, example, example.device, _ENGINE_WARMUP, _ENGINE_REPETITIONS)
+                medians[engine].append(float(np.median(samples)))
+    return min(medians, key=lambda engine: np.median(medians[engine]))
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int):
     """Run the block with ``threads`` CPU threads, then restore the previous count."""
@@ -175,15 +229,7 @@ def measure_latency(
     """
     model = model.to(device).eval()
     batch = example.to(device)
-    for _ in range(warmup):
-        model(batch)
-    _synchronize(device)
-    samples = np.empty(repetitions)
-    for i in range(repetitions):
-        start = time.perf_counter_ns()
-        model(batch)
-        _synchronize(device)
-        samples[i] = (time.perf_counter_ns() - start) / 1e6
+    samples = _timed_ms(model, batch, device, warmup, repetitions)
     p50, p90, p99 = np.percentile(samples, [50, 90, 99])
     return LatencyResult(
         device=device.type,
@@ -198,7 +244,19 @@ def measure_latency(
     )
 
 
-@torch.inference_mode()
+def _timed_ms(model, batch: torch.Tensor, device: torch.device, warmup: int, repetitions: int) -> np.ndarray:
+    for _ in range(warmup):
+        model(batch)
+    _synchronize(device)
+    samples = np.empty(repetitions)
+    for i in range(repetitions):
+        start = time.perf_counter_ns()
+        model(batch)
+        _synchronize(device)
+        samples[i] = (time.perf_counter_ns() - start) / 1e6
+    return samples
+
+
 def peak_memory_bytes(
     model: nn.Module, batch: torch.Tensor, device: torch.device, weights_of: nn.Module | None = None
 ) -> int:
@@ -320,14 +378,15 @@ SLOWER = 0.9  # a speed-up below this is reported as slower (timing noise stays 
 
 def before_after_latency(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """``latency_bs<B>_ms_before``/``_after`` and ``speedup_bs<B>`` (before ÷ after: > 1 is
-    faster) of two models on the first samples of ``x``, for each ``CHECK_BATCH_SIZES``."""
+    faster) of two models on the first samples of ``x``, for each ``CHECK_BATCH_SIZES``; a model
+    with int8 layers runs with its fastest int8 engine at that batch size."""
     metrics = {}
     with torch_threads(1), torch.no_grad():
         for size in CHECK_BATCH_SIZES:
             example = first_samples(x, size)
-            timed = interleaved_medians(
-                {"before": before.eval(), "after": after.eval()}, example, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS
-            )
+            with deployed(after, example, "eager") as run:  # an int8 model with its fastest engine
+                models = {"before": before.eval(), "after": run.runnable}
+                timed = interleaved_medians(models, example, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS)
             metrics[f"latency_bs{size}_ms_before"] = timed["before"]
             metrics[f"latency_bs{size}_ms_after"] = timed["after"]
             metrics[f"speedup_bs{size}"] = timed["before"] / timed["after"]

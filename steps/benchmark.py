@@ -6,7 +6,9 @@ torch version and threads, GPU name) with
 - static cost of the reloaded model: ``cost_params``, ``cost_nonzero_params``, ``cost_sparsity``,
   ``cost_macs``, ``cost_macs_effective``, ``cost_bops``, ``cost_size_bytes``,
   ``cost_size_entropy_bytes``, and a per-layer table ``layers.json``;
-- per device and batch size B, in the chosen execution ``form`` (tag ``shrinkflow.execution_form``):
+- per device and batch size B, in the chosen execution ``form`` (tag ``shrinkflow.execution_form``)
+  and, for a model with int8 layers, with the int8 engine ``quantized_engine`` (``auto``: the
+  fastest for that batch size; tag ``shrinkflow.quantized_engine.bs<B>``):
   ``latency_<device>_bs<B>_ms_p50``/``_p90``/``_p99``/``_mean``,
   ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, for a device
   with a price per hour (``--price-per-hour cpu:0.10,cuda:3.50``),
@@ -24,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -36,9 +38,10 @@ from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import DataSplits, dataset_of
 from shrinkflow.encoding import is_int8_layer
 from shrinkflow.latency import (
+    ENGINE_CHOICES,
     FORMS,
     LatencyResult,
-    deployable,
+    deployed,
     first_samples,
     hardware_tags,
     measure_latency,
@@ -114,6 +117,13 @@ class BenchmarkConfig:
             "help": "form timed: eager, traced (TorchScript, frozen), compiled (torch.compile) or onnxruntime (CPU)"
         },
     )
+    quantized_engine: str = field(
+        default="auto",
+        metadata={
+            "help": "int8 kernels of a quantized model: auto (the fastest engine for each batch size, timed) or "
+            + ", ".join(ENGINE_CHOICES[1:])
+        },
+    )
     price_per_hour: str = field(
         default="0",
         metadata={
@@ -134,6 +144,10 @@ class BenchmarkConfig:
         if self.form not in FORMS:
             raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
         parse_prices(self.price_per_hour)
+        if self.quantized_engine not in ENGINE_CHOICES:
+            raise ShrinkflowError(
+                f"unknown quantized_engine {self.quantized_engine!r}: choose {', '.join(ENGINE_CHOICES)}"
+            )
 
 
 def example_batch(data: DataSplits, batch_size: int) -> torch.Tensor:
@@ -151,8 +165,9 @@ def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[
         for device in devices:
             for size in parse_batch_sizes(cfg.batch_sizes):
                 example = example_batch(data, size).to(device)
-                runnable = deployable(model.to(device), example, cfg.form)
-                results.append(measure_latency(runnable, example, device, cfg.warmup, cfg.repetitions, model))
+                with deployed(model.to(device), example, cfg.form, cfg.quantized_engine) as run:
+                    result = measure_latency(run.runnable, example, device, cfg.warmup, cfg.repetitions, run.model)
+                results.append(replace(result, quantized_engine=run.engine))
     return results
 
 
@@ -160,6 +175,8 @@ def latency_table(results: list[LatencyResult], prices: dict[str, float]) -> pd.
     """One row per device and batch size; with prices, what a million inferences cost on each
     device, side by side (NaN for a device without a price)."""
     table = pd.DataFrame([asdict(r) for r in results])
+    if not any(r.quantized_engine for r in results):
+        table = table.drop(columns="quantized_engine")
     if prices:
         table["price_per_hour_usd"] = [_price(prices, r.device) or float("nan") for r in results]
         table["cost_per_million_usd"] = [
@@ -204,6 +221,9 @@ def execute(cfg: BenchmarkConfig) -> str:
         results = benchmark(model, data, cfg)
         prices = parse_prices(cfg.price_per_hour)
         table = latency_table(results, prices)
+        mlflow.set_tags(
+            {f"shrinkflow.quantized_engine.bs{r.batch_size}": r.quantized_engine for r in results if r.quantized_engine}
+        )
         mlflow.log_metrics({**costs, **latency_metrics(results, prices)})
         tracking.log_table(table, "benchmark")
         mlflow.log_table(layers, artifact_file="layers.json")

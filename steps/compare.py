@@ -4,7 +4,9 @@ Consumes: comma-separated run ids of steps that logged models, the baseline firs
 Produces: an MLflow run with the comparison as ``comparison.json`` (MLflow table) and
 ``comparison.csv``, printed to the terminal too. Every number is measured in this one process
 on the reloaded artifacts — accuracy on the chosen split, size on disk, exact MACs, CPU latency
-at one batch size and thread count — so ratios compare like with like. The run id is the last
+at one batch size and thread count — so ratios compare like with like. A model with int8 layers
+runs with the int8 engine ``quantized_engine`` (``auto``: its fastest at this batch size), and its
+accuracy is measured with that engine too (column ``quantized_engine``). The run id is the last
 line printed.
 
 Example:
@@ -22,7 +24,7 @@ import torch
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
 from shrinkflow.data import SPLITS, dataset_of
-from shrinkflow.latency import FORMS, deployable, hardware_tags, measure_latency, torch_threads
+from shrinkflow.latency import ENGINE_CHOICES, FORMS, deployed, hardware_tags, measure_latency, torch_threads
 from shrinkflow.training import score
 from steps.benchmark import example_batch
 
@@ -49,6 +51,14 @@ class CompareConfig:
         },
     )
 
+    quantized_engine: str = field(
+        default="auto",
+        metadata={
+            "help": "int8 kernels of a quantized model: auto (the fastest engine for it at this batch size, "
+            "timed) or " + ", ".join(ENGINE_CHOICES[1:])
+        },
+    )
+
     def __post_init__(self):
         if not self.ids():
             raise ShrinkflowError("run_ids is required: pass one or more run ids separated by commas")
@@ -58,6 +68,10 @@ class CompareConfig:
             raise ShrinkflowError("need batch_size, repetitions and threads >= 1 and warmup >= 0")
         if self.form not in FORMS:
             raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
+        if self.quantized_engine not in ENGINE_CHOICES:
+            raise ShrinkflowError(
+                f"unknown quantized_engine {self.quantized_engine!r}: choose {', '.join(ENGINE_CHOICES)}"
+            )
 
     def ids(self) -> list[str]:
         return [part.strip() for part in self.run_ids.split(",") if part.strip()]
@@ -86,20 +100,22 @@ def _measure(run_id: str, cfg: CompareConfig) -> dict:
     tracking.check_dataset(run_id, data)
     cpu = torch.device("cpu")
     example = example_batch(data, cfg.batch_size)
-    runnable = deployable(model, example, cfg.form)
-    latency = measure_latency(runnable, example, cpu, cfg.warmup, cfg.repetitions, weights_of=model)
+    with deployed(model, example, cfg.form, cfg.quantized_engine) as run:  # scored as it is timed
+        latency = measure_latency(run.runnable, example, cpu, cfg.warmup, cfg.repetitions, weights_of=run.model)
+        accuracy = score(run.model, *data.split(cfg.split), cpu)["accuracy"]
     return {
         "run_id": run_id,
         "dataset": description["dataset"],
         "model": description["architecture"]["name"],
         "storage": description.get("storage", "dense-fp32"),
-        "accuracy": score(model, *data.split(cfg.split), cpu)["accuracy"],
+        "accuracy": accuracy,
         "params": costs["cost_params"],
         "nonzero_params": costs["cost_nonzero_params"],
         "size_bytes": costs["cost_size_bytes"],
         "macs": costs["cost_macs"],
         "macs_effective": costs["cost_macs_effective"],
         "form": cfg.form,
+        "quantized_engine": run.engine,
         "latency_ms_p50": latency.p50_ms,
     }
 

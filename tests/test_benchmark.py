@@ -1,6 +1,7 @@
 """The benchmark and compare steps, and the latency measurements under them."""
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -234,3 +235,87 @@ def test_compare_in_onnxruntime_form(trained_run_id):
     run_id = compare.execute(cfg)
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="comparison.csv"))
     assert list(table["form"]) == ["onnxruntime", "onnxruntime"] and (table["latency_ms_p50"] > 0).all()
+
+
+# --- int8 engines: which kernels an int8 model is timed with ------------------------------------
+
+
+def _int8_cnn():
+    from shrinkflow.encoding import convert_int8, prepare_static_int8
+
+    torch.manual_seed(0)
+    model = build_model(describe("cnn", (1, 8, 8), 10)).eval()
+    prepared = prepare_static_int8(model, torch.zeros(1, 1, 8, 8), "minmax")
+    with torch.no_grad():
+        prepared(torch.rand(100, 1, 8, 8))
+    return convert_int8(prepared)
+
+
+def test_an_int8_model_runs_with_the_engine_asked_for_and_the_setting_is_restored():
+    from shrinkflow.encoding import int8_engines
+    from shrinkflow.latency import deployed
+
+    model, example, default = _int8_cnn(), torch.rand(4, 1, 8, 8), torch.backends.quantized.engine
+    for engine in int8_engines():
+        with deployed(model, example, "traced", engine) as run, torch.no_grad():
+            assert run.engine == engine and torch.backends.quantized.engine == engine
+            torch.testing.assert_close(run.runnable(example), run.model(example))
+        assert torch.backends.quantized.engine == default
+    with (
+        pytest.raises(ShrinkflowError, match="unknown int8 engine 'tpu': this PyTorch has x86, "),
+        deployed(model, example, "eager", "tpu"),
+    ):
+        pass
+
+
+def test_auto_takes_the_engine_with_the_smallest_median(monkeypatch):
+    from shrinkflow import latency
+    from shrinkflow.encoding import int8_engines
+
+    # fake timings by engine, with one slow outlier for the fastest: the median decides
+    fake = {engine: 1.0 + i for i, engine in enumerate(int8_engines())}
+    fastest = int8_engines()[-1]
+    fake[fastest] = 0.5
+    calls = []
+
+    def timed(model, batch, device, warmup, repetitions):
+        engine = torch.backends.quantized.engine
+        calls.append(engine)
+        slow = calls.count(engine) == 1 and engine == fastest
+        return np.full(repetitions, 100.0 if slow else fake[engine])
+
+    monkeypatch.setattr(latency, "_timed_ms", timed)
+    assert latency.fastest_engine(_int8_cnn(), torch.rand(1, 1, 8, 8), "eager") == fastest
+    assert sorted(calls) == sorted(list(int8_engines()) * 3)  # every engine timed in each of 3 rounds
+
+
+def test_float_models_and_the_onnxruntime_form_have_no_int8_engine():
+    from shrinkflow.latency import deployed
+
+    with deployed(_mlp(), torch.rand(1, 1, 8, 8), "traced") as run:
+        assert run.engine == ""
+    with deployed(_int8_cnn(), torch.rand(1, 1, 8, 8), "onnxruntime") as run:  # ONNX Runtime's own kernels
+        assert run.engine == ""
+
+
+def test_benchmark_and_compare_name_the_int8_engine_they_timed(trained_run_id):
+    from shrinkflow.encoding import int8_engines
+    from steps import quantize
+
+    int8_id = quantize.execute(quantize.QuantizeConfig(run_id=trained_run_id, method="dynamic-int8", device="cpu"))
+    sizes = dict(batch_sizes="1,16", warmup=1, repetitions=5, devices="cpu")
+    auto = mlflow.get_run(benchmark.execute(benchmark.BenchmarkConfig(run_id=int8_id, **sizes)))
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=auto.info.run_id, artifact_path="benchmark.csv"))
+    assert set(table["quantized_engine"]) <= set(int8_engines())
+    for size, engine in zip(table["batch_size"], table["quantized_engine"], strict=True):
+        assert auto.data.tags[f"shrinkflow.quantized_engine.bs{size}"] == engine
+    fixed = benchmark.execute(benchmark.BenchmarkConfig(run_id=int8_id, quantized_engine="fbgemm", **sizes))
+    assert mlflow.get_run(fixed).data.tags["shrinkflow.quantized_engine.bs16"] == "fbgemm"
+    cfg = compare.CompareConfig(
+        run_ids=f"{trained_run_id},{int8_id}", warmup=1, repetitions=5, quantized_engine="qnnpack"
+    )
+    table = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=compare.execute(cfg), artifact_path="comparison.csv")
+    )
+    assert table["quantized_engine"].isna().iloc[0] and table["quantized_engine"].iloc[1] == "qnnpack"
+    assert table["accuracy"].iloc[1] == pytest.approx(mlflow.get_run(int8_id).data.metrics["test_accuracy"], abs=0.01)

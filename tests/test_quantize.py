@@ -147,7 +147,14 @@ def test_pruned_then_quantized_stores_bitmap_and_nonzero_codes(trained_mlp, digi
     codes = sum(-(-int(torch.count_nonzero(model.get_parameter(f"{n}.weight"))) * 4 // 8) for n in per_layer)
     assert cost["cost_size_entropy_bytes"] < cost["cost_size_bytes"] < bitmaps + codes + 4 * 410 + 410
     assert 0 < cost["cost_size_bytes"] - cost["cost_size_entropy_bytes"] < 600  # header and coding overhead
-    assert cost["cost_size_bytes"] < 203_355 / 25  # Deep Compression: prune, then quantize
+    # Deep Compression: prune, then quantize. Biases take 8 bits only when that leaves validation
+    # accuracy unchanged, a knife-edge on 180 samples that falls either way between CPUs: count
+    # them at 8 bits (a byte each, plus a float32 scale per layer) whatever was chosen.
+    from shrinkflow.artifact import Artifact
+
+    table = quantization_table(Artifact(model, packed, encodings)).set_index("tensor")
+    stored_biases = table.loc[[f"{name}.bias" for name in per_layer], "stored_bytes"].sum()
+    assert cost["cost_size_bytes"] - stored_biases + 410 + 3 * 4 < 203_355 / 25
 
 
 def test_binary_weights_take_one_bit(trained_mlp, digits):
@@ -236,6 +243,36 @@ def test_static_int8_traces_for_deployment(trained_cnn, digits):
     traced = deployable(model, digits.x_test[:8], "traced")
     with torch.no_grad():
         assert torch.equal(traced(digits.x_test[:8]), model(digits.x_test[:8]))
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(1) == b.argmax(1)).float().mean().item()
+
+
+@pytest.mark.parametrize("method,model", [("static-int8", "cnn"), ("dynamic-int8", "mlp")])
+def test_every_int8_engine_runs_the_quantized_model_as_loading_under_it_would(
+    trained_cnn, trained_mlp, digits, method, model
+):
+    from shrinkflow.encoding import int8_engines, quantized_engine, repacked_int8
+
+    trained = {"cnn": trained_cnn, "mlp": trained_mlp}[model]
+    quantized, *_ = _quantize(trained, digits, method=method)
+    default = torch.backends.quantized.engine
+    with torch.no_grad():
+        reference = quantized(digits.x_test)
+    assert len(int8_engines()) >= 2
+    for engine in int8_engines():
+        with quantized_engine(engine), torch.no_grad():
+            assert torch.backends.quantized.engine == engine
+            logits = repacked_int8(quantized)(digits.x_test)
+        if engine == default:
+            assert torch.equal(logits, reference)
+        else:  # other kernels: their own rounding of requantized (static) or quantized (dynamic) values
+            assert _agreement(logits, reference) >= 0.99, engine
+            assert (logits - reference).abs().max() < 0.05 * reference.abs().max(), engine
+    assert torch.backends.quantized.engine == default
+    with torch.no_grad():
+        assert torch.equal(quantized(digits.x_test), reference)  # the model given is left as it was
 
 
 def test_more_calibration_batches_observe_more_of_the_range(trained_cnn, digits):
