@@ -13,7 +13,7 @@ import torch
 
 from search.space import Space
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, prune, quantize, score
-from shrinkflow.latency import FORMS, deployable, interleaved_medians, torch_threads
+from shrinkflow.latency import FORMS, deployed, interleaved_medians, torch_threads
 from steps.benchmark import example_batch
 
 __all__ = [
@@ -99,10 +99,11 @@ def interleaved_latency(artifacts: dict[str, Artifact], data: DataSplits, latenc
     that time every artifact in turn: a machine slowing down slows them all alike."""
     example = example_batch(data, latency.batch_size)
     with torch_threads(latency.threads):
-        runnable = {
-            name: deployable(artifact.reloaded().model, example, latency.form) for name, artifact in artifacts.items()
-        }
-        return interleaved_medians(runnable, example, rounds, latency.warmup, latency.repetitions)
+        runnables, engines = {}, {}
+        for name, artifact in artifacts.items():
+            with deployed(artifact.reloaded().model, example, latency.form) as run:  # int8: its fastest engine
+                runnables[name], engines[name] = run.runnable, run.engine
+        return interleaved_medians(runnables, example, rounds, latency.warmup, latency.repetitions, engines)
 
 
 def objective_values(costs: dict[str, float], names) -> list[float]:

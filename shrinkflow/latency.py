@@ -359,14 +359,22 @@ def first_samples(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def interleaved_medians(
-    models: dict[str, nn.Module], example: torch.Tensor, rounds: int, warmup: int, repetitions: int
+    models: dict[str, nn.Module],
+    example: torch.Tensor,
+    rounds: int,
+    warmup: int,
+    repetitions: int,
+    engines: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Median latency (ms, CPU) of each model over ``rounds`` rounds that time every model in
-    turn: a machine slowing down slows them all alike, so their ratios hold."""
+    turn: a machine slowing down slows them all alike, so their ratios hold. ``engines``: the
+    int8 engine each int8 model (``Deployed.engine``) runs with."""
     medians: dict[str, list[float]] = {name: [] for name in models}
+    engines = engines or {}
     for _ in range(rounds):
         for name, model in models.items():
-            medians[name].append(measure_latency(model, example, torch.device("cpu"), warmup, repetitions).p50_ms)
+            with quantized_engine(engines.get(name) or torch.backends.quantized.engine):
+                medians[name].append(measure_latency(model, example, torch.device("cpu"), warmup, repetitions).p50_ms)
     return {name: float(np.median(values)) for name, values in medians.items()}
 
 
@@ -385,8 +393,8 @@ def before_after_latency(before: nn.Module, after: nn.Module, x: torch.Tensor) -
         for size in CHECK_BATCH_SIZES:
             example = first_samples(x, size)
             with deployed(after, example, "eager") as run:  # an int8 model with its fastest engine
-                models = {"before": before.eval(), "after": run.runnable}
-                timed = interleaved_medians(models, example, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS)
+                models, engines = {"before": before.eval(), "after": run.runnable}, {"after": run.engine}
+            timed = interleaved_medians(models, example, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS, engines)
             metrics[f"latency_bs{size}_ms_before"] = timed["before"]
             metrics[f"latency_bs{size}_ms_after"] = timed["after"]
             metrics[f"speedup_bs{size}"] = timed["before"] / timed["after"]

@@ -319,3 +319,19 @@ def test_benchmark_and_compare_name_the_int8_engine_they_timed(trained_run_id):
     )
     assert table["quantized_engine"].isna().iloc[0] and table["quantized_engine"].iloc[1] == "qnnpack"
     assert table["accuracy"].iloc[1] == pytest.approx(mlflow.get_run(int8_id).data.metrics["test_accuracy"], abs=0.01)
+
+
+def test_interleaved_timing_runs_each_int8_model_with_its_engine(monkeypatch):
+    from shrinkflow import latency
+
+    seen = []
+
+    def measure(model, example, device, warmup, repetitions):
+        seen.append((model, torch.backends.quantized.engine))
+        return LatencyResult("cpu", 1, 1, 1.0, 1.0, 1.0, 1.0, 1000.0, 0)
+
+    monkeypatch.setattr(latency, "measure_latency", measure)
+    default = torch.backends.quantized.engine
+    latency.interleaved_medians({"a": "float", "b": "int8"}, torch.zeros(1), 2, 0, 1, {"b": "qnnpack"})
+    assert seen == [("float", default), ("int8", "qnnpack")] * 2
+    assert torch.backends.quantized.engine == default
