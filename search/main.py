@@ -38,6 +38,7 @@ from search.space import load_space
 from search.study import (
     ACCURACY,
     SAMPLERS,
+    VAL_LOSS,
     Surplus,
     done_trials,
     front,
@@ -45,6 +46,7 @@ from search.study import (
     is_surplus,
     make_sampler,
     open_study,
+    ranked_accuracy,
     run_until,
 )
 from search.trial import (
@@ -269,7 +271,8 @@ def _work(
 
 def _measure(artifact: Artifact, data: DataSplits, cfg: SearchConfig, reference=None) -> dict[str, float]:
     costs = measure_costs(artifact, data, cfg.cost_names(), cfg.latency(), reference)
-    return {ACCURACY: score(artifact.model, *data.val, CPU)["accuracy"], **costs}
+    val = score(artifact.model, *data.val, CPU)
+    return {ACCURACY: val["accuracy"], VAL_LOSS: val["loss"], **costs}
 
 
 def _baseline_run(cfg: SearchConfig) -> str:
@@ -319,11 +322,12 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
             artifact = run_trial(trial, baseline, data, space, device, floor, cfg.early_stop_pp, record)
             measured = _measure(artifact, data, cfg, reference)
             trial.set_constraint("accuracy_drop", floor - measured[ACCURACY])  # <= 0: within the budget
-            trial.set_user_attr("record", {"stages": record, "worker": worker,
+            trial.set_user_attr("record", {"stages": record, "worker": worker, ACCURACY: measured[ACCURACY],
                                            "compute_s": time.perf_counter() - started})  # fmt: skip
             _log_trial(client, run_id, record, measured, artifact)
             status = "FINISHED"
-            return [measured[ACCURACY], *objective_values(measured, cfg.cost_names())]
+            accuracy = ranked_accuracy(measured[ACCURACY], measured[VAL_LOSS], len(data.val[1]))
+            return [accuracy, *objective_values(measured, cfg.cost_names())]
         except optuna.TrialPruned as exc:  # stopping early is no failure of the run
             trial.set_user_attr("record", {"stages": record, "worker": worker})
             _log_trial(client, run_id, record, {}, None, {"shrinkflow.trial_state": "PRUNED",
@@ -454,7 +458,8 @@ def _untag_former_members(study_name: str, members: set[str]) -> None:
 def _front_row(trial, run_id: str, test_accuracy: float, cfg: SearchConfig) -> dict:
     methods = {k: v for k, v in _trial_params(trial).items() if k.endswith((".method", "stages"))}
     costs = dict(zip(cfg.cost_names(), trial.values[1:], strict=True))
-    return {"trial": trial.number, "run_id": run_id, ACCURACY: trial.values[0], "test_accuracy": test_accuracy,
+    accuracy = trial.user_attrs["record"].get(ACCURACY, trial.values[0])  # exact, not the tie-broken objective
+    return {"trial": trial.number, "run_id": run_id, ACCURACY: accuracy, "test_accuracy": test_accuracy,
             **costs, **methods}  # fmt: skip
 
 

@@ -14,10 +14,12 @@ from shrinkflow import ShrinkflowError
 
 __all__ = [
     "ACCURACY",
+    "VAL_LOSS",
     "SAMPLERS",
     "Surplus",
     "done_trials",
     "front",
+    "ranked_accuracy",
     "hypervolume",
     "hypervolume_history",
     "make_sampler",
@@ -27,6 +29,7 @@ __all__ = [
 ]
 
 ACCURACY = "val_accuracy"
+VAL_LOSS = "val_loss"
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 HEARTBEAT_S = 5  # a worker's trial proves it is alive this often ...
 GRACE_S = 20  # ... and is failed as stale (killed worker) after this long without
@@ -131,6 +134,15 @@ def run_until(
             time.sleep(1.0)
             continue
         study.optimize(objective, n_trials=1, catch=catch, callbacks=[on_trial] if on_trial else None)
+
+
+def ranked_accuracy(accuracy: float, loss: float, samples: int) -> float:
+    """The first objective: validation ``accuracy`` over ``samples`` samples, ties broken by the
+    validation ``loss`` (lower ranks higher). A small validation split saturates: on digits
+    (180 samples) every feasible trial of a 40-trial search scored the baseline's 176, so the
+    front held one model, the smallest, whichever of the tied models was really better. The
+    term stays under half a sample (0.5 / samples), so different accuracies keep their order."""
+    return accuracy - 0.5 / samples * loss / (1.0 + loss)
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:

@@ -12,13 +12,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 from serving import invoke, serving
 
 from search import main as search
 from search.space import load_space
-from search.study import hypervolume
+from search.study import hypervolume, ranked_accuracy
 from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +90,26 @@ def test_search_logs_every_trial_tags_the_front_and_registers_a_champion(trained
         np.testing.assert_array_equal(artifact.model(x).numpy(), served.predict(x.numpy(), params={"output": "logits"}))
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(parent)}
     assert {"front.json", "front.csv", "pareto.png"} <= files
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="front.csv"))
+    exact = {run.info.run_id: run.data.metrics["val_accuracy"] for run in front}
+    assert dict(zip(table["run_id"], table["val_accuracy"], strict=True)) == pytest.approx(exact, abs=1e-12)
+    samples = len(load_dataset("digits").val[1])
+    for trial in _done(study):  # the objective: the exact accuracy, less a loss term under half a sample
+        run = next(r for r in trials if r.info.run_id == trial.user_attrs["mlflow_run_id"])
+        accuracy, loss = run.data.metrics["val_accuracy"], run.data.metrics["val_loss"]
+        assert trial.values[0] == pytest.approx(ranked_accuracy(accuracy, loss, samples))
+        assert accuracy - 0.5 / samples < trial.values[0] < accuracy
     history = mlflow.MlflowClient().get_metric_history(parent, "hypervolume")
     assert len(history) == 4 and [m.value for m in history] == sorted(m.value for m in history)
+
+
+@pytest.mark.parametrize("samples", [180, 360, 10_000])
+def test_the_loss_breaks_accuracy_ties_and_never_reorders_accuracies(samples):
+    high, low = 176 / samples, 175 / samples
+    assert ranked_accuracy(high, 0.10, samples) > ranked_accuracy(high, 0.20, samples)  # a tie: lower loss first
+    for loss in (0.0, 0.5, 3.0, 1e6):  # one sample more is better at any loss
+        assert ranked_accuracy(high, loss, samples) > ranked_accuracy(low, 0.0, samples)
+    assert ranked_accuracy(high, 0.0, samples) == high
 
 
 def test_rerun_resumes_the_study_without_repeating_a_trial(trained_run_id, tmp_path, small_space):
