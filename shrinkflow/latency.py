@@ -257,6 +257,7 @@ def _timed_ms(model, batch: torch.Tensor, device: torch.device, warmup: int, rep
     return samples
 
 
+@torch.inference_mode()
 def peak_memory_bytes(
     model: nn.Module, batch: torch.Tensor, device: torch.device, weights_of: nn.Module | None = None
 ) -> int:
