@@ -3,6 +3,7 @@ count shared by every worker, the front and its hypervolume. No MLflow here."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from shrinkflow import ShrinkflowError
 
 __all__ = [
     "ACCURACY",
+    "NoRepeats",
     "VAL_LOSS",
     "SAMPLERS",
     "Surplus",
@@ -50,8 +52,47 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "gp":  # Gaussian process (logEHVI, constraint-aware); knobs outside the shared space go random
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+            return NoRepeats(optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False))
     raise ShrinkflowError(f"unknown sampler {name!r}: choose {', '.join(SAMPLERS)}")
+
+
+class NoRepeats(optuna.samplers.BaseSampler):
+    """``sampler``, except that a relative proposal some earlier trial already ran is replaced by
+    the independent sampler's draw. GPSampler's acquisition can settle on one point: in a
+    40-trial cnn latency search it proposed the same corner of the space (width 1, depth 2, no
+    pruning) for trials 14 to 39, measuring one model 26 times."""
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler):
+        self._sampler = sampler
+
+    def infer_relative_search_space(self, study, trial):
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        proposal = self._sampler.sample_relative(study, trial, search_space)
+        return {} if proposal and _already_tried(study, proposal) else proposal
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._sampler.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self):
+        self._sampler.reseed_rng()
+
+
+def _already_tried(study: optuna.Study, params: dict) -> bool:
+    def same(a, b) -> bool:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) if isinstance(a, float) else a == b
+
+    return any(
+        all(name in trial.params and same(value, trial.params[name]) for name, value in params.items())
+        for trial in study.get_trials(deepcopy=False, states=(*_DONE, TrialState.RUNNING))
+    )
 
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:

@@ -366,3 +366,22 @@ def test_the_built_in_latency_space_searches_only_what_changes_dense_kernels():
     assert load_space("default").stages == load_space("").stages
     with pytest.raises(ShrinkflowError, match="built-in spaces: default, latency"):
         load_space("fastest")
+
+
+def test_a_repeated_relative_proposal_becomes_an_independent_draw():
+    from search.study import NoRepeats
+
+    class SameCorner(optuna.samplers.RandomSampler):  # a relative sampler stuck on one point
+        def infer_relative_search_space(self, study, trial):
+            return {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+        def sample_relative(self, study, trial, search_space):
+            return {"x": 1.0}
+
+    study = optuna.create_study(sampler=NoRepeats(SameCorner(seed=0)))
+    xs = []
+    for _ in range(4):
+        trial = study.ask()
+        xs.append(trial.suggest_float("x", 0.0, 1.0))
+        study.tell(trial, xs[-1])
+    assert xs[0] == 1.0 and len(set(xs)) == 4 and all(0.0 <= x < 1.0 for x in xs[1:])
