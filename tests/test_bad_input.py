@@ -219,14 +219,14 @@ BENCHMARK = [
     (["--price-per-hour", "-1"], "price_per_hour must be >= 0"),
     (["--price-per-hour", "tpu:1"], "price_per_hour names unknown device 'tpu'"),
     (["--price-per-hour", "cpu:cheap"], "price_per_hour must be a number or device:number pairs"),
-    (["--quantized-engine", "tpu"], "unknown quantized_engine 'tpu': choose auto, x86, "),
+    (["--quantized-engine", "tpu"], "unknown quantized_engine 'tpu': choose auto, "),
 ]
 COMPARE = [
     (["--run-ids", ""], "run_ids is required"),
     (["--run-ids", f"{{run}},{NO_RUN}"], f"run '{NO_RUN}' does not exist"),
     (["--run-ids", "{run},{run}", "--split", "dev"], "unknown split 'dev'"),
     (["--run-ids", "{run},{run}", "--form", "fast"], "unknown execution form 'fast'"),
-    (["--run-ids", "{run},{run}", "--quantized-engine", "tpu"], "unknown quantized_engine 'tpu': choose auto, x86, "),
+    (["--run-ids", "{run},{run}", "--quantized-engine", "tpu"], "unknown quantized_engine 'tpu': choose auto, "),
     (["--run-ids", "{run},{run}", "--batch-size", "0"], "need batch_size, repetitions and threads >= 1"),
     (["--run-ids", "{run},{run}", "--repetitions", "0"], "need batch_size, repetitions and threads >= 1"),
 ]

@@ -260,7 +260,7 @@ def test_every_int8_engine_runs_the_quantized_model_as_loading_under_it_would(
     default = torch.backends.quantized.engine
     with torch.no_grad():
         reference = quantized(digits.x_test)
-    assert len(int8_engines()) >= 2
+    assert int8_engines()  # x86 machines have four; ARM ones qnnpack
     for engine in int8_engines():
         with quantized_engine(engine), torch.no_grad():
             assert torch.backends.quantized.engine == engine
