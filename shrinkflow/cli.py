@@ -35,6 +35,8 @@ def run_main(step: Callable[[], str]) -> None:
         sys.exit(128 + signal.Signals[name].value)
     if run_id:  # under torchrun only rank 0 has a run
         print(run_id, flush=True)
+    elif distributed.launched() and not distributed.is_main():
+        distributed.exit_worker()
 
 
 @contextlib.contextmanager
