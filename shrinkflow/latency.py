@@ -170,29 +170,44 @@ def deployed(model: nn.Module, example: torch.Tensor, form: str, engine: str = "
         yield Deployed(deployable(model, example, form), model, "")
         return
     if engine == "auto" and form in ("eager", "traced"):
-        engine = fastest_engine(model, example, form)
-    elif engine == "auto":  # compiling once per engine would take minutes
-        engine = torch.backends.quantized.engine
-    if engine not in int8_engines():
-        raise ShrinkflowError(f"unknown int8 engine {engine!r}: this PyTorch has {', '.join(int8_engines())}")
-    with quantized_engine(engine):
-        repacked = repacked_int8(model)
-        yield Deployed(deployable(repacked, example, form), repacked, engine)
+        candidates = _engine_candidates(model, example, form)  # the winner is timed as already built
+        chosen = candidates[_fastest(candidates, example)]
+    else:
+        if engine == "auto":  # compiling once per engine would take minutes
+            engine = torch.backends.quantized.engine
+        if engine not in int8_engines():
+            raise ShrinkflowError(f"unknown int8 engine {engine!r}: this PyTorch has {', '.join(int8_engines())}")
+        chosen = _engine_candidate(model, example, form, engine)
+    with quantized_engine(chosen.engine):
+        yield chosen
 
 
 def fastest_engine(model: nn.Module, example: torch.Tensor, form: str) -> str:
     """The int8 engine with which ``model`` (loaded and run under it) runs ``example`` fastest in
     ``form``: the engines timed in turn over a few rounds, the smallest median wins."""
-    runnables = {}
-    for engine in int8_engines():
-        with quantized_engine(engine), torch.no_grad():
-            runnables[engine] = deployable(repacked_int8(model), example, form)
-    medians: dict[str, list[float]] = {engine: [] for engine in runnables}
+    return _fastest(_engine_candidates(model, example, form), example)
+
+
+def _engine_candidates(model: nn.Module, example: torch.Tensor, form: str) -> dict[str, Deployed]:
+    """``model`` repacked for, and in ``form`` under, every int8 engine of this build."""
+    return {engine: _engine_candidate(model, example, form, engine) for engine in int8_engines()}
+
+
+def _engine_candidate(model: nn.Module, example: torch.Tensor, form: str, engine: str) -> Deployed:
+    with quantized_engine(engine), torch.no_grad():
+        repacked = repacked_int8(model)
+        return Deployed(deployable(repacked, example, form), repacked, engine)
+
+
+def _fastest(candidates: dict[str, Deployed], example: torch.Tensor) -> str:
+    medians: dict[str, list[float]] = {engine: [] for engine in candidates}
     with torch.inference_mode():
         for _ in range(_ENGINE_ROUNDS):
-            for engine, runnable in runnables.items():
+            for engine, candidate in candidates.items():
                 with quantized_engine(engine):
-                    samples = _timed_ms(runnable, example, example.device, _ENGINE_WARMUP, _ENGINE_REPETITIONS)
+                    samples = _timed_ms(
+                        candidate.runnable, example, example.device, _ENGINE_WARMUP, _ENGINE_REPETITIONS
+                    )
                 medians[engine].append(float(np.median(samples)))
     return min(medians, key=lambda engine: np.median(medians[engine]))
 

@@ -36,7 +36,7 @@ from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import DataSplits, dataset_of
-from shrinkflow.encoding import is_int8_layer
+from shrinkflow.encoding import has_int8_layers
 from shrinkflow.latency import (
     ENGINE_CHOICES,
     FORMS,
@@ -159,7 +159,7 @@ def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[
     """Latency of ``model`` for every configured device and batch size, with ``cfg.threads``."""
     results = []
     devices = resolve_devices(cfg.devices)
-    if cfg.form == "onnxruntime" or any(is_int8_layer(m) for m in model.modules()):
+    if cfg.form == "onnxruntime" or has_int8_layers(model):
         devices = tuple(d for d in devices if d.type == "cpu")  # ORT's CPU provider; int8 kernels: CPU only
     with torch_threads(cfg.threads):
         for device in devices:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
 from shrinkflow.data import dataset_of
-from shrinkflow.encoding import is_int8_layer
+from shrinkflow.encoding import has_int8_layers
 from shrinkflow.onnx_export import check_onnx, export_onnx
 
 __all__ = ["CONFIG", "ExportConfig", "main"]
@@ -64,7 +64,7 @@ def execute(cfg: ExportConfig) -> str:
     artifact, _ = tracking.load_model(cfg.run_id)
     data = dataset_of(artifact.description)
     tracking.check_dataset(cfg.run_id, data)
-    int8 = any(is_int8_layer(m) for m in artifact.model.modules())
+    int8 = has_int8_layers(artifact.model)
     tolerance = cfg.tolerance or (INT8_TOLERANCE if int8 else FLOAT_TOLERANCE)
     try:
         onnx_model = export_onnx(artifact.model, data.x_test[:2])
