@@ -20,7 +20,7 @@ import torch
 
 from benchmarks._speedup import speedup_table, write_results
 from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
-from shrinkflow.encoding import convert_int8, int8_engines, prepare_static_int8
+from shrinkflow.encoding import INT8_GRAPH, convert_int8, int8_engines, prepare_static_int8
 from shrinkflow.zoo import build_model, describe
 
 RESULTS = Path(__file__).resolve().parent / "results" / "static_int8_speedup.csv"
@@ -36,7 +36,7 @@ def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
     with torch.no_grad():
         for _ in range(10):
             prepared(torch.rand(100, *_SHAPE))
-    quantize = {"method": "static-int8", "observer": "histogram"}
+    quantize = {"method": "static-int8", "observer": "histogram", "int8_graph": INT8_GRAPH}
     save_checkpoint(
         convert_int8(prepared), {**description, "storage": "int8-static", "quantize": quantize}, folder / "int8"
     )

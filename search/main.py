@@ -52,21 +52,21 @@ from search.study import (
 from search.trial import (
     COST_METRICS,
     COSTS,
-    UNMEASURABLE,
     LatencyReference,
     LatencySetup,
+    deployable,
     interleaved_latency,
     measure_costs,
     objective_values,
     run_trial,
 )
-from shrinkflow import Artifact, DataSplits, ShrinkflowError, score
+from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, score
 from shrinkflow.cli import run_main
 from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of
 from shrinkflow.imports import trust, trusted_here
-from shrinkflow.latency import hardware_tags
+from shrinkflow.latency import CHECK_BATCH_SIZES, TARGETS, before_after_latency, hardware_tags
 from shrinkflow.runtime import resolve_device
 from steps import train as train_step
 
@@ -96,7 +96,13 @@ class SearchConfig(train_step.TrainConfig):
     early_stop_pp: float = field(
         default=5.0, metadata={"help": "stop a trial whose val accuracy is this far below the floor at half its epochs"}
     )
-    latency_form: str = field(default="eager", metadata={"help": "latency cost: eager, traced or onnxruntime"})
+    target: str = field(
+        default=TARGETS[0],
+        metadata={
+            "help": "where the models are deployed: onnxruntime, traced or eager; a trial whose model cannot run "
+            "there is infeasible, the latency cost is timed there, the champion is served from there"
+        },
+    )
     latency_batch_size: int = field(default=1, metadata={"help": "latency cost: batch size"})
     latency_threads: int = field(default=1, metadata={"help": "latency cost: torch CPU threads"})
     workers: int = field(default=1, metadata={"help": "processes on the study at once; CPU threads split between"})
@@ -130,14 +136,10 @@ class SearchConfig(train_step.TrainConfig):
         return [name.strip() for name in self.costs.split(",") if name.strip()]
 
     def latency(self) -> LatencySetup:
-        return LatencySetup(self.latency_form, self.latency_batch_size, self.latency_threads)
+        return LatencySetup(self.target, self.latency_batch_size, self.latency_threads)
 
     def search_space(self):
-        """The space file, minus the quantization methods whose latency cannot be measured."""
-        space = load_space(self.space)
-        if "latency" in self.cost_names():
-            space = space.without_methods("quantize", UNMEASURABLE.get(self.latency_form, ()))
-        return space
+        return load_space(self.space)
 
     def train_config(self) -> train_step.TrainConfig:
         names = train_step.TrainConfig.__dataclass_fields__
@@ -320,11 +322,16 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
         status = "FAILED"
         try:
             artifact = run_trial(trial, baseline, data, space, device, floor, cfg.early_stop_pp, record)
+            runs, why_not = deployable(artifact, data, cfg.target)
+            # not deployable: infeasible, not failed (its accuracy and size still teach the sampler); its
+            # latency, if a cost, is timed in a fallback form
+            tags = {} if runs else {"shrinkflow.not_deployable": why_not[:5000]}
             measured = _measure(artifact, data, cfg, reference)
             trial.set_constraint("accuracy_drop", floor - measured[ACCURACY])  # <= 0: within the budget
+            trial.set_constraint("deployable", 0.0 if runs else 1.0)
             trial.set_user_attr("record", {"stages": record, "worker": worker, ACCURACY: measured[ACCURACY],
                                            "compute_s": time.perf_counter() - started})  # fmt: skip
-            _log_trial(client, run_id, record, measured, artifact)
+            _log_trial(client, run_id, record, measured, artifact, tags)
             status = "FINISHED"
             accuracy = ranked_accuracy(measured[ACCURACY], measured[VAL_LOSS], len(data.val[1]))
             return [accuracy, *objective_values(measured, cfg.cost_names())]
@@ -416,7 +423,7 @@ def _report(cfg: SearchConfig, study, data: DataSplits, base: dict, baseline_run
             mlflow.log_metrics({"test_accuracy": test_accuracy, **speedups.get(run_id, {})})
             mlflow.set_tag("is_pareto", "true")
             if "shrinkflow.model_id" not in mlflow.get_run(run_id).data.tags:  # logged by an earlier report
-                mlflow.set_tag("shrinkflow.model_id", tracking.log_model(artifact, data.x_train[:2]))
+                mlflow.set_tag("shrinkflow.model_id", tracking.log_model(artifact, data, cfg.target))
         rows.append({**_front_row(trial, run_id, test_accuracy, cfg), **speedups.get(run_id, {})})
     table = pd.DataFrame(rows)
     costs = [base[COST_METRICS[name]] for name in cfg.cost_names()]
@@ -426,8 +433,8 @@ def _report(cfg: SearchConfig, study, data: DataSplits, base: dict, baseline_run
     if rows:
         tracking.log_table(table, "front")
         mlflow.log_figure(_pareto_plot(study, members, base, cfg), "pareto.png")
-    champion = _champion(cfg, members)
     print(_summary(table, base, cfg), file=sys.stderr)
+    champion = _champion(cfg, members, artifacts, baseline, data)
     print(f"open the MLflow UI: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
     return champion or baseline_run_id
 
@@ -463,21 +470,69 @@ def _front_row(trial, run_id: str, test_accuracy: float, cfg: SearchConfig) -> d
             **costs, **methods}  # fmt: skip
 
 
-def _champion(cfg: SearchConfig, members) -> str | None:
-    """Register the front member with the lowest first cost; return its run id."""
+# A champion at least this fast as the baseline at batch 1 in the target (timing noise allowed for)
+CHAMPION_MIN_SPEEDUP = 0.95
+
+
+def _champion(cfg: SearchConfig, members, artifacts: dict, baseline: Artifact, data: DataSplits) -> str | None:
+    """Register the front member with the lowest first cost that is not slower than the baseline
+    in the target (>= ``CHAMPION_MIN_SPEEDUP`` at batch 1, timed interleaved), or the lowest
+    first cost when none is; log and print its size and speed-up; return its run id."""
     import mlflow
 
     if not members:
         print("search: no trial kept the accuracy budget, so there is no champion", file=sys.stderr)
         return None
-    best = min(members, key=lambda t: (t.values[1], -t.values[0]))
+    ranked = sorted(members, key=lambda t: (t.values[1], -t.values[0]))
+    checks = {}
+    for trial in ranked:
+        run_id = trial.user_attrs["mlflow_run_id"]
+        checks[run_id] = before_after_latency(
+            baseline.model, artifacts[run_id].reloaded().model, data.x_test, cfg.target, "champion"
+        )
+        if checks[run_id].metrics["speedup_bs1"] >= CHAMPION_MIN_SPEEDUP:
+            best = trial
+            break
+    else:
+        best = ranked[0]
     run_id = best.user_attrs["mlflow_run_id"]
     model_id = mlflow.get_run(run_id).data.tags["shrinkflow.model_id"]
     version = mlflow.register_model(f"models:/{model_id}", cfg.register_name)
     mlflow.MlflowClient().set_registered_model_alias(cfg.register_name, "champion", version.version)
     mlflow.set_tags({"shrinkflow.champion_run_id": run_id, "shrinkflow.champion": f"{cfg.register_name}@champion"})
     print(f"champion: trial {best.number}, run {run_id}, models:/{cfg.register_name}@champion", file=sys.stderr)
+    if best is not ranked[0]:
+        print(
+            f"search: the smallest-cost front member (trial {ranked[0].number}) is slower than the baseline in "
+            f"{cfg.target}; the champion is the next that is not",
+            file=sys.stderr,
+        )
+    _champion_speed(cfg, baseline, artifacts[run_id], checks[run_id])
     return run_id
+
+
+def _champion_speed(cfg: SearchConfig, baseline: Artifact, champion: Artifact, check) -> None:
+    """Log the champion's speed-up against the baseline in the target (interleaved, with
+    intervals) and print it beside its size: a size-only search can pick a slower model."""
+    import mlflow
+
+    mlflow.log_metrics({f"champion_{name}": value for name, value in check.metrics.items()})
+    mlflow.set_tag("shrinkflow.champion_timed_form", check.form)
+    smaller = cost(baseline)["cost_size_bytes"] / cost(champion)["cost_size_bytes"]
+    speeds = ", ".join(
+        f"{check.metrics[f'speedup_bs{size}']:.2f}x at batch {size} ({check.metrics[f'speedup_bs{size}_low']:.2f}-"
+        f"{check.metrics[f'speedup_bs{size}_high']:.2f})"
+        for size in CHECK_BATCH_SIZES
+    )
+    print(f"champion: {smaller:.1f}x smaller than the baseline; speed-up in {check.form}: {speeds}", file=sys.stderr)
+    for line in check.warnings:
+        print(line, file=sys.stderr)
+    if check.metrics["speedup_bs1"] < CHAMPION_MIN_SPEEDUP:
+        print(
+            f"search: no front member is as fast as the baseline in {check.form} at batch 1; this search minimized "
+            f"{cfg.cost_names()[0]}: add latency to costs to trade accuracy for speed",
+            file=sys.stderr,
+        )
 
 
 def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig):

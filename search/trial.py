@@ -13,15 +13,15 @@ import torch
 
 from search.space import Space
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, prune, quantize, score
-from shrinkflow.latency import FORMS, deployed, interleaved_medians, torch_threads
+from shrinkflow.latency import TARGETS, common_form, deployed, fallback_forms, interleaved_medians, torch_threads
 from steps.benchmark import example_batch
 
 __all__ = [
     "COSTS",
     "COST_METRICS",
-    "UNMEASURABLE",
     "LatencyReference",
     "LatencySetup",
+    "deployable",
     "interleaved_latency",
     "measure_costs",
     "objective_values",
@@ -36,8 +36,6 @@ COST_METRICS = {
     "latency": "cost_latency_ms_p50",
 }
 COSTS = tuple(COST_METRICS)
-# quantization methods whose models an execution form cannot run (ONNX has no dynamic int8 Linear)
-UNMEASURABLE = {"onnxruntime": ("dynamic-int8",)}
 TECHNIQUES = {"distill": distill, "prune": prune, "quantize": quantize}
 CPU = torch.device("cpu")
 REFERENCE_ROUNDS = 3
@@ -45,9 +43,10 @@ REFERENCE_ROUNDS = 3
 
 @dataclass(frozen=True)
 class LatencySetup:
-    """How the ``latency`` cost is measured: on the reloaded artifact, on the CPU."""
+    """How the ``latency`` cost is measured: on the reloaded artifact, on the CPU, in the
+    deployment target (``form``)."""
 
-    form: str = "eager"
+    form: str = TARGETS[0]
     batch_size: int = 1
     threads: int = 1
     # Timing is cheap next to exporting or tracing (a small model runs in tens of µs); medians of
@@ -56,8 +55,7 @@ class LatencySetup:
     repetitions: int = 300
 
     def __post_init__(self):
-        if self.form not in FORMS:
-            raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
+        fallback_forms(self.form)
         if self.batch_size < 1 or self.threads < 1 or self.repetitions < 1 or self.warmup < 0:
             raise ShrinkflowError("latency needs batch_size, threads and repetitions >= 1 and warmup >= 0")
 
@@ -70,11 +68,18 @@ class LatencyReference:
     ms: float
 
 
+def deployable(artifact: Artifact, data: DataSplits, target: str) -> tuple[bool, str]:
+    """Whether ``artifact``, reloaded from its checkpoint, runs in ``target``, and if not, why."""
+    form, reason = common_form([artifact.reloaded().model], example_batch(data, 1), target)
+    return form == target, reason
+
+
 def measure_costs(
     artifact: Artifact, data: DataSplits, names, latency: LatencySetup, reference: LatencyReference | None = None
 ) -> dict[str, float]:
     """Every ``cost_*`` metric of ``artifact`` (size on its saved checkpoint) and, when ``latency``
-    is among ``names``, the median latency of the checkpoint reloaded, in ``latency.form``.
+    is among ``names``, the median latency of the checkpoint reloaded, in ``latency.form`` (the
+    caller checks ``deployable`` first).
 
     With a ``reference``, the model is timed in turn with the baseline (``REFERENCE_ROUNDS``
     rounds) and its latency is its ratio to the baseline's (``cost_latency_relative``) times the
@@ -98,10 +103,12 @@ def interleaved_latency(artifacts: dict[str, Artifact], data: DataSplits, latenc
     """Median latency (ms) of each artifact, reloaded from its checkpoint, over ``rounds`` rounds
     that time every artifact in turn: a machine slowing down slows them all alike."""
     example = example_batch(data, latency.batch_size)
+    models = {name: artifact.reloaded().model for name, artifact in artifacts.items()}
+    form, _ = common_form(list(models.values()), example, latency.form)  # the target, unless one cannot run there
     with torch_threads(latency.threads):
         runnables, engines = {}, {}
-        for name, artifact in artifacts.items():
-            with deployed(artifact.reloaded().model, example, latency.form) as run:  # int8: its fastest engine
+        for name, model in models.items():
+            with deployed(model, example, form) as run:  # int8: its fastest engine
                 runnables[name], engines[name] = run.runnable, run.engine
         return interleaved_medians(runnables, example, rounds, latency.warmup, latency.repetitions, engines)
 

@@ -7,14 +7,16 @@ timings synchronize before and after each call. Thread count is fixed by the cal
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -28,9 +30,22 @@ __all__ = [
     "ENGINE_CHOICES",
     "FORMS",
     "Deployed",
+    "LatencyCheck",
     "LatencyResult",
+    "TARGET_HELP",
     "OnnxRuntimeModel",
+    "Speedup",
+    "TARGETS",
     "before_after_latency",
+    "calls_within",
+    "common_form",
+    "fallback_forms",
+    "fallback_warning",
+    "interleaved_rounds",
+    "latency_warnings",
+    "median_interval",
+    "noisy_warning",
+    "speedup",
     "compiled",
     "first_samples",
     "interleaved_medians",
@@ -40,7 +55,6 @@ __all__ = [
     "hardware_tags",
     "measure_latency",
     "peak_memory_bytes",
-    "slower_warning",
     "torch_threads",
 ]
 
@@ -119,6 +133,17 @@ class OnnxRuntimeModel:
             onnx_model = export_onnx(model, example)
         except ShrinkflowError as exc:
             raise ShrinkflowError(f"{exc}: use form eager or traced") from exc
+        self._start(onnx_model, threads)
+
+    @classmethod
+    def from_onnx(cls, onnx_model: bytes, threads: int) -> OnnxRuntimeModel:
+        """An ONNX model made elsewhere (input ``input``, output ``logits``), run the same way."""
+        runner = cls.__new__(cls)
+        runner._start(onnx_model, threads)
+        return runner
+
+    def _start(self, onnx_model: bytes, threads: int) -> None:
+        self.onnx_model = onnx_model  # the bytes ONNX Runtime runs
         self._session = onnx_session(onnx_model, threads)
         self._binding = self._session.io_binding()
         self._classes = self._session.get_outputs()[0].shape[1]
@@ -153,12 +178,53 @@ class OnnxRuntimeModel:
 # ``quantized_engine`` settings of benchmark and compare: auto, or one engine of this build.
 ENGINE_CHOICES = ("auto", *int8_engines())
 _ENGINE_ROUNDS, _ENGINE_WARMUP, _ENGINE_REPETITIONS = 3, 10, 50  # choosing the engine: ~0.1 s at batch 1
+_ENGINE_ROUND_S = 0.03  # at most this long per engine and round: a slow model gets fewer repetitions
 
 
 class Deployed(NamedTuple):
     runnable: nn.Module | OnnxRuntimeModel  # what is timed: the model in its execution form
     model: nn.Module  # the eager model it was made from, int8 weights packed for ``engine``
     engine: str  # the int8 engine it runs with; empty for a float model or the onnxruntime form
+    form: str = ""  # the execution form it runs in
+
+
+# Where a model that cannot run in its target goes instead, in order: the deployment targets a
+# user picks from (``target``), the first being the default (see the README's "deploy form").
+TARGETS = ("onnxruntime", "traced", "eager")
+
+
+TARGET_HELP = (
+    "where the model is deployed, and so timed and served: onnxruntime (exported to ONNX, run by ONNX Runtime "
+    "on the CPU), traced (TorchScript, frozen) or eager; one that cannot run there falls back to the next"
+)
+
+
+def fallback_forms(target: str) -> tuple[str, ...]:
+    """``target``, then the forms after it in ``TARGETS`` (compiled falls back to eager)."""
+    if target not in FORMS:
+        raise ShrinkflowError(f"unknown target {target!r}: choose {', '.join(FORMS)}")
+    return TARGETS[TARGETS.index(target) :] if target in TARGETS else (target, "eager")
+
+
+def common_form(models: list[nn.Module], example: torch.Tensor, target: str) -> tuple[str, str]:
+    """The first of ``fallback_forms(target)`` that every model runs in, and why the ones before
+    it were passed over (empty when ``target`` itself runs them all): models compared by a ratio
+    are timed in one form."""
+    reasons = []
+    for form in fallback_forms(target):
+        try:
+            for model in models:
+                if form != "eager":
+                    deployable(model, example, form)
+        except ShrinkflowError as exc:
+            reasons.append(f"{form}: {exc}")
+            continue
+        return form, "; ".join(reasons)
+    raise AssertionError("eager runs every model")  # pragma: no cover
+
+
+def fallback_warning(what: str, target: str, form: str, reason: str) -> str:
+    return f"warning: {what} cannot run in target {target}, so it was timed {form} ({reason})"
 
 
 @contextlib.contextmanager
@@ -167,7 +233,7 @@ def deployed(model: nn.Module, example: torch.Tensor, form: str, engine: str = "
     layers runs with ``engine``'s kernels — ``auto``: whichever of this build's engines runs
     ``example`` fastest in this form (eager and traced; other forms keep the engine set now)."""
     if form == "onnxruntime" or not has_int8_layers(model):  # ONNX Runtime has its own int8 kernels
-        yield Deployed(deployable(model, example, form), model, "")
+        yield Deployed(deployable(model, example, form), model, "", form)
         return
     if engine == "auto" and form in ("eager", "traced"):
         candidates = _engine_candidates(model, example, form)  # the winner is timed as already built
@@ -196,18 +262,18 @@ def _engine_candidates(model: nn.Module, example: torch.Tensor, form: str) -> di
 def _engine_candidate(model: nn.Module, example: torch.Tensor, form: str, engine: str) -> Deployed:
     with quantized_engine(engine), torch.no_grad():
         repacked = repacked_int8(model)
-        return Deployed(deployable(repacked, example, form), repacked, engine)
+        return Deployed(deployable(repacked, example, form), repacked, engine, form)
 
 
 def _fastest(candidates: dict[str, Deployed], example: torch.Tensor) -> str:
     medians: dict[str, list[float]] = {engine: [] for engine in candidates}
+    runnables = {engine: candidate.runnable for engine, candidate in candidates.items()}
+    repetitions = calls_within(runnables, example, _ENGINE_ROUND_S, _ENGINE_REPETITIONS, {e: e for e in candidates})
     with torch.inference_mode():
         for _ in range(_ENGINE_ROUNDS):
             for engine, candidate in candidates.items():
                 with quantized_engine(engine):
-                    samples = _timed_ms(
-                        candidate.runnable, example, example.device, _ENGINE_WARMUP, _ENGINE_REPETITIONS
-                    )
+                    samples = _timed_ms(candidate.runnable, example, example.device, _ENGINE_WARMUP, repetitions)
                 medians[engine].append(float(np.median(samples)))
     return min(medians, key=lambda engine: np.median(medians[engine]))
 
@@ -374,57 +440,170 @@ def first_samples(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.repeat(-(-size // len(x)), *([1] * (x.dim() - 1)))[:size]
 
 
+@dataclass(frozen=True)
+class Speedup:
+    """How many times faster a model ran than a reference: the median of the ratios of their
+    paired rounds, and a 95% interval for that median (order statistics of the ratios)."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    NOISY: ClassVar[float] = 0.25  # an interval reaching further than this share of the median is not a number to trust
+
+    @property
+    def noisy(self) -> bool:
+        return self.low < (1 - self.NOISY) * self.median or self.high > (1 + self.NOISY) * self.median
+
+    def metrics(self, name: str) -> dict[str, float]:
+        """``name``, ``name_low``, ``name_high``."""
+        return {name: self.median, f"{name}_low": self.low, f"{name}_high": self.high}
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f}x (95% interval {self.low:.2f}-{self.high:.2f}x, {self.rounds} rounds)"
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free ``confidence`` interval for the median of ``values``: the k-th smallest
+    and k-th largest value, k the largest rank with P(Binomial(n, ½) < k) <= (1 - confidence)/2.
+    With too few values for that (n < 6 at 95%), their smallest and largest."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    n, tail, below, k = len(ordered), (1 - confidence) / 2, 0.0, 0
+    while k < n and below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    k = max(k, 1)
+    return float(ordered[k - 1]), float(ordered[n - k])
+
+
+def speedup(reference_ms: np.ndarray, model_ms: np.ndarray) -> Speedup:
+    """``reference ÷ model`` per round of ``interleaved_rounds``, summarized (> 1: faster)."""
+    ratios = np.asarray(reference_ms) / np.asarray(model_ms)
+    low, high = median_interval(ratios)
+    return Speedup(float(np.median(ratios)), low, high, len(ratios))
+
+
+def interleaved_rounds(
+    models: dict[str, Callable],
+    example: torch.Tensor,
+    rounds: int,
+    calls: int,
+    warmup: int = 10,
+    engines: dict[str, str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The one way Shrinkflow times models against each other (CPU): ``rounds`` rounds, each
+    timing every model for ``calls`` calls in turn, the order reversed every other round (A B,
+    B A, ...); per model and round, the median milliseconds of a call. A machine slowing down
+    slows all models of a round alike, so ratios of paired rounds hold where absolute times do
+    not. ``engines``: the int8 engine each int8 model (``Deployed.engine``) runs with."""
+    engines, names = engines or {}, list(models)
+    timings = {name: np.empty(rounds) for name in names}
+    with torch.inference_mode():
+        for name in names:  # warm-up: first calls allocate, pack and tune
+            with quantized_engine(engines.get(name) or torch.backends.quantized.engine):
+                _timed_ms(models[name], example, example.device, warmup, 1)
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                with quantized_engine(engines.get(name) or torch.backends.quantized.engine):
+                    timings[name][r] = float(np.median(_timed_ms(models[name], example, example.device, 0, calls)))
+    return timings
+
+
+def calls_within(
+    models: dict[str, Callable], example: torch.Tensor, seconds: float, most: int, engines: dict[str, str] | None = None
+) -> int:
+    """How many calls of the slowest of ``models`` fit in ``seconds`` (at least 1, at most
+    ``most``), from one timed call of each after one untimed one."""
+    engines, slowest = engines or {}, 0.0
+    with torch.inference_mode():
+        for name, model in models.items():
+            with quantized_engine(engines.get(name) or torch.backends.quantized.engine):
+                slowest = max(slowest, float(_timed_ms(model, example, example.device, 1, 1)[0]) / 1000)
+    return max(1, min(most, int(seconds / max(slowest, 1e-9))))
+
+
 def interleaved_medians(
-    models: dict[str, nn.Module],
+    models: dict[str, Callable],
     example: torch.Tensor,
     rounds: int,
     warmup: int,
     repetitions: int,
     engines: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Median latency (ms, CPU) of each model over ``rounds`` rounds that time every model in
-    turn: a machine slowing down slows them all alike, so their ratios hold. ``engines``: the
-    int8 engine each int8 model (``Deployed.engine``) runs with."""
-    medians: dict[str, list[float]] = {name: [] for name in models}
-    engines = engines or {}
-    for _ in range(rounds):
-        for name, model in models.items():
-            with quantized_engine(engines.get(name) or torch.backends.quantized.engine):
-                medians[name].append(measure_latency(model, example, torch.device("cpu"), warmup, repetitions).p50_ms)
-    return {name: float(np.median(values)) for name, values in medians.items()}
+    """Median latency (ms, CPU) of each model over ``interleaved_rounds``."""
+    timed = interleaved_rounds(models, example, rounds, repetitions, warmup, engines)
+    return {name: float(np.median(values)) for name, values in timed.items()}
 
 
-# The quick before/after check of every compression step: eager, one thread, batch 1 and a
-# larger batch, the two models timed in turn.
-CHECK_BATCH_SIZES, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS = (1, 64), 3, 10, 50
+# The before/after check of every compression step: in the step's target form, one thread,
+# batch 1 and a larger batch, the two models timed in alternating rounds.
+CHECK_BATCH_SIZES, CHECK_ROUNDS, CHECK_WARMUP, CHECK_CALLS = (1, 64), 15, 10, 20
+CHECK_ROUND_S = 0.05  # at most this long per model and round: a slow model gets fewer calls, not minutes
 SLOWER = 0.9  # a speed-up below this is reported as slower (timing noise stays within ±10% here)
 
 
-def before_after_latency(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """``latency_bs<B>_ms_before``/``_after`` and ``speedup_bs<B>`` (before ÷ after: > 1 is
-    faster) of two models on the first samples of ``x``, for each ``CHECK_BATCH_SIZES``; a model
-    with int8 layers runs with its fastest int8 engine at that batch size."""
+class LatencyCheck(NamedTuple):
+    metrics: dict[str, float]
+    form: str  # the form both models were timed in
+    warnings: list[str]  # lines for the user: a fallback from the target, a slower model, a noisy number
+
+
+def before_after_latency(
+    before: nn.Module, after: nn.Module, x: torch.Tensor, target: str = TARGETS[0], what: str = "new"
+) -> LatencyCheck:
+    """``latency_bs<B>_ms_before``/``_after`` (medians over rounds) and ``speedup_bs<B>`` with
+    ``_low``/``_high`` (its 95% interval; before ÷ after: > 1 is faster) of two models on the
+    first samples of ``x``, for each ``CHECK_BATCH_SIZES``, both in the first form of ``target``'s
+    fallbacks that runs both; a model with int8 layers runs with its fastest int8 engine at that
+    batch size. ``what`` names the new model in the warnings."""
     metrics = {}
     with torch_threads(1), torch.no_grad():
+        form, reason = common_form([before.eval(), after.eval()], first_samples(x, 1), target)
+        if form == "onnxruntime":  # one session serves every batch size
+            ort = {"before": deployable(before, first_samples(x, 1), form), "after": deployable(after, x[:1], form)}
         for size in CHECK_BATCH_SIZES:
             example = first_samples(x, size)
-            with deployed(after, example, "eager") as run:  # an int8 model with its fastest engine
-                models, engines = {"before": before.eval(), "after": run.runnable}, {"after": run.engine}
-            timed = interleaved_medians(models, example, CHECK_ROUNDS, CHECK_WARMUP, CHECK_REPETITIONS, engines)
-            metrics[f"latency_bs{size}_ms_before"] = timed["before"]
-            metrics[f"latency_bs{size}_ms_after"] = timed["after"]
-            metrics[f"speedup_bs{size}"] = timed["before"] / timed["after"]
-    return metrics
+            with contextlib.ExitStack() as stack:
+                if form == "onnxruntime":
+                    models, engines = ort, {}
+                else:
+                    old, new = (stack.enter_context(deployed(m, example, form)) for m in (before, after))
+                    models = {"before": old.runnable, "after": new.runnable}
+                    engines = {"before": old.engine, "after": new.engine}
+                calls = calls_within(models, example, CHECK_ROUND_S, CHECK_CALLS, engines)
+                timed = interleaved_rounds(models, example, CHECK_ROUNDS, calls, CHECK_WARMUP, engines)
+            metrics[f"latency_bs{size}_ms_before"] = float(np.median(timed["before"]))
+            metrics[f"latency_bs{size}_ms_after"] = float(np.median(timed["after"]))
+            metrics.update(speedup(timed["before"], timed["after"]).metrics(f"speedup_bs{size}"))
+    warnings = [fallback_warning(f"the {what} model or its source", target, form, reason)] if reason else []
+    return LatencyCheck(metrics, form, warnings + latency_warnings(metrics, what, form))
 
 
-def slower_warning(metrics: dict[str, float], what: str) -> str | None:
-    """A warning line when ``before_after_latency`` found the new model slower, else None."""
-    slower = [size for size in CHECK_BATCH_SIZES if metrics[f"speedup_bs{size}"] < SLOWER]
-    if not slower:
+def noisy_warning(what: str, measured: Speedup) -> str | None:
+    """A warning line when ``measured``'s interval is too wide to trust, else None."""
+    if not measured.noisy:
         return None
-    parts = [
-        f"{1 / metrics[f'speedup_bs{size}']:.1f}x slower at batch {size} ({metrics[f'latency_bs{size}_ms_before']:.3f}"
-        f" -> {metrics[f'latency_bs{size}_ms_after']:.3f} ms)"
-        for size in slower
-    ]
-    return f"warning: the {what} model is {', '.join(parts)} than the original (eager, 1 CPU thread)"
+    return (
+        f"warning: {what}: {measured} is wider than ±{Speedup.NOISY:.0%} of its median: the machine is too "
+        "busy for this number; time it again on a quiet machine"
+    )
+
+
+def latency_warnings(metrics: dict[str, float], what: str, form: str) -> list[str]:
+    """Warning lines about ``before_after_latency``'s numbers: a new model that is slower, a
+    speed-up whose interval is too wide to trust."""
+    slower = [size for size in CHECK_BATCH_SIZES if metrics[f"speedup_bs{size}"] < SLOWER]
+    lines = []
+    if slower:
+        parts = [
+            f"{1 / metrics[f'speedup_bs{size}']:.1f}x slower at batch {size} "
+            f"({metrics[f'latency_bs{size}_ms_before']:.3f} -> {metrics[f'latency_bs{size}_ms_after']:.3f} ms)"
+            for size in slower
+        ]
+        lines.append(f"warning: the {what} model is {', '.join(parts)} than the original ({form}, 1 CPU thread)")
+    for size in CHECK_BATCH_SIZES:
+        measured = Speedup(*(metrics[f"speedup_bs{size}{end}"] for end in ("", "_low", "_high")), CHECK_ROUNDS)
+        if line := noisy_warning(f"the {what} model's speed-up at batch {size}", measured):
+            lines.append(line)
+    return lines

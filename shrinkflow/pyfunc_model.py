@@ -1,7 +1,10 @@
 """MLflow "model from code": serves a Shrinkflow checkpoint through ``mlflow.pyfunc``.
 
 MLflow loads this file as source, so no Python object is pickled; the weights come from the
-checkpoint folder logged beside it and are read with ``torch.load(weights_only=True)``.
+checkpoint folder logged beside it and are read with ``torch.load(weights_only=True)``. A model
+logged for target onnxruntime also carries its ONNX form (artifact ``onnx``, checked against
+PyTorch on the test split when it was logged): then ONNX Runtime computes the logits, as it did
+when the model was timed, and PyTorch is not called.
 
 Input: the raw inputs the model was trained from — for a table, a DataFrame with its feature
 columns (any order, extra columns ignored), standardized here with the training statistics
@@ -9,6 +12,8 @@ saved in the model; otherwise a float array (N, *input_shape). Output, by the ``
 ``labels`` (default: the class names), ``probabilities`` (a DataFrame, one column per class) or
 ``logits`` (an array).
 """
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +24,7 @@ from mlflow.pyfunc import PythonModel
 from shrinkflow.checkpoint import load_checkpoint
 from shrinkflow.data import apply_preprocessing, class_names_of
 from shrinkflow.imports import trust
+from shrinkflow.onnx_export import onnx_logits, onnx_session
 
 OUTPUTS = ("labels", "probabilities", "logits")
 
@@ -30,6 +36,14 @@ class ShrinkflowPyfunc(PythonModel):
         self.model, self.description = load_checkpoint(context.artifacts["checkpoint"])
         self.preprocessing = self.description.get("preprocessing", {})
         self.class_names = np.asarray(class_names_of(self.description), dtype=object)
+        onnx_path = context.artifacts.get("onnx")
+        self.session = onnx_session(Path(onnx_path).read_bytes()) if onnx_path else None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            return onnx_logits(self.session, x)
+        with torch.no_grad():
+            return self.model(x)
 
     # np.ndarray: MLflow then takes the schema from the logged signature (a table's columns or an
     # array's shape) and passes a table through as a DataFrame; other hints warn or convert
@@ -37,9 +51,7 @@ class ShrinkflowPyfunc(PythonModel):
         output = (params or {}).get("output", "labels")
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}: choose {', '.join(OUTPUTS)}")
-        x = torch.as_tensor(apply_preprocessing(self.preprocessing, model_input))
-        with torch.no_grad():
-            logits = self.model(x)
+        logits = self.logits(torch.as_tensor(apply_preprocessing(self.preprocessing, model_input)))
         if output == "logits":
             return logits.numpy()
         if output == "probabilities":

@@ -46,6 +46,7 @@ from shrinkflow.config import ShrinkflowError, check_applies
 from shrinkflow.cost import storage_table
 from shrinkflow.data import DataSplits
 from shrinkflow.encoding import (
+    INT8_GRAPH,
     OBSERVERS,
     Encoded,
     convert_int8,
@@ -231,6 +232,7 @@ def _quantized_description(description: dict, quantized: Quantized, method, sett
     record = {"method": method.name}
     if settings.observer_name():
         record["observer"] = settings.observer_name()  # rebuilding the int8 graph on load needs it
+        record["int8_graph"] = INT8_GRAPH
     encodings = quantized.encodings
     return {
         **description,

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import warnings
@@ -38,6 +39,7 @@ from shrinkflow.cost import cost_summary
 from shrinkflow.data import SPLITS, DataSplits, class_names_of, raw_inputs
 from shrinkflow.imports import is_import_spec, user_code
 from shrinkflow.latency import hardware_tags
+from shrinkflow.onnx_export import check_onnx, default_tolerance, export_onnx
 
 __all__ = [
     "DIGEST_TAG",
@@ -267,32 +269,61 @@ def check_dataset(run_id: str, data: DataSplits) -> None:
             )
 
 
-def _pip_requirements() -> list[str]:
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+def _pip_requirements(onnx: bool) -> list[str]:
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+    if onnx:
+        import onnxruntime
+
+        pins.append(f"onnxruntime=={onnxruntime.__version__}")
+    return pins
 
 
-def log_model(artifact: Artifact, example: torch.Tensor) -> str:
+def _served_onnx(artifact: Artifact, data: DataSplits, target: str, folder: Path) -> tuple[Path | None, str]:
+    """With target onnxruntime: the model's ONNX form in ``folder`` when it predicts the class
+    PyTorch does on the whole test split, and how the model is served (tag
+    ``shrinkflow.served_form``): onnxruntime, or pytorch with a warning line saying why."""
+    if target != "onnxruntime":
+        return None, "pytorch"
+    try:
+        onnx_model = export_onnx(artifact.model, data.x_train[:2])
+        check = check_onnx(artifact.model, onnx_model, data.x_test)
+        problem = check.problem(default_tolerance(artifact.model))  # the export step's rule
+    except ShrinkflowError as exc:
+        problem = str(exc)
+    if problem:
+        print(f"warning: the model is served by PyTorch, not ONNX Runtime: {problem}", file=sys.stderr)
+        return None, "pytorch"
+    path = folder / "model.onnx"
+    path.write_bytes(onnx_model)
+    return path, "onnxruntime"
+
+
+def log_model(artifact: Artifact, data: DataSplits, target: str = "onnxruntime") -> str:
     """Log ``artifact``'s checkpoint as the run's model; return its model id
     (``models:/<model_id>``). The served model takes raw inputs — a table's rows with its column
     names where the model was trained on a table — and returns class names (``params={"output":
-    "probabilities"}`` or ``"logits"`` for the others); ``example`` (model features) gives the
-    input example and signature, turned back into raw inputs."""
+    "probabilities"}`` or ``"logits"`` for the others); two training samples give the input
+    example and signature, turned back into raw inputs. With ``target`` onnxruntime it also
+    carries the model's ONNX form and serves it with ONNX Runtime (what is timed is what is
+    served), unless that form cannot be made or predicts differently on the test split."""
+    example = data.x_train[:2]
     preprocessing = artifact.description.get("preprocessing", {})
     raw_example = raw_inputs(preprocessing, example)
     with torch.no_grad():
         logits = artifact.model.cpu().eval()(example.cpu())
     labels = np.asarray(class_names_of(artifact.description), dtype=object)[logits.argmax(1).numpy()]
     factory = artifact.description["architecture"]["name"]
-    code_paths, requirements = [str(_PACKAGE_DIR)], _pip_requirements()
-    if is_import_spec(factory):
-        more_code, more_requirements = user_code(factory)
-        code_paths, requirements = code_paths + more_code, requirements + more_requirements
     with tempfile.TemporaryDirectory() as tmp:
         folder = artifact.save(Path(tmp) / "checkpoint")
+        onnx_path, served = _served_onnx(artifact, data, target, Path(tmp))
+        code_paths, requirements = [str(_PACKAGE_DIR)], _pip_requirements(onnx_path is not None)
+        if is_import_spec(factory):
+            more_code, more_requirements = user_code(factory)
+            code_paths, requirements = code_paths + more_code, requirements + more_requirements
         info = mlflow.pyfunc.log_model(
             name=_MODEL_NAME,
             python_model=str(_PACKAGE_DIR / "pyfunc_model.py"),
-            artifacts={"checkpoint": str(folder)},
+            artifacts={"checkpoint": str(folder), **({"onnx": str(onnx_path)} if onnx_path else {})},
             code_paths=code_paths,
             # the logged model's own factory is trusted where it is served (its code travels with it)
             model_config={"trust": [factory] if is_import_spec(factory) else []},
@@ -300,7 +331,11 @@ def log_model(artifact: Artifact, example: torch.Tensor) -> str:
             input_example=raw_example,
             pip_requirements=requirements,
         )
-        mlflow.set_logged_model_tags(info.model_id, {DIGEST_TAG: checkpoint_digest(folder)})
+        mlflow.set_logged_model_tags(
+            info.model_id, {DIGEST_TAG: checkpoint_digest(folder), "shrinkflow.served_form": served}
+        )
+        if mlflow.active_run() is not None:
+            mlflow.set_tag("shrinkflow.served_form", served)
     return info.model_id
 
 

@@ -6,9 +6,11 @@ torch version and threads, GPU name) with
 - static cost of the reloaded model: ``cost_params``, ``cost_nonzero_params``, ``cost_sparsity``,
   ``cost_macs``, ``cost_macs_effective``, ``cost_bops``, ``cost_size_bytes``,
   ``cost_size_entropy_bytes``, and a per-layer table ``layers.json``;
-- per device and batch size B, in the chosen execution ``form`` (tag ``shrinkflow.execution_form``)
-  and, for a model with int8 layers, with the int8 engine ``quantized_engine`` (``auto``: the
-  fastest for that batch size; tag ``shrinkflow.quantized_engine.bs<B>``):
+- per device and batch size B, in the deployment ``target`` (``onnxruntime`` by default; a model
+  that cannot run there falls back to traced, then eager, with a warning line; tag
+  ``shrinkflow.timed_form`` says which form was timed) and, for a model with int8 layers run by
+  PyTorch, with the int8 engine ``quantized_engine`` (``auto``: the fastest for that batch size;
+  tag ``shrinkflow.quantized_engine.bs<B>``):
   ``latency_<device>_bs<B>_ms_p50``/``_p90``/``_p99``/``_mean``,
   ``throughput_<device>_bs<B>_sps``, ``peak_memory_<device>_bs<B>_bytes`` and, for a device
   with a price per hour (``--price-per-hour cpu:0.10,cuda:3.50``),
@@ -39,9 +41,13 @@ from shrinkflow.data import DataSplits, dataset_of
 from shrinkflow.encoding import has_int8_layers
 from shrinkflow.latency import (
     ENGINE_CHOICES,
-    FORMS,
+    TARGET_HELP,
+    TARGETS,
     LatencyResult,
+    common_form,
     deployed,
+    fallback_forms,
+    fallback_warning,
     first_samples,
     hardware_tags,
     measure_latency,
@@ -111,12 +117,7 @@ class BenchmarkConfig:
     # One thread by default: the most repeatable CPU number, and the usual serving setting.
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing (recorded as a tag)"})
     devices: str = field(default="auto", metadata={"help": "auto (CPU, plus CUDA when present), cpu, cuda or cpu,cuda"})
-    form: str = field(
-        default="eager",
-        metadata={
-            "help": "form timed: eager, traced (TorchScript, frozen), compiled (torch.compile) or onnxruntime (CPU)"
-        },
-    )
+    target: str = field(default=TARGETS[0], metadata={"help": TARGET_HELP + "; or compiled (torch.compile)"})
     quantized_engine: str = field(
         default="auto",
         metadata={
@@ -141,8 +142,7 @@ class BenchmarkConfig:
                 f"need warmup >= 0, repetitions >= 1 and threads >= 1, got {self.warmup}, {self.repetitions}, "
                 f"{self.threads}"
             )
-        if self.form not in FORMS:
-            raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
+        fallback_forms(self.target)
         parse_prices(self.price_per_hour)
         if self.quantized_engine not in ENGINE_CHOICES:
             raise ShrinkflowError(
@@ -155,20 +155,23 @@ def example_batch(data: DataSplits, batch_size: int) -> torch.Tensor:
     return first_samples(data.x_test, batch_size)
 
 
-def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> list[LatencyResult]:
-    """Latency of ``model`` for every configured device and batch size, with ``cfg.threads``."""
+def benchmark(model: nn.Module, data: DataSplits, cfg: BenchmarkConfig) -> tuple[list[LatencyResult], str, str]:
+    """Latency of ``model`` for every configured device and batch size, with ``cfg.threads``, in
+    the first form of ``cfg.target``'s fallbacks that runs it; also that form and why the target
+    was passed over (or "")."""
     results = []
+    form, reason = common_form([model.cpu()], example_batch(data, 1), cfg.target)
     devices = resolve_devices(cfg.devices)
-    if cfg.form == "onnxruntime" or has_int8_layers(model):
+    if form == "onnxruntime" or has_int8_layers(model):
         devices = tuple(d for d in devices if d.type == "cpu")  # ORT's CPU provider; int8 kernels: CPU only
     with torch_threads(cfg.threads):
         for device in devices:
             for size in parse_batch_sizes(cfg.batch_sizes):
                 example = example_batch(data, size).to(device)
-                with deployed(model.to(device), example, cfg.form, cfg.quantized_engine) as run:
+                with deployed(model.to(device), example, form, cfg.quantized_engine) as run:
                     result = measure_latency(run.runnable, example, device, cfg.warmup, cfg.repetitions, run.model)
                 results.append(replace(result, quantized_engine=run.engine))
-    return results
+    return results, form, reason
 
 
 def latency_table(results: list[LatencyResult], prices: dict[str, float]) -> pd.DataFrame:
@@ -211,14 +214,12 @@ def execute(cfg: BenchmarkConfig) -> str:
     layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
     data = dataset_of(description)
     with tracking.step_run("benchmark", config_to_params(cfg)) as run:
+        results, form, reason = benchmark(model, data, cfg)
         mlflow.set_tags(
-            {
-                "shrinkflow.source_run_id": cfg.run_id,
-                "shrinkflow.execution_form": cfg.form,
-                **hardware_tags(cfg.threads),
-            }
+            {"shrinkflow.source_run_id": cfg.run_id, "shrinkflow.timed_form": form, **hardware_tags(cfg.threads)}
         )
-        results = benchmark(model, data, cfg)
+        if reason:
+            print(fallback_warning("the model", cfg.target, form, reason), file=sys.stderr)
         prices = parse_prices(cfg.price_per_hour)
         table = latency_table(results, prices)
         mlflow.set_tags(

@@ -4,10 +4,15 @@ Consumes: comma-separated run ids of steps that logged models, the baseline firs
 Produces: an MLflow run with the comparison as ``comparison.json`` (MLflow table) and
 ``comparison.csv``, printed to the terminal too. Every number is measured in this one process
 on the reloaded artifacts — accuracy on the chosen split, size on disk, exact MACs, CPU latency
-at one batch size and thread count — so ratios compare like with like. A model with int8 layers
-runs with the int8 engine ``quantized_engine`` (``auto``: its fastest at this batch size), and its
-accuracy is measured with that engine too (column ``quantized_engine``). The run id is the last
-line printed.
+at one batch size and thread count — so ratios compare like with like. Latency: every model in
+the deployment ``target`` (``onnxruntime`` by default; when one of them cannot run there, all
+fall back to traced, then eager, with a warning line; column ``form``), timed in ``rounds``
+alternating rounds (A B C, C B A, ...); ``speedup`` is the median over rounds of the baseline's
+time over the model's, ``speedup_low``/``speedup_high`` its 95% interval, and a warning line
+says when the interval is wider than ±25% of the median (a busy machine). A model with int8
+layers run by PyTorch uses the int8 engine ``quantized_engine`` (``auto``: its fastest at this
+batch size), and its accuracy is measured with that engine too (column ``quantized_engine``). The
+run id is the last line printed.
 
 Example:
     python -m steps.compare --run-ids <baseline run id>,<pruned run id>
@@ -15,23 +20,40 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
 from shrinkflow.data import SPLITS, dataset_of
-from shrinkflow.latency import ENGINE_CHOICES, FORMS, deployed, hardware_tags, measure_latency, torch_threads
+from shrinkflow.encoding import quantized_engine
+from shrinkflow.latency import (
+    ENGINE_CHOICES,
+    TARGET_HELP,
+    TARGETS,
+    Speedup,
+    common_form,
+    deployed,
+    fallback_forms,
+    fallback_warning,
+    hardware_tags,
+    interleaved_rounds,
+    noisy_warning,
+    speedup,
+    torch_threads,
+)  # fmt: skip
 from shrinkflow.training import score
 from steps.benchmark import example_batch
 
 __all__ = ["CONFIG", "CompareConfig", "comparison_table", "main"]
 
 # Columns of the comparison table that get a ratio to the baseline (baseline / model: > 1 is better)
-_RATIO_COLUMNS = {"size_bytes": "size_reduction", "macs_effective": "macs_reduction", "latency_ms_p50": "speedup"}
+_RATIO_COLUMNS = {"size_bytes": "size_reduction", "macs_effective": "macs_reduction"}
 
 
 @dataclass(frozen=True)
@@ -41,15 +63,11 @@ class CompareConfig:
     run_ids: str = field(metadata={"help": "comma-separated run ids of logged models, the baseline first"})
     split: str = field(default="test", metadata={"help": "split on which accuracy is measured: train, val or test"})
     batch_size: int = field(default=1, metadata={"help": "batch size of the CPU latency measurement"})
-    warmup: int = field(default=20, metadata={"help": "untimed forward passes before timing"})
-    repetitions: int = field(default=200, metadata={"help": "timed forward passes per model"})
+    warmup: int = field(default=20, metadata={"help": "untimed forward passes of each model before timing"})
+    rounds: int = field(default=20, metadata={"help": "timing rounds; each times every model in turn"})
+    repetitions: int = field(default=50, metadata={"help": "timed forward passes per model and round"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing"})
-    form: str = field(
-        default="eager",
-        metadata={
-            "help": "form timed: eager, traced (TorchScript, frozen), compiled (torch.compile) or onnxruntime (CPU)"
-        },
-    )
+    target: str = field(default=TARGETS[0], metadata={"help": TARGET_HELP + "; or compiled (torch.compile)"})
 
     quantized_engine: str = field(
         default="auto",
@@ -64,10 +82,9 @@ class CompareConfig:
             raise ShrinkflowError("run_ids is required: pass one or more run ids separated by commas")
         if self.split not in SPLITS:
             raise ShrinkflowError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
-        if self.batch_size < 1 or self.repetitions < 1 or self.threads < 1 or self.warmup < 0:
-            raise ShrinkflowError("need batch_size, repetitions and threads >= 1 and warmup >= 0")
-        if self.form not in FORMS:
-            raise ShrinkflowError(f"unknown execution form {self.form!r}: choose {', '.join(FORMS)}")
+        if min(self.batch_size, self.repetitions, self.threads, self.rounds) < 1 or self.warmup < 0:
+            raise ShrinkflowError("need batch_size, rounds, repetitions and threads >= 1 and warmup >= 0")
+        fallback_forms(self.target)
         if self.quantized_engine not in ENGINE_CHOICES:
             raise ShrinkflowError(
                 f"unknown quantized_engine {self.quantized_engine!r}: choose {', '.join(ENGINE_CHOICES)}"
@@ -91,18 +108,17 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
-def _measure(run_id: str, cfg: CompareConfig) -> dict:
+def _loaded(run_id: str) -> tuple:
     from shrinkflow import tracking
 
     artifact, costs = tracking.load_model(run_id)
-    model, description = artifact.model, artifact.description
-    data = dataset_of(description)
+    data = dataset_of(artifact.description)
     tracking.check_dataset(run_id, data)
-    cpu = torch.device("cpu")
-    example = example_batch(data, cfg.batch_size)
-    with deployed(model, example, cfg.form, cfg.quantized_engine) as run:  # scored as it is timed
-        latency = measure_latency(run.runnable, example, cpu, cfg.warmup, cfg.repetitions, weights_of=run.model)
-        accuracy = score(run.model, *data.split(cfg.split), cpu)["accuracy"]
+    return artifact, costs, data
+
+
+def _row(run_id: str, artifact, costs: dict, run, accuracy: float) -> dict:
+    description = artifact.description
     return {
         "run_id": run_id,
         "dataset": description["dataset"],
@@ -114,10 +130,37 @@ def _measure(run_id: str, cfg: CompareConfig) -> dict:
         "size_bytes": costs["cost_size_bytes"],
         "macs": costs["cost_macs"],
         "macs_effective": costs["cost_macs_effective"],
-        "form": cfg.form,
+        "form": run.form,
         "quantized_engine": run.engine,
-        "latency_ms_p50": latency.p50_ms,
     }
+
+
+def _accuracy(run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of the model as it is timed: ONNX Runtime's session, or PyTorch with its int8 engine."""
+    if run.form != "onnxruntime":
+        with quantized_engine(run.engine or torch.backends.quantized.engine):
+            return score(run.model, x, y, torch.device("cpu"))["accuracy"]
+    return (run.runnable(x).argmax(1) == y).double().mean().item()
+
+
+def _measure(cfg: CompareConfig) -> tuple[list[dict], str]:
+    """A row per model, timed interleaved in one form; also why the target was passed over."""
+    loaded = [(run_id, *_loaded(run_id)) for run_id in cfg.ids()]  # a run may come twice
+    _same_dataset([{"run_id": run_id, "dataset": artifact.description["dataset"]} for run_id, artifact, *_ in loaded])
+    data = loaded[0][3]
+    example = example_batch(data, cfg.batch_size)
+    form, reason = common_form([artifact.model for _, artifact, _, _ in loaded], example, cfg.target)
+    rows, runnables, engines = [], {}, {}
+    with contextlib.ExitStack() as stack:
+        for index, (run_id, artifact, costs, _) in enumerate(loaded):
+            run = stack.enter_context(deployed(artifact.model, example, form, cfg.quantized_engine))
+            runnables[index], engines[index] = run.runnable, run.engine
+            rows.append(_row(run_id, artifact, costs, run, _accuracy(run, *data.split(cfg.split))))
+        timed = interleaved_rounds(runnables, example, cfg.rounds, cfg.repetitions, cfg.warmup, engines)
+    for index, row in enumerate(rows):
+        row["latency_ms_p50"] = float(np.median(timed[index]))
+        row.update(speedup(timed[0], timed[index]).metrics("speedup"))
+    return rows, reason
 
 
 def _same_dataset(rows: list[dict]) -> None:
@@ -137,13 +180,22 @@ def execute(cfg: CompareConfig) -> str:
     from shrinkflow import tracking
 
     with torch_threads(cfg.threads):
-        rows = [_measure(run_id, cfg) for run_id in cfg.ids()]
-    _same_dataset(rows)
+        rows, reason = _measure(cfg)
     table = comparison_table([{k: v for k, v in row.items() if k != "dataset"} for row in rows])
+    form = rows[0]["form"]
+    if reason:
+        print(fallback_warning("a model", cfg.target, form, reason), file=sys.stderr)
+    for row in rows[1:]:
+        measured = Speedup(row["speedup"], row["speedup_low"], row["speedup_high"], cfg.rounds)
+        if line := noisy_warning(f"the speed-up of run {row['run_id']}", measured):
+            print(line, file=sys.stderr)
     with tracking.step_run("compare", config_to_params(cfg)) as run:
-        mlflow.set_tags({"shrinkflow.baseline_run_id": cfg.ids()[0], **hardware_tags(cfg.threads)})
+        mlflow.set_tags(
+            {"shrinkflow.baseline_run_id": cfg.ids()[0], "shrinkflow.timed_form": form, **hardware_tags(cfg.threads)}
+        )
         last = table.iloc[-1]  # the last model against the first, as metrics (a recipe's verdict)
-        mlflow.log_metrics({name: float(last[name]) for name in ("accuracy_delta_pp", *_RATIO_COLUMNS.values())})
+        verdict = ("accuracy_delta_pp", *_RATIO_COLUMNS.values(), "speedup", "speedup_low", "speedup_high")
+        mlflow.log_metrics({name: float(last[name]) for name in verdict})
         tracking.log_table(table, "comparison")
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g"), file=sys.stderr)

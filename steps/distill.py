@@ -30,7 +30,7 @@ from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import cost
 from shrinkflow.data import dataset_of
 from shrinkflow.distillation import DistillSettings, check_distilling, distill
-from shrinkflow.latency import before_after_latency, slower_warning
+from shrinkflow.latency import TARGET_HELP, TARGETS, before_after_latency, fallback_forms
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import score
 
@@ -46,9 +46,11 @@ class DistillConfig(DistillSettings):
     nproc: int = field(
         default=1, metadata={"help": "processes for data-parallel training; > 1 starts the step under torchrun"}
     )
+    target: str = field(default=TARGETS[0], metadata={"help": TARGET_HELP})
 
     def __post_init__(self):
         check_run_id(self.run_id, "the teacher's train step")
+        fallback_forms(self.target)
         super().__post_init__()
 
 
@@ -77,7 +79,7 @@ def execute(cfg: DistillConfig) -> str:
             tracking.log_dataset(data, split)
         result = distill(teacher, data, cfg, device, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e))
         student = result.artifact
-        model_id = tracking.log_model(student, data.x_train[:2])
+        model_id = tracking.log_model(student, data, cfg.target)
         rows = {"teacher": teacher, "student": student, **({"control": result.control} if result.control else {})}
         accuracy = {name: score(a.model, data.x_test, data.y_test, cpu)["accuracy"] for name, a in rows.items()}
         student_costs = cost(student)
@@ -94,10 +96,11 @@ def execute(cfg: DistillConfig) -> str:
         if result.control is not None:
             metrics["control_test_accuracy"] = accuracy["control"]
             metrics["distill_gain_pp"] = (accuracy["student"] - accuracy["control"]) * 100
-        speed = before_after_latency(teacher.model, student.reloaded().model, data.x_test)
-        metrics.update(speed)
+        check = before_after_latency(teacher.model, student.reloaded().model, data.x_test, cfg.target, "student")
+        metrics.update(check.metrics)
         mlflow.log_metrics(metrics)
-        if warning := slower_warning(speed, "student"):
+        mlflow.set_tag("shrinkflow.timed_form", check.form)
+        for warning in check.warnings:
             print(warning, file=sys.stderr)
         mlflow.set_tag("shrinkflow.model_id", model_id)
         table = pd.DataFrame(

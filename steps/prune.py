@@ -30,7 +30,7 @@ from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import before_after_metrics, cost, layer_costs, layer_table, storage_table
 from shrinkflow.data import dataset_of
-from shrinkflow.latency import before_after_latency, slower_warning
+from shrinkflow.latency import TARGET_HELP, TARGETS, before_after_latency, fallback_forms
 from shrinkflow.pruning import PruneSettings, check_pruning, prune
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import score
@@ -47,9 +47,11 @@ class PruneConfig(PruneSettings):
     nproc: int = field(
         default=1, metadata={"help": "processes for data-parallel training; > 1 starts the step under torchrun"}
     )
+    target: str = field(default=TARGETS[0], metadata={"help": TARGET_HELP})
 
     def __post_init__(self):
         check_run_id(self.run_id)
+        fallback_forms(self.target)
         super().__post_init__()
 
 
@@ -82,7 +84,7 @@ def execute(cfg: PruneConfig) -> str:
         result = prune(original, data, cfg, device, on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
         pruned = result.artifact
         test = score(pruned.model, data.x_test, data.y_test, cpu)
-        model_id = tracking.log_model(pruned, data.x_train[:2])
+        model_id = tracking.log_model(pruned, data, cfg.target)
         costs = cost(pruned)
         metrics = {
             **before_after_metrics(accuracy_before, test, costs_before, costs),
@@ -90,10 +92,11 @@ def execute(cfg: PruneConfig) -> str:
         }
         if result.fit is not None:
             metrics["val_accuracy"] = result.fit.best_val_accuracy
-        speed = before_after_latency(original.model, pruned.reloaded().model, data.x_test)
-        metrics.update(speed)
+        check = before_after_latency(original.model, pruned.reloaded().model, data.x_test, cfg.target, "pruned")
+        metrics.update(check.metrics)
         mlflow.log_metrics(metrics)
-        if warning := slower_warning(speed, "pruned"):
+        mlflow.set_tag("shrinkflow.timed_form", check.form)
+        for warning in check.warnings:
             print(warning, file=sys.stderr)
         mlflow.set_tag("shrinkflow.model_id", model_id)
         mlflow.log_table(layers_before, artifact_file="layers_before.json")

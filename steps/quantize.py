@@ -30,7 +30,7 @@ from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import before_after_metrics, cost
 from shrinkflow.data import dataset_of
-from shrinkflow.latency import before_after_latency, slower_warning
+from shrinkflow.latency import TARGET_HELP, TARGETS, before_after_latency, fallback_forms
 from shrinkflow.quantization import QuantizeSettings, check_quantizing, quantization_table, quantize
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import score
@@ -47,9 +47,11 @@ class QuantizeConfig(QuantizeSettings):
     nproc: int = field(
         default=1, metadata={"help": "processes for data-parallel training; > 1 starts the step under torchrun"}
     )
+    target: str = field(default=TARGETS[0], metadata={"help": TARGET_HELP})
 
     def __post_init__(self):
         check_run_id(self.run_id)
+        fallback_forms(self.target)
         super().__post_init__()
 
 
@@ -81,15 +83,16 @@ def execute(cfg: QuantizeConfig) -> str:
         on_epoch = lambda epoch, m: mlflow.log_metrics(m, step=epoch)  # noqa: E731
         quantized = quantize(original, data, cfg, device, on_epoch=on_epoch).artifact
         test = score(quantized.model, data.x_test, data.y_test, cpu)
-        model_id = tracking.log_model(quantized, data.x_train[:2])
+        model_id = tracking.log_model(quantized, data, cfg.target)
         report = quantization_table(quantized)
         costs = cost(quantized)
         size = costs["cost_size_bytes"]
         metrics = before_after_metrics(accuracy_before, test, costs_before, costs)
-        speed = before_after_latency(original.model, quantized.reloaded().model, data.x_test)
-        metrics.update(speed)
+        check = before_after_latency(original.model, quantized.reloaded().model, data.x_test, cfg.target, "quantized")
+        metrics.update(check.metrics)
         mlflow.log_metrics(metrics)
-        if warning := slower_warning(speed, "quantized"):
+        mlflow.set_tag("shrinkflow.timed_form", check.form)
+        for warning in check.warnings:
             print(warning, file=sys.stderr)
         mlflow.set_tag("shrinkflow.model_id", model_id)
         tracking.log_table(report, "quantization")

@@ -97,7 +97,7 @@ def execute(cfg: TrainConfig) -> str:
         result = train(initial, data, cfg, device, on_epoch=log_epoch, execution=cfg.execution())
         trained = result.artifact
         test = score(trained.model, data.x_test, data.y_test, torch.device("cpu"))
-        model_id = tracking.log_model(trained, data.x_train[:2])
+        model_id = tracking.log_model(trained, data)
         costs = cost(trained)
         metrics = {
             "val_accuracy": result.fit.best_val_accuracy,

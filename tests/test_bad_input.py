@@ -158,6 +158,7 @@ EVALUATE = [
     (["--split", "test"], "the following arguments are required: --run-id"),
 ]
 PRUNE = [
+    (["--target", "tpu"], "unknown target 'tpu': choose eager, traced, compiled, onnxruntime"),
     (["--method", "magic"], "unknown pruning method 'magic': choose threshold, global, layerwise, gradual"),
     (["--sparsity", "1"], "sparsity must be in [0, 1), got 1.0"),
     (["--sparsity", "-0.1"], "sparsity must be in [0, 1), got -0.1"),
@@ -178,6 +179,7 @@ PRUNE = [
     (["--batch-size", "-4"], "batch_size must be >= 1"),
 ]
 QUANTIZE = [
+    (["--target", "tpu"], "unknown target 'tpu': choose eager, traced, compiled, onnxruntime"),
     (["--method", "int3"], "unknown quantization method 'int3'"),
     (["--bits", "9"], "bits must be integers in 1-8 (the supported set), got 9"),
     (["--bits", "0"], "bits must be integers in 1-8 (the supported set), got 0"),
@@ -215,7 +217,7 @@ BENCHMARK = [
     (["--repetitions", "0"], "need warmup >= 0, repetitions >= 1 and threads >= 1, got 20, 0"),
     (["--threads", "0"], "need warmup >= 0, repetitions >= 1 and threads >= 1, got 20, 200, 0"),
     (["--devices", "tpu"], "unknown benchmark device 'tpu'"),
-    (["--form", "fast"], "unknown execution form 'fast': choose eager, traced, compiled, onnxruntime"),
+    (["--target", "fast"], "unknown target 'fast': choose eager, traced, compiled, onnxruntime"),
     (["--price-per-hour", "-1"], "price_per_hour must be >= 0"),
     (["--price-per-hour", "tpu:1"], "price_per_hour names unknown device 'tpu'"),
     (["--price-per-hour", "cpu:cheap"], "price_per_hour must be a number or device:number pairs"),
@@ -225,10 +227,11 @@ COMPARE = [
     (["--run-ids", ""], "run_ids is required"),
     (["--run-ids", f"{{run}},{NO_RUN}"], f"run '{NO_RUN}' does not exist"),
     (["--run-ids", "{run},{run}", "--split", "dev"], "unknown split 'dev'"),
-    (["--run-ids", "{run},{run}", "--form", "fast"], "unknown execution form 'fast'"),
+    (["--run-ids", "{run},{run}", "--target", "fast"], "unknown target 'fast'"),
     (["--run-ids", "{run},{run}", "--quantized-engine", "tpu"], "unknown quantized_engine 'tpu': choose auto, "),
-    (["--run-ids", "{run},{run}", "--batch-size", "0"], "need batch_size, repetitions and threads >= 1"),
-    (["--run-ids", "{run},{run}", "--repetitions", "0"], "need batch_size, repetitions and threads >= 1"),
+    (["--run-ids", "{run},{run}", "--batch-size", "0"], "need batch_size, rounds, repetitions and threads >= 1"),
+    (["--run-ids", "{run},{run}", "--repetitions", "0"], "need batch_size, rounds, repetitions and threads >= 1"),
+    (["--run-ids", "{run},{run}", "--rounds", "0"], "need batch_size, rounds, repetitions and threads >= 1"),
 ]
 SEARCH = [
     (["--costs", "energy"], "unknown cost(s) ['energy']"),
@@ -240,7 +243,7 @@ SEARCH = [
     (["--engine", "ray"], "unknown engine 'ray'"),
     (["--max-accuracy-drop", "-1"], "need max_accuracy_drop in [0, 100] pp"),
     (["--early-stop-pp", "-1"], "early_stop_pp >= 0"),
-    (["--latency-form", "fast"], "unknown execution form 'fast'"),
+    (["--target", "fast"], "unknown target 'fast'"),
     (["--latency-batch-size", "0"], "latency needs batch_size, threads and repetitions >= 1"),
     (["--latency-threads", "0"], "latency needs batch_size, threads and repetitions >= 1"),
     (["--space", "fastest"], "does not exist (built-in spaces: default, latency)"),

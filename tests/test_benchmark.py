@@ -117,7 +117,6 @@ def test_comparison_table_ratios():
     table = compare.comparison_table(rows)
     assert list(table["size_reduction"]) == [1.0, 5.0]
     assert list(table["macs_reduction"]) == [1.0, 2.0]
-    assert list(table["speedup"]) == [1.0, 2.0]
     assert table["accuracy_delta_pp"].tolist() == pytest.approx([0.0, -1.0])
 
 
@@ -179,18 +178,16 @@ def test_traced_form_still_counts_the_weights_as_resident_memory():
 
 def test_benchmark_traced_form_is_tagged(trained_run_id):
     cfg = benchmark.BenchmarkConfig(
-        run_id=trained_run_id, batch_sizes="1", warmup=1, repetitions=5, devices="cpu", form="traced"
+        run_id=trained_run_id, batch_sizes="1", warmup=1, repetitions=5, devices="cpu", target="traced"
     )
     run = mlflow.get_run(benchmark.execute(cfg))
-    assert run.data.tags["shrinkflow.execution_form"] == "traced"
+    assert run.data.tags["shrinkflow.timed_form"] == "traced"
     assert run.data.metrics["latency_cpu_bs1_ms_p50"] > 0
 
 
 def test_unknown_form_lists_choices():
-    with pytest.raises(
-        ShrinkflowError, match="unknown execution form 'onnx': choose eager, traced, compiled, onnxruntime"
-    ):
-        benchmark.BenchmarkConfig(run_id="r", form="onnx")
+    with pytest.raises(ShrinkflowError, match="unknown target 'onnx': choose eager, traced, compiled, onnxruntime"):
+        benchmark.BenchmarkConfig(run_id="r", target="onnx")
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("cnn", (1, 8, 8)), ("cnn1d", (1, 40)), ("lstm", (1, 40))])
@@ -228,13 +225,18 @@ def test_onnxruntime_form_names_a_model_it_cannot_export():
         deployable(Eigenvalues(), torch.randn(1, 1, 8, 8), "onnxruntime")
 
 
-def test_compare_in_onnxruntime_form(trained_run_id):
-    cfg = compare.CompareConfig(
-        run_ids=f"{trained_run_id},{trained_run_id}", warmup=2, repetitions=20, form="onnxruntime"
-    )
-    run_id = compare.execute(cfg)
-    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="comparison.csv"))
+def test_compare_times_every_model_in_the_target_with_an_interval(trained_run_id):
+    cfg = compare.CompareConfig(run_ids=f"{trained_run_id},{trained_run_id}", warmup=2, rounds=8, repetitions=20)
+    run = mlflow.get_run(compare.execute(cfg))
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="comparison.csv"))
     assert list(table["form"]) == ["onnxruntime", "onnxruntime"] and (table["latency_ms_p50"] > 0).all()
+    assert run.data.tags["shrinkflow.timed_form"] == "onnxruntime"
+    assert table["speedup"].iloc[0] == 1.0  # the baseline against itself, round by round
+    assert (table["speedup_low"] <= table["speedup"]).all() and (table["speedup"] <= table["speedup_high"]).all()
+    last = table.iloc[-1]
+    assert [run.data.metrics[k] for k in ("speedup", "speedup_low", "speedup_high")] == pytest.approx(
+        [last["speedup"], last["speedup_low"], last["speedup_high"]]
+    )
 
 
 # --- int8 engines: which kernels an int8 model is timed with ------------------------------------
@@ -281,12 +283,12 @@ def test_auto_takes_the_engine_with_the_smallest_median(monkeypatch):
     def timed(model, batch, device, warmup, repetitions):
         engine = torch.backends.quantized.engine
         calls.append(engine)
-        slow = calls.count(engine) == 1 and engine == fastest
+        slow = calls.count(engine) == 2 and engine == fastest  # its first round (after the sizing call) is slow
         return np.full(repetitions, 100.0 if slow else fake[engine])
 
     monkeypatch.setattr(latency, "_timed_ms", timed)
     assert latency.fastest_engine(_int8_cnn(), torch.rand(1, 1, 8, 8), "eager") == fastest
-    assert sorted(calls) == sorted(list(int8_engines()) * 3)  # every engine timed in each of 3 rounds
+    assert sorted(calls) == sorted(list(int8_engines()) * 4)  # one sizing call, then timed in each of 3 rounds
 
 
 def test_float_models_and_the_onnxruntime_form_have_no_int8_engine():
@@ -303,7 +305,7 @@ def test_benchmark_and_compare_name_the_int8_engine_they_timed(trained_run_id):
     from steps import quantize
 
     int8_id = quantize.execute(quantize.QuantizeConfig(run_id=trained_run_id, method="dynamic-int8", device="cpu"))
-    sizes = dict(batch_sizes="1,16", warmup=1, repetitions=5, devices="cpu")
+    sizes = dict(batch_sizes="1,16", warmup=1, repetitions=5, devices="cpu", target="eager")  # PyTorch's kernels
     auto = mlflow.get_run(benchmark.execute(benchmark.BenchmarkConfig(run_id=int8_id, **sizes)))
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=auto.info.run_id, artifact_path="benchmark.csv"))
     assert set(table["quantized_engine"]) <= set(int8_engines())
@@ -312,7 +314,7 @@ def test_benchmark_and_compare_name_the_int8_engine_they_timed(trained_run_id):
     fixed = benchmark.execute(benchmark.BenchmarkConfig(run_id=int8_id, quantized_engine="fbgemm", **sizes))
     assert mlflow.get_run(fixed).data.tags["shrinkflow.quantized_engine.bs16"] == "fbgemm"
     cfg = compare.CompareConfig(
-        run_ids=f"{trained_run_id},{int8_id}", warmup=1, repetitions=5, quantized_engine="qnnpack"
+        run_ids=f"{trained_run_id},{int8_id}", warmup=1, repetitions=5, quantized_engine="qnnpack", target="eager"
     )
     table = pd.read_csv(
         mlflow.artifacts.download_artifacts(run_id=compare.execute(cfg), artifact_path="comparison.csv")
@@ -321,17 +323,55 @@ def test_benchmark_and_compare_name_the_int8_engine_they_timed(trained_run_id):
     assert table["accuracy"].iloc[1] == pytest.approx(mlflow.get_run(int8_id).data.metrics["test_accuracy"], abs=0.01)
 
 
-def test_interleaved_timing_runs_each_int8_model_with_its_engine(monkeypatch):
+def test_interleaved_rounds_alternate_the_order_and_run_each_int8_model_with_its_engine(monkeypatch):
     from shrinkflow import latency
 
     seen = []
 
-    def measure(model, example, device, warmup, repetitions):
-        seen.append((model, torch.backends.quantized.engine))
-        return LatencyResult("cpu", 1, 1, 1.0, 1.0, 1.0, 1.0, 1000.0, 0)
+    def timed(model, batch, device, warmup, repetitions):
+        seen.append((model, torch.backends.quantized.engine, repetitions))
+        return np.full(repetitions, {"float": 2.0, "int8": 1.0}[model])
 
-    monkeypatch.setattr(latency, "measure_latency", measure)
+    monkeypatch.setattr(latency, "_timed_ms", timed)
     default = torch.backends.quantized.engine
-    latency.interleaved_medians({"a": "float", "b": "int8"}, torch.zeros(1), 2, 0, 1, {"b": "qnnpack"})
-    assert seen == [("float", default), ("int8", "qnnpack")] * 2
+    rounds = latency.interleaved_rounds({"a": "float", "b": "int8"}, torch.zeros(1), 4, 7, 3, {"b": "qnnpack"})
+    warmups, timings = seen[:2], seen[2:]
+    assert warmups == [("float", default, 1), ("int8", "qnnpack", 1)]
+    assert [model for model, _, _ in timings] == ["float", "int8", "int8", "float"] * 2  # A B, B A, ...
+    assert all(engine == ("qnnpack" if model == "int8" else default) for model, engine, _ in timings)
+    assert all(calls == 7 for _, _, calls in timings)
     assert torch.backends.quantized.engine == default
+    assert rounds["a"].tolist() == [2.0] * 4 and rounds["b"].tolist() == [1.0] * 4
+    assert latency.speedup(rounds["a"], rounds["b"]) == latency.Speedup(2.0, 2.0, 2.0, 4)
+
+
+def test_the_interval_of_a_median_comes_from_order_statistics():
+    from shrinkflow.latency import Speedup, median_interval, speedup
+
+    values = np.arange(1.0, 21.0)[::-1]  # 20 rounds: ranks 6 and 15 cover the median with >= 95%
+    assert median_interval(values) == (6.0, 15.0)
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few for 95%: the extremes
+    measured = speedup(values / 10, np.ones(20))  # ratios 0.1 ... 2.0
+    assert measured.median == pytest.approx(1.05) and measured.rounds == 20
+    assert (measured.low, measured.high) == pytest.approx((0.6, 1.5))
+    assert measured.noisy and not Speedup(1.0, 0.9, 1.2, 20).noisy
+    assert measured.metrics("speedup_bs1") == {
+        "speedup_bs1": measured.median,
+        "speedup_bs1_low": measured.low,
+        "speedup_bs1_high": measured.high,
+    }
+
+
+def test_a_model_that_cannot_run_in_the_target_falls_back_with_the_reason():
+    from shrinkflow.latency import common_form, fallback_forms
+
+    class Eigenvalues(torch.nn.Module):
+        def forward(self, x):
+            return torch.linalg.eigvals(x.reshape(len(x), 8, 8)).real  # no ONNX operator computes this
+
+    assert fallback_forms("onnxruntime") == ("onnxruntime", "traced", "eager")
+    assert fallback_forms("compiled") == ("compiled", "eager")
+    example = torch.randn(1, 1, 8, 8)
+    assert common_form([_mlp()], example, "onnxruntime") == ("onnxruntime", "")
+    form, reason = common_form([_mlp(), Eigenvalues()], example, "onnxruntime")  # one model drags both
+    assert form == "traced" and reason.startswith("onnxruntime: cannot export this model to ONNX: ")

@@ -27,19 +27,27 @@ def _compressed(kind: str, run_id: str) -> str:
         return run_id
     if kind in ("global", "structured"):
         return prune.execute(prune.PruneConfig(run_id=run_id, method=kind, sparsity=0.5, epochs=1, device="cpu"))
-    method = {"kbit4": "kbit", "static-int8": "static-int8"}[kind]
+    method = {"kbit4": "kbit"}.get(kind, kind)
     return quantize.execute(quantize.QuantizeConfig(run_id=run_id, method=method, epochs=0, device="cpu"))
 
 
-@pytest.mark.parametrize("kind", ["fp32", "global", "structured", "kbit4", "static-int8"])
+EXPORTED_AS = {"static-int8": "int8", "dynamic-int8": "int8-dynamic"}  # every other kind: decoded float32
+
+
+@pytest.mark.parametrize(
+    "kind", ["fp32", "global", "structured", "kbit4", "kmeans", "binary", "static-int8", "dynamic-int8"]
+)
 def test_export_step_logs_an_onnx_model_that_predicts_like_pytorch(cnn_run_id, kind):
     source = _compressed(kind, cnn_run_id)
     run = mlflow.get_run(export.execute(export.ExportConfig(run_id=source)))
     metrics = run.data.metrics
     assert run.info.status == "FINISHED"
-    assert metrics["onnx_argmax_agreement"] == 1.0
+    # dynamic int8: ONNX Runtime quantizes inputs to 8 bits, PyTorch's x86 kernels to 7, so a near tie
+    # may go the other way (at most 1% of samples, each within the tolerance)
+    assert metrics["onnx_argmax_agreement"] >= (0.99 if kind == "dynamic-int8" else 1.0)
+    assert metrics["onnx_argmax_agreement"] * 360 + metrics["onnx_class_changes_within_tolerance"] == 360
     assert metrics["onnx_relative_logit_diff"] <= metrics["onnx_tolerance"]
-    assert run.data.tags["shrinkflow.onnx_weights"] == ("int8" if kind == "static-int8" else "float32")
+    assert run.data.tags["shrinkflow.exported_as"] == EXPORTED_AS.get(kind, "float32")
     # the logged ONNX file, reloaded from the artifact store, gives PyTorch's classes
     artifact, _ = tracking.load_model(source)
     data = dataset_of(artifact.description)
@@ -48,19 +56,49 @@ def test_export_step_logs_an_onnx_model_that_predicts_like_pytorch(cnn_run_id, k
     assert metrics["onnx_size_bytes"] == path.stat().st_size
     onnx_model = onnx.load(path)
     expected = artifact.model.eval()(data.x_test).argmax(1)
-    assert torch.equal(onnx_logits(onnx_session(onnx_model.SerializeToString()), data.x_test).argmax(1), expected)
+    same = onnx_logits(onnx_session(onnx_model.SerializeToString()), data.x_test).argmax(1) == expected
+    assert same.double().mean().item() == metrics["onnx_argmax_agreement"]
 
 
-def test_a_model_without_onnx_operators_is_refused_with_the_reason(cnn_run_id, fails_with_bad_input, capsys):
-    dynamic = quantize.execute(
-        quantize.QuantizeConfig(run_id=cnn_run_id, method="dynamic-int8", epochs=0, device="cpu")
-    )
+def test_dynamic_int8_exports_its_own_int8_codes_in_onnx_runtimes_dynamic_form(trained_mlp_and_dynamic):
+    from onnx import numpy_helper
+
+    from shrinkflow.encoding import is_dynamic_int8_linear
+
+    model, data = trained_mlp_and_dynamic
+    graph = onnx.load_from_string(export_onnx(model, data.x_test[:2])).graph
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {node.op_type for node in graph.node}
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    layers = [(name, m) for name, m in model.named_modules() if is_dynamic_int8_linear(m)]
+    assert len(layers) == 3
+    for name, layer in layers:
+        codes = torch.tensor(initializers[f"{name}.codes"])
+        assert torch.equal(codes, layer.weight().int_repr().t())  # the same int8 values, not re-quantized
+        assert torch.equal(
+            torch.from_numpy(initializers[f"{name}.scales"]), layer.weight().q_per_channel_scales().float()
+        )
+    check = check_onnx(model, export_onnx(model, data.x_test[:2]), data.x_test)
+    assert check.argmax_agreement == 1.0 and check.relative_logit_diff < export.INT8_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def trained_mlp_and_dynamic(trained_run_id):
+    dynamic = quantize.execute(quantize.QuantizeConfig(run_id=trained_run_id, method="dynamic-int8", device="cpu"))
+    artifact, _ = tracking.load_model(dynamic)
+    return artifact.model, dataset_of(artifact.description)
+
+
+def test_a_model_without_onnx_operators_is_refused_with_the_reason(quick_train_config, fails_with_bad_input, capsys):
+    from steps import train
+
+    lstm = train.execute(quick_train_config(model="lstm", dataset="mnist1d", epochs=1))
+    dynamic = quantize.execute(quantize.QuantizeConfig(run_id=lstm, method="dynamic-int8", device="cpu"))
     capsys.readouterr()
     before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
     line = fails_with_bad_input(export.main, ["--run-id", dynamic])
     assert line == (
-        f"error: run '{dynamic}' (storage int8-dynamic): cannot export this model to ONNX: Exporting the operator "
-        "'quantized::linear_dynamic' to ONNX opset version 17 is not supported"
+        f"error: run '{dynamic}' (storage int8-dynamic): cannot export this model to ONNX: ONNX has no operator for "
+        "a dynamic-int8 LSTM (quantized::quantized_lstm); quantize it with kbit, or deploy it with target traced"
     )
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before  # no run
 
@@ -79,6 +117,11 @@ def test_the_check_fails_an_export_that_predicts_differently():
     )
     close = ExportCheck(samples=10, argmax_agreement=1.0, max_abs_logit_diff=0.02, logit_scale=1.0)
     assert close.problem(0.05) is None
+    tie = ExportCheck(
+        samples=10, argmax_agreement=0.9, max_abs_logit_diff=0.02, logit_scale=1.0, changed_margins=(0.01,)
+    )
+    assert tie.problem(0.05) is None  # PyTorch's two classes were 1% apart: a tie at 5%
+    assert tie.problem(0.005) == "ONNX Runtime predicts another class than PyTorch for 1 of 10 samples"
     assert close.problem(1e-4) == (
         "ONNX Runtime's logits differ from PyTorch's by up to 0.02 (0.02 of the largest logit, tolerance 0.0001)"
     )

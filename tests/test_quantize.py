@@ -294,7 +294,7 @@ def test_qat_fine_tunes_with_fake_quantization_and_converts_to_int8(trained_mlp,
     assert set(layers) == {"layers.1", "layers.3", "layers.5"}
     assert all(is_int8_layer(model.get_submodule(name)) for name in layers)
     assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] > 0.95
-    assert int8["quantize"] == {"method": "qat", "observer": "moving-average"}
+    assert int8["quantize"] == {"method": "qat", "observer": "moving-average", "int8_graph": 2}
     reloaded, _ = load_checkpoint(save_checkpoint(model, int8, tmp_path / "qat", encodings))
     with torch.no_grad():
         assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
@@ -441,3 +441,36 @@ def test_dynamic_int8_has_no_fine_tuning():
 )
 def test_int8_settings_are_checked(fails_with_bad_input, argv, message):
     assert message in fails_with_bad_input(quantize_step.main, ["--run-id", "r", *argv])
+
+
+def _flatten_keeps_scale(model) -> bool:
+    """Whether the int8 cnn quantizes its flattened features at the scale its last conv block gave them."""
+    return model.classifier_0_scale_0.item() == model.get_submodule("features.3").scale
+
+
+def test_flatten_passes_int8_through_and_older_checkpoints_keep_their_graph(trained_cnn_and_data, tmp_path):
+    """int8 graph 2: nn.Flatten keeps its input's int8 scale (graph 1 requantized the flattened
+    features to a scale of their own); a checkpoint saved without a graph version is rebuilt as 1."""
+    from shrinkflow.encoding import convert_int8, prepare_static_int8
+
+    trained, data = trained_cnn_and_data
+    model, _, _, description = _quantize(trained, data, method="static-int8")
+    assert description["quantize"]["int8_graph"] == 2 and _flatten_keeps_scale(model)
+    old = prepare_static_int8(trained.copy().model, data.x_train[:1], "histogram", int8_graph=1)
+    with torch.no_grad():
+        for batch in data.x_train.split(100)[:10]:
+            old(batch)
+    old = convert_int8(old, int8_graph=1)
+    assert not _flatten_keeps_scale(old)
+    legacy = {k: v for k, v in description.items() if k != "quantize"}
+    legacy["quantize"] = {"method": "static-int8", "observer": "histogram"}  # as checkpoints before the version
+    reloaded, _ = load_checkpoint(save_checkpoint(old, legacy, tmp_path / "graph1"))
+    assert not _flatten_keeps_scale(reloaded)
+    with torch.no_grad():
+        assert torch.equal(old(data.x_test), reloaded(data.x_test))
+
+
+@pytest.fixture(scope="module")
+def trained_cnn_and_data(digits):
+    cnn = train(new_artifact("cnn", digits), digits, FitSettings(epochs=3, patience=0), CPU).artifact
+    return cnn, digits

@@ -37,21 +37,39 @@ def test_logged_model_has_signature_and_input_example(trained_run_id):
     assert info.saved_input_example_info is not None
 
 
-def test_model_reloads_with_identical_predictions_through_pyfunc(trained_run_id, tmp_path):
+def test_model_is_served_by_onnx_runtime_with_pytorchs_predictions(trained_run_id, tmp_path):
+    from shrinkflow.onnx_export import export_onnx, onnx_logits, onnx_session
+
     artifact, _ = tracking.load_model(trained_run_id)
     model, description = artifact.model, artifact.description
     x = load_dataset("digits").x_test[:16]
     with torch.no_grad():
         ours = model(x).numpy()
     model_id = mlflow.get_run(trained_run_id).outputs.model_outputs[0].model_id
+    assert mlflow.get_logged_model(model_id).tags["shrinkflow.served_form"] == "onnxruntime"
     served = mlflow.pyfunc.load_model(f"models:/{model_id}")
-    np.testing.assert_array_equal(ours, served.predict(x.numpy(), params={"output": "logits"}))
+    logits = served.predict(x.numpy(), params={"output": "logits"})
+    # ONNX Runtime's own numbers (what was timed), PyTorch's within float32 rounding
+    np.testing.assert_array_equal(logits, onnx_logits(onnx_session(export_onnx(model, x[:2])), x).numpy())
+    np.testing.assert_allclose(logits, ours, rtol=0, atol=1e-4 * np.abs(ours).max())
     labels = served.predict(x.numpy())  # by default: the class names
     assert list(labels) == [description["class_names"][i] for i in ours.argmax(1)]
     probabilities = served.predict(x.numpy(), params={"output": "probabilities"})
     assert list(probabilities.columns) == description["class_names"]
     np.testing.assert_allclose(probabilities.to_numpy().sum(1), 1.0, rtol=1e-5)
     assert description["dataset"] == {"spec": "digits", "label_column": "label"}
+
+
+def test_a_model_deployed_with_pytorch_is_served_by_pytorch_exactly(trained_run_id):
+    from steps import quantize
+
+    run_id = quantize.execute(quantize.QuantizeConfig(run_id=trained_run_id, method="kbit", target="eager"))
+    assert mlflow.get_run(run_id).data.tags["shrinkflow.served_form"] == "pytorch"
+    artifact, _ = tracking.load_model(run_id)
+    x = load_dataset("digits").x_test[:16]
+    served = mlflow.pyfunc.load_model(f"models:/{mlflow.get_run(run_id).data.tags['shrinkflow.model_id']}")
+    with torch.no_grad():
+        np.testing.assert_array_equal(served.predict(x.numpy(), params={"output": "logits"}), artifact.model(x).numpy())
 
 
 def test_evaluate_reproduces_train_test_accuracy_and_logs_artifacts(trained_run_id, tmp_path):
