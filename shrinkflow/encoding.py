@@ -41,6 +41,7 @@ __all__ = [
     "encode_symmetric",
     "INT8_GRAPH",
     "INT8_STORAGES",
+    "WEIGHT_SCALES",
     "INT8_ENGINES",
     "OBSERVERS",
     "convert_int8",
@@ -57,6 +58,7 @@ __all__ = [
     "quantized_engine",
     "repacked_int8",
     "pack_codes",
+    "per_tensor_as_channels",
     "refit_codebook",
     "unpack_codes",
 ]
@@ -200,15 +202,38 @@ OBSERVERS = ("histogram", "minmax", "moving-average")
 _BACKEND = "x86"  # fbgemm/onednn kernels; activations use 7 bits of range (reduce_range) as they need
 
 
-def dynamic_int8(model: nn.Module) -> nn.Module:
+WEIGHT_SCALES = ("per-channel", "per-tensor")
+
+
+def dynamic_int8(model: nn.Module, weight_scales: str = "per-channel") -> nn.Module:
     """A copy of ``model`` whose Linear and LSTM layers run int8 kernels: weights int8 (per output
-    channel for Linear, per tensor for LSTM, the only LSTM kernel there is), activations quantized
-    to int8 on the fly, batch by batch."""
+    channel for Linear, or one scale a layer with ``weight_scales`` per-tensor; per tensor for
+    LSTM, the only LSTM kernel there is), activations quantized to int8 on the fly, batch by batch."""
     import torch.ao.quantization as tq
 
-    qconfigs = {nn.Linear: tq.per_channel_dynamic_qconfig, nn.LSTM: tq.default_dynamic_qconfig}
+    linear = tq.default_dynamic_qconfig if weight_scales == "per-tensor" else tq.per_channel_dynamic_qconfig
     with _quiet():
-        return tq.quantize_dynamic(model.eval(), qconfigs, dtype=torch.qint8)
+        return per_tensor_as_channels(
+            tq.quantize_dynamic(
+                model.eval(), {nn.Linear: linear, nn.LSTM: tq.default_dynamic_qconfig}, dtype=torch.qint8
+            )
+        )
+
+
+def per_tensor_as_channels(model: nn.Module) -> nn.Module:
+    """``model`` with every Linear/Conv int8 weight of one scale written per output channel, all
+    channels at that scale: the same codes and the same arithmetic, in the one layout that
+    checkpoints and the ONNX export read (the export writes equal scales back as one)."""
+    for module in model.modules():
+        if is_int8_layer(module) and not is_dynamic_int8_lstm(module):
+            weight = module.weight()
+            if weight.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+                channels = weight.shape[0]
+                scales = torch.full((channels,), weight.q_scale(), dtype=torch.float64)
+                zero_points = torch.full((channels,), weight.q_zero_point(), dtype=torch.int64)
+                spread = torch._make_per_channel_quantized_tensor(weight.int_repr(), scales, zero_points, 0)
+                module.set_weight_bias(spread, module.bias())
+    return model
 
 
 def _quiet():
@@ -217,7 +242,7 @@ def _quiet():
     return warnings.catch_warnings(action="ignore")
 
 
-def _qconfig_mapping(observer: str, qat: bool):
+def _qconfig_mapping(observer: str, qat: bool, weight_scales: str = "per-channel"):
     import torch.ao.quantization as tq
 
     activation = {
@@ -228,10 +253,13 @@ def _qconfig_mapping(observer: str, qat: bool):
     if qat:
         qconfig = tq.QConfig(
             activation=tq.FakeQuantize.with_args(observer=activation, quant_min=0, quant_max=255),
-            weight=tq.default_per_channel_weight_fake_quant,
+            weight=tq.default_weight_fake_quant
+            if weight_scales == "per-tensor"
+            else tq.default_per_channel_weight_fake_quant,
         )
         return tq.get_default_qat_qconfig_mapping(_BACKEND).set_global(qconfig)
-    qconfig = tq.QConfig(activation=activation, weight=tq.default_per_channel_weight_observer)
+    weight = tq.default_weight_observer if weight_scales == "per-tensor" else tq.default_per_channel_weight_observer
+    qconfig = tq.QConfig(activation=activation, weight=weight)
     return tq.get_default_qconfig_mapping(_BACKEND).set_global(qconfig)
 
 
@@ -260,13 +288,18 @@ def _backend_config(int8_graph: int):
 
 
 def prepare_static_int8(
-    model: nn.Module, example: torch.Tensor, observer: str, qat: bool = False, int8_graph: int = INT8_GRAPH
+    model: nn.Module,
+    example: torch.Tensor,
+    observer: str,
+    qat: bool = False,
+    int8_graph: int = INT8_GRAPH,
+    weight_scales: str = "per-channel",
 ) -> nn.Module:
     """``model`` traced by torch.fx with observers (``qat``: fake quantizers) after every
     quantized layer's inputs and outputs; run batches through it, then ``convert_int8``."""
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
-    mapping, config = _qconfig_mapping(observer, qat), _backend_config(int8_graph)
+    mapping, config = _qconfig_mapping(observer, qat, weight_scales), _backend_config(int8_graph)
     with _quiet():
         if qat:
             return prepare_qat_fx(model.train(), mapping, (example,), backend_config=config)
@@ -279,7 +312,7 @@ def convert_int8(prepared: nn.Module, int8_graph: int = INT8_GRAPH) -> nn.Module
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
-        return convert_fx(prepared.cpu().eval(), backend_config=_backend_config(int8_graph))
+        return per_tensor_as_channels(convert_fx(prepared.cpu().eval(), backend_config=_backend_config(int8_graph)))
 
 
 def int8_skeleton(float_model: nn.Module, storage: str, input_shape, quantize: dict) -> nn.Module:

@@ -179,6 +179,10 @@ PRUNE = [
     (["--batch-size", "-4"], "batch_size must be >= 1"),
 ]
 QUANTIZE = [
+    (
+        ["--method", "static-int8", "--weight-scales", "per-row"],
+        "unknown weight_scales 'per-row': choose auto, per-channel, per-tensor",
+    ),
     (["--target", "tpu"], "unknown target 'tpu': choose eager, traced, compiled, onnxruntime"),
     (["--method", "int3"], "unknown quantization method 'int3'"),
     (["--bits", "9"], "bits must be integers in 1-8 (the supported set), got 9"),
@@ -372,6 +376,7 @@ _NON_DEFAULT = {
     "sparsity": "0.5", "thresholds": "0.05", "layers": "layers.1", "norm": "l2", "initial_sparsity": "0.1",
     "ramp_epochs": "3", "bits": "8", "keep_first_last": "false", "observer": "minmax", "calibration_batches": "3",
     "calibration_split": "val", "bias_bits": "32", "min_layer_density": "0.2", "layer_sparsity": '{"layers.1": 0.5}',
+    "weight_scales": "per-tensor",
 }  # fmt: skip
 _NEEDS = {"threshold": ["--thresholds", "0.05"], "gradual": ["--epochs", "1"], "qat": ["--epochs", "1"]}
 

@@ -294,7 +294,9 @@ def test_qat_fine_tunes_with_fake_quantization_and_converts_to_int8(trained_mlp,
     assert set(layers) == {"layers.1", "layers.3", "layers.5"}
     assert all(is_int8_layer(model.get_submodule(name)) for name in layers)
     assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] > 0.95
-    assert int8["quantize"] == {"method": "qat", "observer": "moving-average", "int8_graph": 2}
+    assert int8["quantize"] == {
+        "method": "qat", "observer": "moving-average", "int8_graph": 2, "weight_scales": "per-channel"
+    }  # fmt: skip
     reloaded, _ = load_checkpoint(save_checkpoint(model, int8, tmp_path / "qat", encodings))
     with torch.no_grad():
         assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
@@ -474,3 +476,32 @@ def test_flatten_passes_int8_through_and_older_checkpoints_keep_their_graph(trai
 def trained_cnn_and_data(digits):
     cnn = train(new_artifact("cnn", digits), digits, FitSettings(epochs=3, patience=0), CPU).artifact
     return cnn, digits
+
+
+def _onnx_weight_axes(model, example) -> list[bool]:
+    """For each DequantizeLinear of the exported model: whether it dequantizes per axis."""
+    import onnx
+
+    from shrinkflow.onnx_export import export_onnx
+
+    graph = onnx.load_from_string(export_onnx(model, example)).graph
+    return [any(a.name == "axis" for a in n.attribute) for n in graph.node if n.op_type == "DequantizeLinear"]
+
+
+def test_weight_scales_per_tensor_export_as_one_scale_and_auto_picks_by_validation(trained_cnn_and_data):
+    from shrinkflow.encoding import is_int8_layer
+
+    trained, data = trained_cnn_and_data
+    models = {}
+    for scales in ("per-channel", "per-tensor", "auto"):
+        model, _, _, description = _quantize(trained, data, method="static-int8", weight_scales=scales)
+        models[scales] = (model, description["quantize"]["weight_scales"])
+    layers = [m for m in models["per-tensor"][0].modules() if is_int8_layer(m)]
+    assert layers and all(len(set(m.weight().q_per_channel_scales().tolist())) == 1 for m in layers)
+    assert not any(_onnx_weight_axes(models["per-tensor"][0], data.x_test[:2]))  # one scale each: ORT's fast path
+    assert any(_onnx_weight_axes(models["per-channel"][0], data.x_test[:2]))
+    accuracy = {s: score(models[s][0], *data.val, CPU)["accuracy"] for s in ("per-channel", "per-tensor")}
+    expected = "per-tensor" if accuracy["per-tensor"] >= accuracy["per-channel"] else "per-channel"
+    assert models["auto"][1] == expected
+    with torch.no_grad():
+        assert torch.equal(models["auto"][0](data.x_test), models[expected][0](data.x_test))
