@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks._speedup import write_results
-from benchmarks.peers import _models
+from benchmarks.peers import build_models
 from shrinkflow import load_dataset
 from shrinkflow.latency import first_samples, interleaved_rounds, speedup, torch_threads
 from steps.compare import CompareConfig
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = load_dataset("digits")
     with tempfile.TemporaryDirectory() as tmp:
-        models = _models("cnn", data, 0, Path(tmp))
+        models = build_models("cnn", data, 0, Path(tmp))
     runnables = {name: models[name][0] for name in PAIR}
     rows = []
     with torch_threads(1):

@@ -98,7 +98,7 @@ def _ort_peer(fp32_onnx: bytes, folder: Path, calibration: list[torch.Tensor] | 
     return out.read_bytes()
 
 
-def _models(name: str, data, seed: int, folder: Path) -> dict[str, tuple[object, int, int | None]]:
+def build_models(name: str, data, seed: int, folder: Path) -> dict[str, tuple[object, int, int | None]]:
     """{label: (runnable, ONNX bytes or 0, checkpoint bytes or None)}, all trained with ``seed``."""
     seed_everything(seed)
     fp32 = train(new_artifact(name, data, seed=seed), data, FitSettings(seed=seed), CPU).artifact.reloaded()
@@ -138,7 +138,7 @@ def _accuracy(runnable, data) -> float:
 def measure(name: str, rounds: int, calls: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     data = load_dataset("digits")
     with tempfile.TemporaryDirectory() as tmp, torch_threads(1):
-        models = _models(name, data, seed, Path(tmp))
+        models = build_models(name, data, seed, Path(tmp))
         accuracy = {label: _accuracy(runnable, data) for label, (runnable, _, _) in models.items()}
         runnables = {label: runnable for label, (runnable, _, _) in models.items()}
         timed = {

@@ -210,16 +210,18 @@ def common_form(models: list[nn.Module], example: torch.Tensor, target: str) -> 
     """The first of ``fallback_forms(target)`` that every model runs in, and why the ones before
     it were passed over (empty when ``target`` itself runs them all): models compared by a ratio
     are timed in one form."""
+    form, reason, _ = _common_deployables(models, example, target)
+    return form, reason
+
+
+def _common_deployables(models: list[nn.Module], example: torch.Tensor, target: str):
+    """``common_form``'s form and reason, and each model made runnable in that form for ``example``."""
     reasons = []
     for form in fallback_forms(target):
         try:
-            for model in models:
-                if form != "eager":
-                    deployable(model, example, form)
+            return form, "; ".join(reasons), [deployable(model, example, form) for model in models]
         except ShrinkflowError as exc:
             reasons.append(f"{form}: {exc}")
-            continue
-        return form, "; ".join(reasons)
     raise AssertionError("eager runs every model")  # pragma: no cover
 
 
@@ -559,9 +561,8 @@ def before_after_latency(
     batch size. ``what`` names the new model in the warnings."""
     metrics = {}
     with torch_threads(1), torch.no_grad():
-        form, reason = common_form([before.eval(), after.eval()], first_samples(x, 1), target)
-        if form == "onnxruntime":  # one session serves every batch size
-            ort = {"before": deployable(before, first_samples(x, 1), form), "after": deployable(after, x[:1], form)}
+        form, reason, runnables = _common_deployables([before.eval(), after.eval()], first_samples(x, 1), target)
+        ort = dict(zip(("before", "after"), runnables, strict=True))  # onnxruntime: one session, any batch size
         for size in CHECK_BATCH_SIZES:
             example = first_samples(x, size)
             with contextlib.ExitStack() as stack:

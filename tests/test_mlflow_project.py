@@ -94,7 +94,21 @@ def test_quick_start_main_job_is_a_short_search_ending_with_a_model_run_id(tmp_p
     assert champion.outputs.model_outputs  # a run later steps accept
     search_run = mlflow.get_run(champion.data.tags["mlflow.parentRunId"])
     assert search_run.data.tags["mlflow.project.entryPoint"] == "main"
-    print(f"main job: {seconds:.0f} s, front size {search_run.data.metrics['front_size']:.0f}")
+    # deployed: served from its ONNX form, timed against the baseline there, and not slower unless it says so
+    assert champion.data.tags["shrinkflow.served_form"] == "onnxruntime"
+    assert search_run.data.tags["shrinkflow.champion_timed_form"] == "onnxruntime"
+    metrics = search_run.data.metrics
+    assert (
+        metrics["champion_speedup_bs1_low"] <= metrics["champion_speedup_bs1"] <= metrics["champion_speedup_bs1_high"]
+    )
+    assert "x smaller than the baseline; speed-up in onnxruntime: " in result.stderr
+    slower_said = "no front member is as fast as the baseline in onnxruntime" in result.stderr
+    assert (metrics["champion_speedup_bs1"] < 0.95) == slower_said
+    exported = _mlflow_run("-e", "export", "-P", f"run_id={champion.info.run_id}")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    print(
+        f"main job: {seconds:.0f} s, front {metrics['front_size']:.0f}, champion {metrics['champion_speedup_bs1']:.2f}x"
+    )
 
 
 @pytest.mark.slow
