@@ -1,13 +1,17 @@
-"""Shared by the benchmarks: time a baseline and a candidate model in one process; write a results table."""
+"""Shared by the benchmarks: time a baseline and a candidate model interleaved in one process; write a results table."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from shrinkflow.latency import deployed, measure_latency
+from shrinkflow.latency import deployed, interleaved_rounds, speedup
+
+ROUNDS = 20  # alternating rounds per measurement (the one timer: shrinkflow.latency.interleaved_rounds)
 
 
 def speedup_table(
@@ -18,23 +22,30 @@ def speedup_table(
     engines: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """``models``: {baseline name: model, candidate name: model}; ``runs``: (batch size, timed
-    passes) pairs. One row per batch size, execution form and int8 engine of ``engines`` (none:
-    the engine set now), 1 thread, 50 warm-up passes."""
+    passes per model) pairs. One row per batch size, execution form and int8 engine of
+    ``engines`` (none: the engine set now), 1 thread: the two models timed in ``ROUNDS``
+    alternating rounds after 50 warm-up passes; the speed-up is the median of the rounds' paired
+    ratios with its 95% interval."""
     (base, candidate) = models
-    cpu = torch.device("cpu")
     torch.set_num_threads(1)
     rows = []
     for batch_size, repetitions in runs:
         example = torch.randn(batch_size, *input_shape)
         for form in forms:
             for engine in engines or (torch.backends.quantized.engine,):
-                p50 = {}
-                for name, model in models.items():
-                    with deployed(model, example, form, engine) as run:
-                        p50[name] = measure_latency(run.runnable, example, cpu, 50, repetitions).p50_ms
+                with contextlib.ExitStack() as stack:
+                    runs_ = {
+                        name: stack.enter_context(deployed(m, example, form, engine)) for name, m in models.items()
+                    }
+                    timed = interleaved_rounds(
+                        {name: run.runnable for name, run in runs_.items()}, example, ROUNDS,
+                        max(1, repetitions // ROUNDS), 50, {name: run.engine for name, run in runs_.items()},
+                    )  # fmt: skip
+                measured = speedup(timed[base], timed[candidate])
                 rows.append({"batch_size": batch_size, "form": form, **({"engine": engine} if engines else {}),
-                             f"{base}_p50_ms": p50[base], f"{candidate}_p50_ms": p50[candidate],
-                             "speedup": p50[base] / p50[candidate]})  # fmt: skip
+                             f"{base}_p50_ms": float(np.median(timed[base])),
+                             f"{candidate}_p50_ms": float(np.median(timed[candidate])),
+                             "speedup": measured.median, "low": measured.low, "high": measured.high})  # fmt: skip
     return pd.DataFrame(rows)
 
 

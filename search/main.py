@@ -55,7 +55,7 @@ from search.trial import (
     LatencyReference,
     LatencySetup,
     deployable,
-    interleaved_latency,
+    interleaved_latency_rounds,
     measure_costs,
     objective_values,
     run_trial,
@@ -66,7 +66,7 @@ from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of
 from shrinkflow.imports import trust, trusted_here
-from shrinkflow.latency import CHECK_BATCH_SIZES, TARGETS, before_after_latency, hardware_tags
+from shrinkflow.latency import CHECK_BATCH_SIZES, TARGETS, before_after_latency, hardware_tags, speedup
 from shrinkflow.runtime import resolve_device
 from steps import train as train_step
 
@@ -440,12 +440,15 @@ def _report(cfg: SearchConfig, study, data: DataSplits, base: dict, baseline_run
 
 
 def _speedups(cfg: SearchConfig, artifacts: dict[str, Artifact], data: DataSplits, baseline: Artifact) -> dict:
-    """With a latency cost: each front member's speed-up over the baseline, timed interleaved
-    with it in this process (the search's own timings, minutes apart, drift with the machine)."""
+    """With a latency cost: each front member's speed-up over the baseline (median of paired
+    rounds, with its 95% interval), timed interleaved with it in this process (the search's own
+    timings, minutes apart, drift with the machine)."""
     if "latency" not in cfg.cost_names() or not artifacts:
         return {}
-    timed = interleaved_latency({"baseline": baseline, **artifacts}, data, cfg.latency())
-    return {run_id: {"latency_speedup_interleaved": timed["baseline"] / timed[run_id]} for run_id in artifacts}
+    timed = interleaved_latency_rounds({"baseline": baseline, **artifacts}, data, cfg.latency(), SPEEDUP_ROUNDS)
+    return {
+        run_id: speedup(timed["baseline"], timed[run_id]).metrics("latency_speedup_interleaved") for run_id in artifacts
+    }
 
 
 def _untag_former_members(study_name: str, members: set[str]) -> None:
@@ -469,6 +472,8 @@ def _front_row(trial, run_id: str, test_accuracy: float, cfg: SearchConfig) -> d
     return {"trial": trial.number, "run_id": run_id, ACCURACY: accuracy, "test_accuracy": test_accuracy,
             **costs, **methods}  # fmt: skip
 
+
+SPEEDUP_ROUNDS = 15  # the front members' interleaved speed-ups
 
 # A champion at least this fast as the baseline at batch 1 in the target (timing noise allowed for)
 CHAMPION_MIN_SPEEDUP = 0.95

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 import torch
 
 from search.space import Space
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, prune, quantize, score
-from shrinkflow.latency import TARGETS, common_form, deployed, fallback_forms, interleaved_medians, torch_threads
+from shrinkflow.latency import TARGETS, common_form, deployed, fallback_forms, interleaved_rounds, torch_threads
 from steps.benchmark import example_batch
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LatencySetup",
     "deployable",
     "interleaved_latency",
+    "interleaved_latency_rounds",
     "measure_costs",
     "objective_values",
     "run_trial",
@@ -102,6 +104,15 @@ def measure_costs(
 def interleaved_latency(artifacts: dict[str, Artifact], data: DataSplits, latency: LatencySetup, rounds: int = 5):
     """Median latency (ms) of each artifact, reloaded from its checkpoint, over ``rounds`` rounds
     that time every artifact in turn: a machine slowing down slows them all alike."""
+    timed = interleaved_latency_rounds(artifacts, data, latency, rounds)
+    return {name: float(np.median(values)) for name, values in timed.items()}
+
+
+def interleaved_latency_rounds(
+    artifacts: dict[str, Artifact], data: DataSplits, latency: LatencySetup, rounds: int
+) -> dict[str, np.ndarray]:
+    """Each artifact's median latency (ms) per round of ``interleaved_rounds``, reloaded from its
+    checkpoint, in ``latency.form`` (or the first fallback every artifact runs in)."""
     example = example_batch(data, latency.batch_size)
     models = {name: artifact.reloaded().model for name, artifact in artifacts.items()}
     form, _ = common_form(list(models.values()), example, latency.form)  # the target, unless one cannot run there
@@ -110,7 +121,7 @@ def interleaved_latency(artifacts: dict[str, Artifact], data: DataSplits, latenc
         for name, model in models.items():
             with deployed(model, example, form) as run:  # int8: its fastest engine
                 runnables[name], engines[name] = run.runnable, run.engine
-        return interleaved_medians(runnables, example, rounds, latency.warmup, latency.repetitions, engines)
+        return interleaved_rounds(runnables, example, rounds, latency.repetitions, latency.warmup, engines)
 
 
 def objective_values(costs: dict[str, float], names) -> list[float]:
