@@ -74,6 +74,8 @@ __all__ = ["CONFIG", "SearchConfig", "main"]
 
 CPU = torch.device("cpu")
 ENGINES = ("processes", "dask")
+SPEEDUP_ROUNDS = 15  # the front members' interleaved speed-ups
+CHAMPION_MIN_SPEEDUP = 0.95  # a champion at least this fast as the baseline at batch 1 in the target (noise allowed)
 
 
 @dataclass(frozen=True)
@@ -471,12 +473,6 @@ def _front_row(trial, run_id: str, test_accuracy: float, cfg: SearchConfig) -> d
     accuracy = trial.user_attrs["record"].get(ACCURACY, trial.values[0])  # exact, not the tie-broken objective
     return {"trial": trial.number, "run_id": run_id, ACCURACY: accuracy, "test_accuracy": test_accuracy,
             **costs, **methods}  # fmt: skip
-
-
-SPEEDUP_ROUNDS = 15  # the front members' interleaved speed-ups
-
-# A champion at least this fast as the baseline at batch 1 in the target (timing noise allowed for)
-CHAMPION_MIN_SPEEDUP = 0.95
 
 
 def _champion(cfg: SearchConfig, members, artifacts: dict, baseline: Artifact, data: DataSplits) -> str | None:

@@ -48,7 +48,6 @@ __all__ = [
     "speedup",
     "compiled",
     "first_samples",
-    "interleaved_medians",
     "deployable",
     "deployed",
     "fastest_engine",
@@ -525,19 +524,6 @@ def calls_within(
     return max(1, min(most, int(seconds / max(slowest, 1e-9))))
 
 
-def interleaved_medians(
-    models: dict[str, Callable],
-    example: torch.Tensor,
-    rounds: int,
-    warmup: int,
-    repetitions: int,
-    engines: dict[str, str] | None = None,
-) -> dict[str, float]:
-    """Median latency (ms, CPU) of each model over ``interleaved_rounds``."""
-    timed = interleaved_rounds(models, example, rounds, repetitions, warmup, engines)
-    return {name: float(np.median(values)) for name, values in timed.items()}
-
-
 # The before/after check of every compression step: in the step's target form, one thread,
 # batch 1 and a larger batch, the two models timed in alternating rounds.
 CHECK_BATCH_SIZES, CHECK_ROUNDS, CHECK_WARMUP, CHECK_CALLS = (1, 64), 15, 10, 20
@@ -562,12 +548,12 @@ def before_after_latency(
     metrics = {}
     with torch_threads(1), torch.no_grad():
         form, reason, runnables = _common_deployables([before.eval(), after.eval()], first_samples(x, 1), target)
-        ort = dict(zip(("before", "after"), runnables, strict=True))  # onnxruntime: one session, any batch size
+        sessions = dict(zip(("before", "after"), runnables, strict=True))  # onnxruntime: any batch size
         for size in CHECK_BATCH_SIZES:
             example = first_samples(x, size)
             with contextlib.ExitStack() as stack:
                 if form == "onnxruntime":
-                    models, engines = ort, {}
+                    models, engines = sessions, {}
                 else:
                     old, new = (stack.enter_context(deployed(m, example, form)) for m in (before, after))
                     models = {"before": old.runnable, "after": new.runnable}
