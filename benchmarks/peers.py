@@ -64,16 +64,6 @@ COMPARISONS = {
 }
 
 
-class _Eager:
-    """fp32 PyTorch as most users first run it: eager, the module call."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
 def _ort_peer(fp32_onnx: bytes, folder: Path, calibration: list[torch.Tensor] | None) -> bytes:
     """ONNX Runtime's own int8 of ``fp32_onnx``: static (QDQ, its defaults) when given
     calibration batches, else dynamic (its defaults)."""
@@ -118,7 +108,7 @@ def build_models(name: str, data, seed: int, folder: Path) -> dict[str, tuple[ob
         ours["shrinkflow dynamic-int8"] = quantize(fp32, data, settings, CPU).artifact.reloaded()
         peer = {"ort quantize_dynamic": _ort_peer(fp32_onnx, folder, None)}
     models = {
-        "fp32 eager": (_Eager(fp32.model), 0, cost(fp32)["cost_size_bytes"]),
+        "fp32 eager": (fp32.model.eval(), 0, cost(fp32)["cost_size_bytes"]),
         "fp32 onnxruntime": (OnnxRuntimeModel.from_onnx(fp32_onnx, 1), len(fp32_onnx), cost(fp32)["cost_size_bytes"]),
     }
     for label, onnx_model in peer.items():

@@ -137,9 +137,9 @@ def _exportable(model: nn.Module) -> nn.Module:
 
 class _DynamicInt8Linear(nn.Module):
     """A dynamic-int8 Linear as ONNX writes it: the input quantized per batch to uint8
-    (DynamicQuantizeLinear), multiplied by the layer's int8 codes in integers (MatMulInteger, one
-    zero point per output), rescaled by the input's scale times each output's weight scale, plus
-    the float bias: the pattern ONNX Runtime fuses into one DynamicQuantizeMatMul kernel. The codes
+    (DynamicQuantizeLinear), multiplied by the layer's int8 codes in integers (MatMulInteger),
+    rescaled by the input's scale times the weight scale (one, or one per output), plus the float
+    bias: the pattern ONNX Runtime fuses into one DynamicQuantizeMatMul kernel. The codes
     and scales are the layer's own; only the input's quantization differs (full 8-bit range, where
     PyTorch's x86 kernels use 7 bits)."""
 

@@ -35,7 +35,6 @@ import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import ClassVar
 
 import pandas as pd
@@ -397,20 +396,18 @@ def _dynamic_int8(model: nn.Module, settings: QuantizeSettings, data: DataSplits
     layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.LSTM))]
     if not layers:
         raise ShrinkflowError("dynamic-int8 quantizes Linear and LSTM layers and this model has none: use kbit")
-    candidates = {
-        scales: lambda scales=scales: dynamic_int8(copy.deepcopy(model).cpu(), scales) for scales in WEIGHT_SCALES
-    }
-    scales, int8 = _chosen_scales(candidates, settings.weight_scales, data)
+    scales, int8 = _chosen_scales(lambda scales: dynamic_int8(copy.deepcopy(model).cpu(), scales), settings, data)
     return Quantized(int8, {}, dict.fromkeys(layers, 8), scales)
 
 
-def _chosen_scales(candidates: dict[str, Callable[[], nn.Module]], wanted: str, data: DataSplits):
-    """(weight scales, int8 model): the one ``wanted``, or with auto the per-tensor model unless
-    the per-channel one scores higher on validation (one scale a layer runs faster in ONNX Runtime:
-    ~1.15x at batch 1 on the digits mlp; one a channel can fit layers whose rows differ in range)."""
-    if wanted != "auto":
-        return wanted, candidates[wanted]()
-    models = {scales: make() for scales, make in candidates.items()}
+def _chosen_scales(make: Callable[[str], nn.Module], settings: QuantizeSettings, data: DataSplits):
+    """(weight scales, int8 model made by ``make(scales)``): the scales asked for, or with auto the
+    per-tensor model unless the per-channel one scores higher on validation (one scale a layer runs
+    faster in ONNX Runtime: ~1.15x at batch 1 on the digits mlp; one a channel can fit layers whose
+    rows differ in range)."""
+    if settings.weight_scales != "auto":
+        return settings.weight_scales, make(settings.weight_scales)
+    models = {scales: make(scales) for scales in WEIGHT_SCALES}
     accuracy = {scales: score(m, *data.val, torch.device("cpu"))["accuracy"] for scales, m in models.items()}
     scales = "per-tensor" if accuracy["per-tensor"] >= accuracy["per-channel"] else "per-channel"
     return scales, models[scales]
@@ -439,10 +436,11 @@ def _static_int8(model: nn.Module, settings: QuantizeSettings, data: DataSplits,
         int8 = convert_int8(prepared)
     else:
         batches = _calibration_batches(data, settings)
-        candidates = {
-            s: partial(_calibrated, copy.deepcopy(model).cpu(), data, settings, s, batches) for s in WEIGHT_SCALES
-        }
-        scales, int8 = _chosen_scales(candidates, settings.weight_scales, data)
+
+        def calibrated(scales: str) -> nn.Module:
+            return _calibrated(copy.deepcopy(model).cpu(), data, settings, scales, batches)
+
+        scales, int8 = _chosen_scales(calibrated, settings, data)
     return Quantized(int8, {}, {name: 8 for name, m in int8.named_modules() if is_int8_layer(m)}, scales)
 
 

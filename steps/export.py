@@ -1,12 +1,12 @@
 """Export a logged model to ONNX, checked against PyTorch in ONNX Runtime.
 
 Consumes: the run id of a step that logged a model. Every storage exports: static int8 and QAT as
-int8 ONNX (QuantizeLinear/DequantizeLinear around each int8 layer, with the model's own per-channel
-weight scales and activation scales, which ONNX Runtime fuses into QLinearConv/QGemm); dynamic int8
-Linear layers as ONNX Runtime's dynamic int8 form of the same int8 weights (DynamicQuantizeLinear,
-MatMulInteger); k-bit, k-means, binary and sparse models as their decoded float32 weights (tag
-``shrinkflow.exported_as``: ``int8``, ``int8-dynamic`` or ``float32``). A dynamic-int8 LSTM has
-no ONNX form and is refused with the reason.
+int8 ONNX (QuantizeLinear/DequantizeLinear around each int8 layer, with the model's own weight
+scales, per channel or per tensor, and activation scales, which ONNX Runtime fuses into
+QLinearConv/QGemm); dynamic int8 Linear layers as ONNX Runtime's dynamic int8 form of the same
+int8 weights (DynamicQuantizeLinear, MatMulInteger); k-bit, k-means, binary and sparse models as
+their decoded float32 weights (tag ``shrinkflow.exported_as``: ``int8``, ``int8-dynamic`` or
+``float32``). A dynamic-int8 LSTM has no ONNX form and is refused with the reason.
 Produces: an MLflow run tagged ``shrinkflow.source_run_id`` with the ONNX model logged as an
 MLflow ``onnx`` model (``models:/<model_id>``, file ``model.onnx``, signature and input example)
 and the check of it on the whole test split: ``onnx_argmax_agreement`` (1.0: every predicted
@@ -96,8 +96,9 @@ def execute(cfg: ExportConfig) -> str:
         mlflow.set_tag("shrinkflow.model_id", logged.model_id)
         print(
             f"ONNX (exported as {exported_as}, {len(onnx_model)} bytes): same class as PyTorch on "
-            f"{round(check.argmax_agreement * check.samples)}/{check.samples} test samples (the others: ties within "
-            f"the tolerance), logits within {check.max_abs_logit_diff:.2g} "
+            f"{round(check.argmax_agreement * check.samples)}/{check.samples} test samples"
+            f"{' (the others: ties within the tolerance)' if check.changed_margins else ''}, logits within "
+            f"{check.max_abs_logit_diff:.2g} "
             f"({check.relative_logit_diff:.2g} of the largest, tolerance {tolerance:g}), model {logged.model_id}",
             file=sys.stderr,
         )
