@@ -34,12 +34,16 @@ import torch
 from optuna.trial import FrozenTrial
 from tqdm.auto import tqdm
 
+from search.progress import SpaceExhausted, TrialLines, format_cost
 from search.space import load_space
 from search.study import (
     ACCURACY,
     SAMPLERS,
     VAL_LOSS,
+    AccuracyBudget,
+    Repeat,
     Surplus,
+    claim_configuration,
     done_trials,
     front,
     hypervolume_history,
@@ -58,10 +62,11 @@ from search.trial import (
     interleaved_latency_rounds,
     measure_costs,
     objective_values,
+    plan_trial,
     run_trial,
 )
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, score
-from shrinkflow.cli import run_main
+from shrinkflow.cli import NoResult, run_main
 from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of
@@ -149,12 +154,25 @@ class SearchConfig(train_step.TrainConfig):
 
 
 def execute(cfg: SearchConfig) -> str:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tqdm bar and the summary say enough
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trial lines, the bar and the summary say enough
     resolve_device(cfg.device)  # an unavailable device fails before anything is created
     cfg.search_space()
     with _engine(cfg) as client:  # an unreachable Dask scheduler fails before a study or run exists
-        study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed))
-        return _search(cfg, study, client)
+        study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed),
+                           _tracking_store())  # fmt: skip
+        champion = _search(cfg, study, client)
+    if champion is None:  # the search's run is FINISHED with every trial: nothing is lost
+        raise NoResult(
+            f"no trial of study {cfg.study_name!r} kept validation accuracy within {cfg.max_accuracy_drop:g} pp of the "
+            "baseline's, so there is no champion: allow a larger max_accuracy_drop, or run more trials"
+        )
+    return champion
+
+
+def _tracking_store() -> dict[str, str]:
+    from shrinkflow import tracking
+
+    return tracking.store_identity()
 
 
 def _engine(cfg: SearchConfig):
@@ -165,7 +183,7 @@ def _engine(cfg: SearchConfig):
     return dask_client(cfg.dask_scheduler, cfg.workers)
 
 
-def _search(cfg: SearchConfig, study: optuna.Study, client) -> str:
+def _search(cfg: SearchConfig, study: optuna.Study, client) -> str | None:
     import mlflow
 
     from shrinkflow import tracking
@@ -178,10 +196,13 @@ def _search(cfg: SearchConfig, study: optuna.Study, client) -> str:
         tracking.check_dataset(baseline_run_id, data)
         base = _measure(baseline, data, cfg)
         mlflow.set_tag("shrinkflow.baseline_run_id", baseline_run_id)
-        mlflow.log_metrics({f"baseline_{k}": v for k, v in base.items()})
+        budget = AccuracyBudget(base[ACCURACY], cfg.max_accuracy_drop, len(data.val[1]))
+        print(f"search: {budget}", file=sys.stderr)
+        mlflow.log_metrics({**{f"baseline_{k}": v for k, v in base.items()}, "accuracy_floor": budget.floor,
+                            "accuracy_budget_samples": budget.extra_errors})  # fmt: skip
         _mark_stale_runs_killed(study)
         job = _Job(cfg, baseline_run_id, parent.info.run_id, parent.info.experiment_id, mlflow.get_tracking_uri(),
-                   floor=base[ACCURACY] - cfg.max_accuracy_drop / 100,
+                   floor=budget.floor,
                    threads=max(1, (os.cpu_count() or 1) // cfg.workers),
                    baseline_latency_ms=base.get(COST_METRICS["latency"]), trusted_code=trusted_here())  # fmt: skip
         if client is not None:
@@ -190,7 +211,7 @@ def _search(cfg: SearchConfig, study: optuna.Study, client) -> str:
             _work_in_processes(job, baseline, data)
         study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)  # as the workers left it
         _mark_stale_runs_killed(study)  # a killed worker's trial is failed by now (heartbeat)
-        return _report(cfg, study, data, base, baseline_run_id, baseline)
+        return _report(cfg, study, data, base, baseline_run_id, baseline, budget.floor)
 
 
 @dataclass(frozen=True)
@@ -257,7 +278,7 @@ def _work(
     cfg = job.cfg
     for spec in job.trusted_code:  # a worker process trusts what the command that started it trusts
         trust(spec)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a line per trial says what it would
     mlflow.set_tracking_uri(job.tracking_uri)
     torch.set_num_threads(job.threads)
     sampler = make_sampler(cfg.sampler, cfg.seed + index)
@@ -268,8 +289,11 @@ def _work(
     objective = _objective(job, study, baseline, data, cfg.search_space(), resolve_device(cfg.device), index)
     progress = tqdm(total=cfg.trials, initial=done_trials(study), desc="search", unit="trial",
                     disable=None if index == 0 and storage is None else True)  # fmt: skip
-    run_until(study, cfg.trials, objective, catch=(ShrinkflowError, Surplus),
-              on_trial=lambda s, t: progress.update(done_trials(s) - progress.n))  # fmt: skip
+    watch = TrialLines(cfg.trials, cfg.cost_names(), job.floor, progress)
+    try:
+        run_until(study, cfg.trials, objective, catch=(ShrinkflowError, Surplus, Repeat), on_trial=watch)
+    except SpaceExhausted as exc:
+        tqdm.write(f"search: {exc}", file=sys.stderr)
     progress.close()
 
 
@@ -314,7 +338,14 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
 
     def objective(trial: optuna.Trial):
         if is_surplus(study, trial.number, cfg.trials):
+            trial.set_user_attr("surplus", True)
             raise Surplus(f"trial {trial.number}: the study already holds {cfg.trials} trials")
+        try:
+            planned = plan_trial(trial, baseline, space)
+        except ShrinkflowError as exc:  # an invalid combination fails this trial, not the study
+            trial.set_user_attr("error", str(exc)[:1000])
+            raise
+        claim_configuration(study, trial)  # a repeat steps back here, before any run or work
         tags = {"mlflow.parentRunId": job.parent_run_id, "shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
                 "shrinkflow.trial_number": str(trial.number), "shrinkflow.worker": str(worker),
                 **tracking.process_tags(), **hardware}  # fmt: skip
@@ -323,27 +354,24 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
         record, started = {}, time.perf_counter()
         status = "FAILED"
         try:
-            artifact = run_trial(trial, baseline, data, space, device, floor, cfg.early_stop_pp, record)
+            artifact, stopped = run_trial(planned, baseline, data, device, floor, cfg.early_stop_pp, record)
             runs, why_not = deployable(artifact, data, cfg.target)
             # not deployable: infeasible, not failed (its accuracy and size still teach the sampler); its
             # latency, if a cost, is timed in a fallback form
             tags = {} if runs else {"shrinkflow.not_deployable": why_not[:5000]}
+            if stopped:
+                tags.update({"shrinkflow.trial_state": "STOPPED", "shrinkflow.stopped_because": stopped})
             measured = _measure(artifact, data, cfg, reference)
             trial.set_constraint("accuracy_drop", floor - measured[ACCURACY])  # <= 0: within the budget
             trial.set_constraint("deployable", 0.0 if runs else 1.0)
             trial.set_user_attr("record", {"stages": record, "worker": worker, ACCURACY: measured[ACCURACY],
-                                           "compute_s": time.perf_counter() - started})  # fmt: skip
+                                           "stopped": stopped, "compute_s": time.perf_counter() - started})  # fmt: skip
             _log_trial(client, run_id, record, measured, artifact, tags)
             status = "FINISHED"
             accuracy = ranked_accuracy(measured[ACCURACY], measured[VAL_LOSS], len(data.val[1]))
             return [accuracy, *objective_values(measured, cfg.cost_names())]
-        except optuna.TrialPruned as exc:  # stopping early is no failure of the run
-            trial.set_user_attr("record", {"stages": record, "worker": worker})
-            _log_trial(client, run_id, record, {}, None, {"shrinkflow.trial_state": "PRUNED",
-                                                          "shrinkflow.pruned_because": str(exc)})  # fmt: skip
-            status = "FINISHED"
-            raise
         except ShrinkflowError as exc:  # an invalid combination fails this trial, not the study
+            trial.set_user_attr("error", str(exc)[:1000])
             client.set_tag(run_id, "shrinkflow.error", str(exc)[:5000])
             raise
         except KeyboardInterrupt:
@@ -406,8 +434,12 @@ def _mark_stale_runs_killed(study: optuna.Study) -> None:
             mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
 
 
-def _report(cfg: SearchConfig, study, data: DataSplits, base: dict, baseline_run_id: str, baseline: Artifact) -> str:
-    """Tag the front, score it on test, log front table, plot and hypervolume, register the champion."""
+def _report(
+    cfg: SearchConfig, study, data: DataSplits, base: dict, baseline_run_id: str, baseline: Artifact, floor: float
+) -> str | None:
+    """Tag the front, score it on test, log front table, plot and hypervolume, register the
+    champion; print the search's, the baseline's and the champion's run ids; return the
+    champion's (None when the front is empty)."""
     import mlflow
 
     from shrinkflow import tracking
@@ -434,11 +466,15 @@ def _report(cfg: SearchConfig, study, data: DataSplits, base: dict, baseline_run
     mlflow.log_metric("front_size", len(members))
     if rows:
         tracking.log_table(table, "front")
-        mlflow.log_figure(_pareto_plot(study, members, base, cfg), "pareto.png")
+        _log_figure(_pareto_plot(study, members, base, cfg, floor), "pareto.png")
     print(_summary(table, base, cfg), file=sys.stderr)
     champion = _champion(cfg, members, artifacts, baseline, data)
+    runs = {"search run": mlflow.active_run().info.run_id, "baseline run": baseline_run_id,
+            "champion run": champion or "none (the front is empty)"}  # fmt: skip
+    for label, run_id in runs.items():
+        print(f"{label + ':':14}{run_id}", file=sys.stderr)
     print(f"open the MLflow UI: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
-    return champion or baseline_run_id
+    return champion
 
 
 def _speedups(cfg: SearchConfig, artifacts: dict[str, Artifact], data: DataSplits, baseline: Artifact) -> dict:
@@ -482,7 +518,6 @@ def _champion(cfg: SearchConfig, members, artifacts: dict, baseline: Artifact, d
     import mlflow
 
     if not members:
-        print("search: no trial kept the accuracy budget, so there is no champion", file=sys.stderr)
         return None
     ranked = sorted(members, key=lambda t: (t.values[1], -t.values[0]))
     checks = {}
@@ -536,7 +571,15 @@ def _champion_speed(cfg: SearchConfig, baseline: Artifact, champion: Artifact, c
         )
 
 
-def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig):
+def _log_figure(figure, name: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(figure, name)
+    plt.close(figure)  # pyplot keeps every figure it made until it is closed
+
+
+def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig, floor: float):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -549,7 +592,7 @@ def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig):
     best = sorted(members, key=lambda t: t.values[1])
     axes.plot([t.values[1] for t in best], [t.values[0] for t in best], "o-", c="tab:blue", label="Pareto front")
     axes.scatter([base[COST_METRICS[cost]]], [base[ACCURACY]], marker="*", s=120, c="tab:red", label="baseline")
-    axes.axhline(base[ACCURACY] - cfg.max_accuracy_drop / 100, ls="--", c="tab:red", lw=0.8, label="accuracy floor")
+    axes.axhline(floor, ls="--", c="tab:red", lw=0.8, label="accuracy floor")
     axes.set(xscale="log", xlabel=cost, ylabel="validation accuracy", title=f"study {study.study_name}")
     axes.legend(loc="lower right")
     figure.tight_layout()
@@ -559,11 +602,14 @@ def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig):
 def _summary(table: pd.DataFrame, base: dict, cfg: SearchConfig) -> str:
     if table.empty:
         return "search: the front is empty"
+    shown = table.drop(columns=["run_id"])
+    for name in cfg.cost_names():  # in the units people read: 5.2 KB, MACs 1.3M
+        shown[name] = [format_cost(name, value).split(" ", 1)[1] for value in shown[name]]
     with pd.option_context("display.width", 200, "display.max_columns", None):
-        shown = table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g")
+        text = shown.to_string(index=False, float_format="%.4g")
     cost = cfg.cost_names()[0]
-    return f"Pareto front ({len(table)} trials; baseline {cost} {base[COST_METRICS[cost]]:.4g}, " \
-           f"val_accuracy {base[ACCURACY]:.4f}):\n{shown}"  # fmt: skip
+    return f"Pareto front ({len(table)} trials; baseline {format_cost(cost, base[COST_METRICS[cost]])}, " \
+           f"val_accuracy {base[ACCURACY]:.4f}):\n{text}"  # fmt: skip
 
 
 CONFIG = SearchConfig  # the entry point's config, read by tests/test_project_spec.py

@@ -18,6 +18,7 @@ sampled; a stage's fine-tuning ``epochs`` are forced to 0 for methods that have 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "latency": Path(__file__).resolve()
 STAGES = {"distill": DistillSettings, "prune": PruneSettings, "quantize": QuantizeSettings}
 NO_QUANTIZATION = "none"
 _ENABLED = (True, False, "search")
+MAX_COMBINATIONS = 4096  # of the knobs' ends, per method, checked when a space is read
 _PER_LAYER = {"prune": "thresholds", "quantize": "bits"}
 # knob -> the methods it applies to; knobs not listed apply to every method of their stage
 _APPLIES = {"prune": PRUNE_APPLIES, "quantize": QUANTIZE_APPLIES}
@@ -177,6 +179,8 @@ def load_space(path: str | Path | None = None) -> Space:
     if unknown:
         raise ShrinkflowError(f"search space {path}: unknown stage(s) {unknown}: stages are {', '.join(STAGES)}")
     stages = {stage: _stage(stage, spec, path) for stage, spec in document.items()}
+    for stage, knobs in stages.items():
+        _check_combinations(stage, knobs, path)
     if all(knobs["enabled"].fixed is False for knobs in stages.values()):
         raise ShrinkflowError(f"search space {path}: every stage is disabled, so there is nothing to search")
     return Space(stages)
@@ -237,6 +241,29 @@ def _check_values(stage: str, knob: Knob, path: Path) -> None:
             STAGES[stage](**_probe(stage, knob.name, setting))
         except (ShrinkflowError, TypeError) as exc:
             raise ShrinkflowError(f"search space {path}: {stage}.{knob.name}={value!r} is invalid: {exc}") from None
+
+
+def _check_combinations(stage: str, knobs: dict[str, Knob], path: Path) -> None:
+    """Build the stage's settings with every method and every end of the other knobs together:
+    values valid one by one but not together (gradual pruning with ``epochs: 0``, ``threshold``
+    without ``thresholds``) fail here, before any training, not in every trial that draws them."""
+    methods = knobs["method"].values_to_check() if "method" in knobs else [None]
+    others = [knob for name, knob in knobs.items() if name not in ("enabled", "method")]
+    for method in methods:
+        if method == NO_QUANTIZATION:
+            continue
+        used = [k for k in others if _applies(stage, k.name, method) and not _no_epochs(stage, k.name, method)]
+        for values in itertools.islice(itertools.product(*(k.values_to_check() for k in used)), MAX_COMBINATIONS):
+            settings = {k.name: json.dumps({"*": v}) if k.per_layer else _as_field(stage, k.name, v)
+                        for k, v in zip(used, values, strict=True)}  # fmt: skip
+            if method is not None:
+                settings["method"] = method
+                _fit_epochs_to_method(stage, settings)
+            try:
+                STAGES[stage](**settings)
+            except (ShrinkflowError, TypeError) as exc:
+                shown = ", ".join(f"{name}={value}" for name, value in settings.items())
+                raise ShrinkflowError(f"search space {path}: {stage} cannot run with {shown}: {exc}") from None
 
 
 def _probe(stage: str, name: str, value: Any) -> dict:

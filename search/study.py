@@ -7,7 +7,10 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -15,10 +18,13 @@ from shrinkflow import ShrinkflowError
 
 __all__ = [
     "ACCURACY",
-    "NoRepeats",
+    "AccuracyBudget",
     "VAL_LOSS",
     "SAMPLERS",
+    "Repeat",
     "Surplus",
+    "TrialSampler",
+    "claim_configuration",
     "done_trials",
     "front",
     "ranked_accuracy",
@@ -28,6 +34,7 @@ __all__ = [
     "open_study",
     "rdb_storage",
     "run_until",
+    "trial_seed",
 ]
 
 ACCURACY = "val_accuracy"
@@ -36,6 +43,8 @@ SAMPLERS = ("tpe", "nsga2", "random", "gp")
 HEARTBEAT_S = 5  # a worker's trial proves it is alive this often ...
 GRACE_S = 20  # ... and is failed as stale (killed worker) after this long without
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+CLAIMED, REPEAT_OF = "configuration_claimed", "repeat_of"  # trial user attributes
+TRACKING_STORE = "tracking_store"  # study user attribute: shrinkflow.tracking.store_identity()
 
 
 class Surplus(Exception):
@@ -43,6 +52,13 @@ class Surplus(Exception):
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Sampler ``name`` (gp, tpe, nsga2, random), seeded per trial from ``seed`` and the trial
+    number (``TrialSampler``)."""
+    _sampler(name, seed)  # validates the name
+    return TrialSampler(partial(_sampler, name), seed)
+
+
+def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "nsga2":
@@ -52,31 +68,40 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "gp":  # Gaussian process (logEHVI, constraint-aware); knobs outside the shared space go random
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return NoRepeats(optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False))
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     raise ShrinkflowError(f"unknown sampler {name!r}: choose {', '.join(SAMPLERS)}")
 
 
-class NoRepeats(optuna.samplers.BaseSampler):
-    """``sampler``, except that a relative proposal some earlier trial already ran is replaced by
-    the independent sampler's draw. GPSampler's acquisition can settle on one point: in a
-    40-trial cnn latency search it proposed the same corner of the space (width 1, depth 2, no
-    pruning) for trials 14 to 39, measuring one model 26 times."""
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: its randomness depends on the trial, not on which
+    worker runs it (seeded per worker, a restarted or second command repeated trials 0-1 exactly)."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
-    def __init__(self, sampler: optuna.samplers.BaseSampler):
-        self._sampler = sampler
+
+class TrialSampler(optuna.samplers.BaseSampler):
+    """The sampler ``make(seed)`` makes, made anew for each trial with ``trial_seed(seed, number)``;
+    a relative proposal that some earlier trial already ran is replaced by the independent draws. GPSampler's
+    acquisition can settle on one point: in a 40-trial cnn latency search it proposed the same
+    corner of the space (width 1, depth 2, no pruning) for trials 14 to 39."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self._make, self._seed = make, seed
+        self._sampler = make(seed)
+
+    def before_trial(self, study, trial):
+        self._sampler = self._make(trial_seed(self._seed, trial.number))
+        self._sampler.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial):
         return self._sampler.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):
         proposal = self._sampler.sample_relative(study, trial, search_space)
-        return {} if proposal and _already_tried(study, proposal) else proposal
+        taken = _configurations(study, trial.number).values()
+        return {} if proposal and any(_agrees(proposal, params) for params in taken) else proposal
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._sampler.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study, trial):
-        self._sampler.before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values):
         self._sampler.after_trial(study, trial, state, values)
@@ -85,14 +110,45 @@ class NoRepeats(optuna.samplers.BaseSampler):
         self._sampler.reseed_rng()
 
 
-def _already_tried(study: optuna.Study, params: dict) -> bool:
-    def same(a, b) -> bool:
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) if isinstance(a, float) else a == b
+class Repeat(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a trial whose configuration another trial holds: it steps back before any work."""
 
-    return any(
-        all(name in trial.params and same(value, trial.params[name]) for name, value in params.items())
-        for trial in study.get_trials(deepcopy=False, states=(*_DONE, TrialState.RUNNING))
-    )
+
+def claim_configuration(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark ``trial``'s configuration (every parameter sampled) as taken, then raise ``Repeat``
+    if another trial holds the same one, whatever its state: complete, stopped, failed, or
+    running and claimed. Each trial claims before it looks, so of two identical trials started
+    at once the one that looks second sees the other's claim: at most one runs (both may step
+    back, which costs nothing but a draw)."""
+    trial.set_user_attr(CLAIMED, True)
+    for number, params in _configurations(study, trial.number).items():
+        if _same(params, trial.params):
+            trial.set_user_attr(REPEAT_OF, number)
+            raise Repeat(f"same configuration as trial {number}")
+
+
+def _configurations(study: optuna.Study, number: int) -> dict[int, dict]:
+    """The parameters of every trial but ``number`` that holds its configuration: each that
+    claimed one (running, complete, stopped or failed) and the done trials of older studies; not
+    those that stepped back, nor those that failed before drawing (one too many)."""
+    return {
+        t.number: t.params
+        for t in study.get_trials(deepcopy=False)
+        if t.number != number and REPEAT_OF not in t.user_attrs and (t.user_attrs.get(CLAIMED) or t.state in _DONE)
+    }
+
+
+def _equal(a, b) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) if isinstance(a, float) else a == b
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(_equal(a[name], b[name]) for name in a)
+
+
+def _agrees(proposal: dict, params: dict) -> bool:
+    """A relative proposal (a subset of the parameters) that an earlier trial already ran."""
+    return bool(params) and all(name in params and _equal(value, params[name]) for name, value in proposal.items())
 
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
@@ -111,9 +167,13 @@ def open_study(
     name: str,
     costs: Sequence[str],
     sampler: optuna.samplers.BaseSampler,
+    tracking_store: dict[str, str] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it to resume, in ``storage`` (an RDB URL, or a storage such as
-    ``dask_storage``'s); a study of that name with other objectives is an error."""
+    ``dask_storage``'s); a study of that name with other objectives is an error. With
+    ``tracking_store`` (``shrinkflow.tracking.store_identity``), a new study records the store its
+    runs live in, and one that lives in another store is an error: its trials' runs and models
+    are not where this search looks for them."""
     metric_names = [ACCURACY, *costs]
     directions = [optuna.study.StudyDirection.MAXIMIZE] + [optuna.study.StudyDirection.MINIMIZE] * len(costs)
     url = storage if isinstance(storage, str) else "the Dask scheduler's storage"
@@ -127,12 +187,30 @@ def open_study(
                 f"study {name!r} in {url} has objectives {study.metric_names} ({_directions(study.directions)}); "
                 f"this search has {metric_names}: pass another study_name"
             )
+        _check_tracking_store(study, url, tracking_store)
         return study
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(metric_names)
+    if tracking_store:
+        study.set_user_attr(TRACKING_STORE, tracking_store)
     return study
+
+
+def _check_tracking_store(study: optuna.Study, url: str, store: dict[str, str] | None) -> None:
+    if not store:
+        return
+    recorded = study.user_attrs.get(TRACKING_STORE)
+    if recorded is None:  # a study from before stores were recorded: it adopts this one
+        study.set_user_attr(TRACKING_STORE, store)
+    elif recorded.get("created") != store["created"] or (not store["created"] and recorded["uri"] != store["uri"]):
+        same_uri = " (the same URI, made anew since)" if recorded["uri"] == store["uri"] else ""
+        raise ShrinkflowError(
+            f"study {study.study_name!r} in {url} keeps its runs in the tracking store {recorded['uri']}, not in "
+            f"this one, {store['uri']}{same_uri}: pass another study_name, or another storage (e.g. delete "
+            "optuna.db to start afresh)"
+        )
 
 
 def _directions(directions) -> str:
@@ -175,6 +253,40 @@ def run_until(
             time.sleep(1.0)
             continue
         study.optimize(objective, n_trials=1, catch=catch, callbacks=[on_trial] if on_trial else None)
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    """``max_accuracy_drop`` in the unit the data has: validation accuracy moves in steps of one
+    sample (0.56 pp of digits' 180), so a budget of ``drop_pp`` allows ``extra_errors`` errors
+    more than the baseline's, no fraction of one; ``floor`` is the lowest accuracy within it."""
+
+    accuracy: float  # the baseline's, on validation
+    drop_pp: float
+    samples: int  # in the validation split
+
+    @property
+    def extra_errors(self) -> int:
+        return math.floor(self.drop_pp / 100 * self.samples + 1e-9)
+
+    @property
+    def correct(self) -> int:
+        return round(self.accuracy * self.samples)
+
+    @property
+    def floor(self) -> float:
+        return (self.correct - self.extra_errors) / self.samples
+
+    def __str__(self) -> str:
+        step = 100 / self.samples
+        text = (
+            f"accuracy budget {self.drop_pp:g} pp of {self.samples} validation samples (one sample is {step:.2f} pp) "
+            f"allows {self.extra_errors} error(s) more than the baseline's {self.samples - self.correct}: floor "
+            f"{self.correct - self.extra_errors}/{self.samples} = {self.floor:.4f}"
+        )
+        if self.extra_errors == 0 and self.drop_pp > 0:
+            text += f"; under one sample, it allows none (max_accuracy_drop {step:.2f} allows one)"
+        return text
 
 
 def ranked_accuracy(accuracy: float, loss: float, samples: int) -> float:

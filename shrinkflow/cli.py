@@ -10,9 +10,15 @@ from collections.abc import Callable, Iterator
 from shrinkflow import distributed
 from shrinkflow.config import ShrinkflowError
 
-__all__ = ["EXIT_BAD_INPUT", "Terminated", "about_run", "run_main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_RESULT", "NoResult", "Terminated", "about_run", "run_main"]
 
 EXIT_BAD_INPUT = 2
+EXIT_NO_RESULT = 3
+
+
+class NoResult(ShrinkflowError):
+    """The step finished its work and logged it, but found nothing to hand on (a search whose
+    front is empty): one line and exit ``EXIT_NO_RESULT``, its run FINISHED."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -21,13 +27,13 @@ class Terminated(KeyboardInterrupt):
 
 
 def run_main(step: Callable[[], str]) -> None:
-    """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2 (bad input)
-    or 128 + the signal's number (interrupted: Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
+    """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2 (bad input),
+    3 (``NoResult``) or 128 + the signal's number (interrupted: Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
     try:
         run_id = step()
     except ShrinkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(EXIT_NO_RESULT if isinstance(exc, NoResult) else EXIT_BAD_INPUT)
     except KeyboardInterrupt as exc:
         name = str(exc) if isinstance(exc, Terminated) else "SIGINT"
         status = "FAILED" if isinstance(exc, Terminated) and distributed.launched() else "KILLED"

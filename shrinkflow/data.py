@@ -42,6 +42,7 @@ BUILTIN_DATASETS = ("digits", "mnist1d")
 _TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 _VAL_FRACTION = 0.1
 _TEST_FRACTION = 0.2
+MIN_SAMPLES_PER_CLASS = 1  # in validation and test, of each class the model is trained on
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,32 @@ def _load(spec: str, label_column: str, args: str = "") -> DataSplits:
         data = _load_user_function(spec, keywords)
     else:
         raise ShrinkflowError(f"unknown dataset {spec!r}: choose {dataset_choices()}")
+    _check_classes(spec, data)
     return dataclasses.replace(data, spec=spec, label_column=label_column, args=_canonical(keywords))
+
+
+def _check_classes(spec: str, data: DataSplits) -> None:
+    """Refuse splits that cannot score a classifier: fewer than 2 classes (a validation split of
+    one class scores a model that always answers it 1.0, so no accuracy budget ever binds), or a
+    class of the training split missing from validation or test (its errors go unseen)."""
+    trained = set(data.y_train.unique().tolist())
+    for split in SPLITS:
+        labels = data.split(split)[1]
+        if split == "val" and len(labels) == 0:  # allowed: only training scores epochs on it
+            continue
+        counts = {data.class_names[c]: int(n) for c, n in zip(*labels.unique(return_counts=True), strict=True)}
+        shown = ", ".join(f"{name!r}: {n}" for name, n in list(counts.items())[:12])
+        if len(counts) < 2:
+            raise ShrinkflowError(
+                f"dataset {spec!r}: the {split} split holds {len(counts)} class ({shown} samples): a classifier "
+                "is scored on at least 2 classes; give each split samples of 2 classes or more"
+            )
+        missing = [data.class_names[c] for c in sorted(trained - set(labels.tolist()))]
+        if missing:
+            raise ShrinkflowError(
+                f"dataset {spec!r}: the {split} split has no sample of class(es) {missing[:12]} of the train split "
+                f"(its counts: {shown}): give every split at least {MIN_SAMPLES_PER_CLASS} sample of each class"
+            )
 
 
 def _parse_args(args: str, spec: str) -> dict:

@@ -55,6 +55,7 @@ __all__ = [
     "log_model",
     "log_table",
     "step_run",
+    "store_identity",
 ]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -66,6 +67,7 @@ _CHECKPOINT = "checkpoint"
 # logged and checked when it is loaded: a file changed in the artifact store is refused.
 DIGEST_TAG = "shrinkflow.checkpoint_sha256"
 HOST_TAG, PID_TAG = "shrinkflow.host", "shrinkflow.pid"
+EXPERIMENT = "shrinkflow"  # where a step started on its own logs
 _READY_STORES: set[str] = set()
 
 try:
@@ -83,6 +85,7 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     host whose process is gone (SIGKILL leaves no chance to do it oneself): no run stays RUNNING.
     """
     ensure_store()
+    _name_the_experiment()
     mark_dead_runs_killed()
     under_torchrun = distributed.launched()
     # a step torchrun started for a process that had a run open nests under that run
@@ -116,6 +119,15 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
         signals.hold()  # start_run marks the run FINISHED on the way out
 
 
+def _name_the_experiment() -> None:
+    """Runs of a step started on its own go to experiment ``shrinkflow``, not MLflow's ``Default``,
+    unless the user chose one (``MLFLOW_EXPERIMENT_NAME``/``_ID``, ``mlflow run --experiment-name``)
+    or the run exists already (under ``mlflow run``, or nested in an open run)."""
+    chosen = ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", distributed.PARENT_RUN_ENV)
+    if mlflow.active_run() is None and not any(os.environ.get(name) for name in chosen):
+        mlflow.set_experiment(EXPERIMENT)
+
+
 def active_run_id() -> str | None:
     """The run open in this process, if any (for the processes it starts to nest under)."""
     run = mlflow.active_run()
@@ -139,6 +151,17 @@ def ensure_store() -> None:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     _READY_STORES.add(uri)
+
+
+def store_identity() -> dict[str, str]:
+    """What tells this tracking store from another, even at the same URI (``mlflow.db`` deleted
+    and made anew): its URI and when its Default experiment was created."""
+    ensure_store()
+    try:
+        created = str(mlflow.MlflowClient().get_experiment("0").creation_time)
+    except mlflow.exceptions.MlflowException:  # no Default experiment: the URI alone
+        created = ""
+    return {"uri": mlflow.get_tracking_uri(), "created": created}
 
 
 def process_tags() -> dict[str, str]:

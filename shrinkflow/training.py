@@ -21,6 +21,7 @@ from shrinkflow.data import DataSplits
 __all__ = [
     "PARALLEL",
     "Execution",
+    "StopTraining",
     "FitResult",
     "FitSettings",
     "TrainResult",
@@ -55,6 +56,12 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.devi
         "accuracy": (logits.argmax(1) == y).double().mean().item(),
         "loss": nn.functional.cross_entropy(logits, y).item(),
     }
+
+
+class StopTraining(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by ``fit``'s ``on_epoch`` hook to end training after this epoch: the model keeps
+    its best weights so far, as when ``patience`` runs out (e.g. a search trial that cannot
+    reach its accuracy floor: its model is still measured, so the search learns from it)."""
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, inputs)
@@ -139,8 +146,9 @@ def fit(
     """AdamW with a cosine learning-rate schedule and label smoothing; early stopping on
     validation accuracy (``patience`` epochs without improvement, 0 = never). ``model`` ends
     with its best-validation weights. ``on_epoch(epoch, metrics)`` receives train_loss, val_loss,
-    val_accuracy and lr after each epoch; ``after_step(step)`` runs after every optimizer step
-    (steps counted from 1), e.g. to keep pruned weights at zero. Epochs before
+    val_accuracy and lr after each epoch, and may raise ``StopTraining`` to end training there;
+    ``after_step(step)`` runs after every optimizer step (steps counted from 1), e.g. to keep
+    pruned weights at zero. Epochs before
     ``first_eligible_epoch`` are trained but never kept as best (e.g. while a pruning schedule is
     still ramping up). ``loss_fn(logits, targets, inputs)`` replaces the default
     label-smoothed cross-entropy (e.g. a distillation loss that asks a teacher about ``inputs``);
@@ -197,10 +205,11 @@ def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligib
             "lr": lr,
         }
         progress.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_metrics['accuracy']:.4f}")
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        stop = _asks_to_stop(on_epoch, epoch, metrics)
         if epoch < first_eligible_epoch:
             improved_epoch = epoch
+            if stop:
+                break
             continue
         if val_metrics["accuracy"] > best_accuracy:
             improved_epoch = epoch
@@ -208,12 +217,22 @@ def _fit(model, train, val, settings, device, on_epoch, after_step, first_eligib
         # but only a strictly better accuracy resets the patience counter.
         if val_metrics["accuracy"] >= best_accuracy:
             best_state, best_accuracy, best_epoch = copy.deepcopy(model.state_dict()), val_metrics["accuracy"], epoch
-        if settings.patience and epoch - improved_epoch >= settings.patience:
+        if stop or (settings.patience and epoch - improved_epoch >= settings.patience):
             break
     progress.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_epoch, epoch, max(best_accuracy, 0.0), stopped_early=epoch < settings.epochs)
+
+
+def _asks_to_stop(on_epoch, epoch: int, metrics: dict[str, float]) -> bool:
+    if on_epoch is None:
+        return False
+    try:
+        on_epoch(epoch, metrics)
+    except StopTraining:
+        return True
+    return False
 
 
 def _parallel(model: nn.Module, settings: FitSettings, device: torch.device, parallel: str) -> nn.Module:

@@ -117,6 +117,30 @@ def test_user_function_returning_splits_keeps_them():
     assert data.input_shape == (3,)
 
 
+def one_class_val():
+    """Own splits whose validation holds class 0 only: it would score a constant model 1.0."""
+    rng = np.random.default_rng(0)
+    splits = make_splits()
+    return {**splits, "val": (rng.normal(size=(6, 3)), np.zeros(6, dtype=int))}
+
+
+def split_missing_a_class():
+    """Own splits whose test split lacks class 2 of train."""
+    rng = np.random.default_rng(0)
+    return {
+        s: (rng.normal(size=(n, 3)), np.arange(n) % k) for s, n, k in [("train", 30, 3), ("val", 6, 3), ("test", 8, 2)]
+    }
+
+
+def test_a_split_of_one_class_or_missing_a_trained_class_is_refused_with_its_counts():
+    with pytest.raises(ShrinkflowError, match=r"the val split holds 1 class \('0': 6 samples\)"):
+        load_dataset("test_data:one_class_val")
+    with pytest.raises(
+        ShrinkflowError, match=r"the test split has no sample of class\(es\) \['2'\] of the train split"
+    ):
+        load_dataset("test_data:split_missing_a_class")
+
+
 @pytest.mark.parametrize("spec", ["nodots:", "a.b:c:d", "1bad:fn", ":fn"])
 def test_malformed_function_spec(spec):
     with pytest.raises(ShrinkflowError, match="malformed dataset function"):

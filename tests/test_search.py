@@ -21,6 +21,7 @@ from search import main as search
 from search.space import load_space
 from search.study import hypervolume, ranked_accuracy
 from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
+from shrinkflow.cli import NoResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_SPACE = """
@@ -57,6 +58,13 @@ def _study(cfg):
 
 def _done(study):
     return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def _ran(study):
+    """The configurations (parameters) of the trials that ran, whatever their state: not the
+    redraws that stepped back as repeats."""
+    return [json.dumps(t.params, sort_keys=True) for t in study.trials
+            if t.user_attrs.get("configuration_claimed") and "repeat_of" not in t.user_attrs]  # fmt: skip
 
 
 def _children(parent_run_id):
@@ -134,6 +142,8 @@ def test_rerun_resumes_the_study_without_repeating_a_trial(trained_run_id, tmp_p
     done = _done(_study(_config(tmp_path, small_space)))
     assert sorted(t.number for t in done) == [0, 1, 2]
     assert {t.number: t.values for t in done if t.number in first} == first
+    ran = _ran(_study(_config(tmp_path, small_space)))
+    assert len(ran) == 3 == len(set(ran))  # the rerun drew from trial numbers, not from the same seed again
 
 
 def test_without_a_run_id_the_baseline_is_trained_once_then_reused(tmp_path, small_space):
@@ -254,6 +264,7 @@ def test_two_workers_finish_exactly_the_trials_asked_without_duplicates(trained_
     champion = search.execute(cfg)
     done = _done(_study(cfg))
     assert len(done) == 8 and len({t.number for t in done}) == 8
+    assert len(set(_ran(_study(cfg)))) == len(_ran(_study(cfg))) == 8  # no configuration twice
     assert {t.user_attrs["record"]["worker"] for t in done} == {0, 1}  # both processes ran trials
     runs = _children(mlflow.get_run(champion).data.tags["mlflow.parentRunId"])
     finished = [r for r in runs if r.info.status == "FINISHED"]
@@ -272,6 +283,7 @@ def test_a_dask_cluster_finishes_exactly_the_trials_asked_without_duplicates(tra
     champion = search.execute(cfg)
     done = _done(_study(cfg))
     assert len(done) == 6 and len({t.number for t in done}) == 6
+    assert len(set(_ran(_study(cfg)))) == len(_ran(_study(cfg))) == 6  # no configuration twice
     assert {t.user_attrs["record"]["worker"] for t in done} == {0, 1}  # both Dask workers ran trials
     runs = _children(mlflow.get_run(champion).data.tags["mlflow.parentRunId"])
     assert sorted(int(r.data.tags["shrinkflow.trial_number"]) for r in runs if r.info.status == "FINISHED") == sorted(
@@ -323,6 +335,8 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(trained_run
     done = _done(_study(cfg))
     assert len(done) == 6 and len({t.number for t in done}) == 6
     assert {t.number: t.values for t in done if t.number in before} == before  # none lost, none redone
+    ran = _ran(_study(cfg))  # the 6 done and the one killed (FAILED): its configuration is not run again
+    assert len(ran) == 7 == len(set(ran))
     assert not _running(cfg) and running_runs() == []
 
 
@@ -356,7 +370,8 @@ def test_the_champion_answers_rest_requests_like_the_local_model(trained_run_id,
 def test_a_trial_whose_model_cannot_run_in_the_target_is_infeasible(trained_run_id, tmp_path, small_space, monkeypatch):
     monkeypatch.setattr(search, "deployable", lambda artifact, data, target: (False, "no ONNX operator for it"))
     cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=2, study_name="undeployable")
-    assert search.execute(cfg) == trained_run_id  # no champion: the baseline's run id
+    with pytest.raises(NoResult, match="no trial of study 'undeployable' kept validation accuracy"):
+        search.execute(cfg)  # no champion: exit 3 (run_main), the search's run FINISHED
     trials = _done(_study(cfg))
     assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)  # not failed
     assert all(t.constraints["deployable"] == 1.0 for t in trials)
@@ -390,7 +405,7 @@ def test_the_built_in_latency_space_searches_only_what_changes_dense_kernels():
 
 
 def test_a_repeated_relative_proposal_becomes_an_independent_draw():
-    from search.study import NoRepeats
+    from search.study import TrialSampler
 
     class SameCorner(optuna.samplers.RandomSampler):  # a relative sampler stuck on one point
         def infer_relative_search_space(self, study, trial):
@@ -399,10 +414,126 @@ def test_a_repeated_relative_proposal_becomes_an_independent_draw():
         def sample_relative(self, study, trial, search_space):
             return {"x": 1.0}
 
-    study = optuna.create_study(sampler=NoRepeats(SameCorner(seed=0)))
+    study = optuna.create_study(sampler=TrialSampler(lambda seed: SameCorner(seed=seed), 0))
     xs = []
     for _ in range(4):
         trial = study.ask()
         xs.append(trial.suggest_float("x", 0.0, 1.0))
         study.tell(trial, xs[-1])
     assert xs[0] == 1.0 and len(set(xs)) == 4 and all(0.0 <= x < 1.0 for x in xs[1:])
+
+
+def test_each_trial_draws_from_its_number_not_from_the_worker():
+    from search.study import make_sampler
+
+    def first_draws(n):  # a new sampler object, as a restarted or second command has
+        study = optuna.create_study(sampler=make_sampler("random", 0))
+        for _ in range(n):
+            trial = study.ask()
+            study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+        return [t.params["x"] for t in study.trials]
+
+    draws = first_draws(4)
+    assert draws == first_draws(4)  # deterministic
+    assert len(set(draws)) == 4
+    resumed = optuna.create_study(sampler=make_sampler("random", 0))  # a study with 2 trials, a fresh sampler
+    for x in draws[:2]:
+        resumed.enqueue_trial({"x": x})
+        trial = resumed.ask()
+        resumed.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+    trial = resumed.ask()  # trial 2 draws trial 2's value, not trial 0's again
+    assert trial.suggest_float("x", 0.0, 1.0) == draws[2]
+
+
+def test_a_configuration_another_trial_holds_steps_back_before_any_work():
+    from search.study import Repeat, claim_configuration
+
+    study = optuna.create_study()
+
+    def drawn(bits):  # a trial whose configuration is bits=<bits>
+        study.enqueue_trial({"bits": bits})
+        trial = study.ask()
+        trial.suggest_categorical("bits", [4, 8])
+        return trial
+
+    first = drawn(4)
+    claim_configuration(study, first)  # running and claimed: it holds bits 4
+    with pytest.raises(Repeat, match="same configuration as trial 0"):
+        claim_configuration(study, drawn(4))
+    claim_configuration(study, drawn(8))  # another configuration
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(Repeat, match="same configuration as trial 0"):  # a failed trial still holds its own
+        claim_configuration(study, drawn(4))
+    assert [t.user_attrs.get("repeat_of") for t in study.trials] == [None, 0, None, 0]
+
+
+def test_a_trial_stopped_early_completes_infeasible_with_what_it_reached(trained_run_id, tmp_path):
+    hopeless = tmp_path / "hopeless.yaml"  # 99% of the weights gone, then 4-bit codes
+    hopeless.write_text("prune: {method: global, sparsity: 0.99, epochs: 4}\nquantize: {method: kbit, bits: 4}\n")
+    cfg = _config(tmp_path, str(hopeless), run_id=trained_run_id, trials=1, max_accuracy_drop=0.0, early_stop_pp=0.5)
+    with pytest.raises(NoResult):
+        search.execute(cfg)
+    (trial,) = _study(cfg).trials
+    record = trial.user_attrs["record"]
+    assert trial.state == optuna.trial.TrialState.COMPLETE  # it teaches the sampler, as no PRUNED trial did
+    assert record["stopped"].startswith("prune epoch 2/4: val_accuracy")
+    assert trial.constraints["accuracy_drop"] > 0  # infeasible by the accuracy it reached
+    assert record["stages"]["quantize"]["fine_tuning_skipped"] and "quantize" in record["stages"]
+    run = mlflow.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.tags["shrinkflow.trial_state"] == "STOPPED"
+    assert run.data.metrics["val_accuracy"] == record["val_accuracy"] and "cost_size_bytes" in run.data.metrics
+
+
+def test_a_space_with_a_single_configuration_ends_after_it_instead_of_redrawing_forever(trained_run_id, tmp_path):
+    single = tmp_path / "single.yaml"
+    single.write_text("prune: {method: global, sparsity: 0.5, epochs: 1}\nquantize: {enabled: false}\n")
+    cfg = _config(tmp_path, str(single), run_id=trained_run_id, trials=3)
+    search.execute(cfg)
+    study = _study(cfg)
+    assert len(_done(study)) == 1 and len(_ran(study)) == 1  # drawn again and again, run once
+
+
+def test_a_study_is_refused_against_another_tracking_store_before_any_run(tracking_store, tmp_path, small_space):
+    from shrinkflow.tracking import store_identity
+
+    cfg = _config(tmp_path, small_space, trials=1)
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    search.open_study(cfg.storage, cfg.study_name, cfg.cost_names(), optuna.samplers.RandomSampler(),
+                      store_identity())  # fmt: skip
+    before = len(optuna.get_all_study_summaries(cfg.storage))
+    mlflow.set_tracking_uri(other)
+    try:
+        with pytest.raises(
+            ShrinkflowError, match=r"keeps its runs in the tracking store sqlite:///.*, not in this one"
+        ):
+            search.execute(cfg)
+        assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []  # no run
+    finally:
+        mlflow.set_tracking_uri(tracking_store)  # (set_tracking_uri sets the environment variable too)
+    assert len(optuna.get_all_study_summaries(cfg.storage)) == before  # no study
+
+
+def test_values_valid_alone_but_not_together_are_refused_when_the_space_is_read(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("prune: {method: {choices: [global, gradual]}, sparsity: 0.8, epochs: {choices: [0, 5]}}\n")
+    with pytest.raises(ShrinkflowError, match="prune cannot run with sparsity=0.8, epochs=0, method=gradual"):
+        load_space(space)
+
+
+def test_a_search_through_a_pipe_prints_a_line_per_trial_and_the_three_runs(trained_run_id, tmp_path, small_space):
+    cfg = _config(tmp_path, small_space, trials=2)
+    argv = [sys.executable, "-m", "search.main", "--run-id", trained_run_id, "--space", small_space, "--trials", "2",
+            "--storage", cfg.storage, "--study-name", "piped", "--max-accuracy-drop", "50", "--device", "cpu",
+            "--register-name", cfg.register_name]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # as a user's shell has it
+    done = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    lines = done.stdout.splitlines()
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert [line.split(" (")[0] for line in trial_lines] == ["trial 1/2", "trial 2/2"]
+    assert all(" COMPLETE val 0." in line and " KB" in line for line in trial_lines)
+    labelled = {line.split(":")[0]: line.split()[-1] for line in lines if line.startswith(("search run", "baseline run",
+                                                                                          "champion run"))}  # fmt: skip
+    assert labelled["baseline run"] == trained_run_id and labelled["champion run"] == lines[-1]
+    assert mlflow.get_run(labelled["search run"]).data.tags["shrinkflow.step"] == "search"
