@@ -1,27 +1,37 @@
-"""Which sampler finds the better front at our budget, what the bookkeeping costs, and what a second
-worker buys. digits ``mlp``, the default search space, cost = size, ``max_accuracy_drop`` 0.5.
+"""Whether the search spends its budget well, which sampler finds the better front, what the
+bookkeeping costs and what a second worker buys. The default search space, cost = size.
 
-1. ``gp`` (the default), ``tpe`` and ``random``, 40 trials × seeds 0–4 each, one worker: the
-   final hypervolume (validation error × size relative to the baseline's; reference point: error
-   1, the baseline's size — see ``search.study.hypervolume_history``), the champion's size
-   ratio to the baseline and test accuracy change (computed after the search, front only), the
-   front's size and its largest size ratio within 0.5 pp of the baseline's test accuracy.
-2. Bookkeeping — MLflow runs, logged models and tables, Optuna's storage — as a share of trial
-   wall time: 1 − Σ compute_s / Σ (trial end − trial start), where ``compute_s`` is the time in
-   compression and measurement.
-3. Trials per hour with ``workers`` 2 versus 1, and 2 on a Dask ``LocalCluster`` (20 trials
-   each, the default sampler, seed 0), on this machine.
+1. ``quick``: the quick start's search (``mlflow run .``: digits ``mlp``, 20 trials,
+   ``max_accuracy_drop`` 1, the default sampler) on seeds 0-2: how many of the 20 trials ran
+   distinct configurations, how many were stopped early, how many draws stepped back as repeats,
+   the front's size.
+2. ``samplers``: ``gp`` (the default), ``tpe`` and ``random``, 40 trials × seeds 0-4 each on
+   digits ``mlp``, ``max_accuracy_drop`` 0.5: the final hypervolume (validation error × size
+   relative to the baseline's; reference point: error 1, the baseline's size — see
+   ``search.study.hypervolume_history``), the champion's size ratio and test accuracy change
+   (computed after the search, front only), the front's size and its largest size ratio within
+   0.5 pp of the baseline's test accuracy (chosen on validation: the front is; test only judges).
+3. ``cnn``: the default sampler, 40 trials × seeds 0-4 on digits ``cnn``, as 2.
+4. ``workers``: trials per hour with ``workers`` 2 versus 1, and 2 on a Dask ``LocalCluster``
+   (20 trials each, the default sampler, seed 0), on this machine.
 
-Everything runs in a temporary MLflow store and Optuna SQLite file; the baseline (the train
-step's defaults) is trained once. Results: benchmarks/results/search_samplers.csv, summarized in
-the README. Takes about 15 minutes on 2 cores.
+Bookkeeping — MLflow runs, logged models and tables, Optuna's storage — is reported as a share
+of trial wall time: 1 − Σ compute_s / Σ (trial end − trial start), where ``compute_s`` is the
+time in compression and measurement.
 
-    python -m benchmarks.search_samplers
+Everything runs in a temporary MLflow store and Optuna SQLite file; each baseline (the train
+step's defaults) is trained once. Results: benchmarks/results/search_samplers.csv (the rows of
+the parts run replace their earlier rows), summarized in the README. All four parts take about
+25 minutes on 2 cores.
+
+    python -m benchmarks.search_samplers [quick] [samplers] [cnn] [workers]
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,34 +42,50 @@ import pandas as pd
 
 from benchmarks._speedup import write_results
 from search import main as search
+from shrinkflow.cli import NoResult
 from steps import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search_samplers.csv"
 TRIALS, SEEDS, SAMPLERS = 40, (0, 1, 2, 3, 4), ("gp", "tpe", "random")
+PARTS = ("quick", "samplers", "cnn", "workers")
 
 
-def _search(folder: Path, baseline: str, name: str, **settings) -> dict:
-    """One study; its hypervolume, speed, bookkeeping share and champion."""
+def _search(folder: Path, baseline: str, name: str, model: str = "mlp", **settings) -> dict:
+    """One study; its hypervolume, speed, bookkeeping share, champion and use of its budget."""
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    cfg = search.SearchConfig(run_id=baseline, costs="size", max_accuracy_drop=0.5, storage=storage, study_name=name,
-                              device="cpu", register_name="benchmark-champion", **settings)  # fmt: skip
+    settings = {"costs": "size", "max_accuracy_drop": 0.5, **settings}
+    cfg = search.SearchConfig(run_id=baseline, storage=storage, study_name=name, device="cpu",
+                              register_name="benchmark-champion", **settings)  # fmt: skip
     started = time.perf_counter()
-    champion = search.execute(cfg)
+    try:
+        champion = search.execute(cfg)
+    except NoResult:  # an empty front: the search's run has its hypervolume all the same
+        champion = None
     wall = time.perf_counter() - started
-    parent = mlflow.get_run(champion).data.tags.get("mlflow.parentRunId", champion)
+    searches = f"tags.`shrinkflow.step` = 'search' and tags.`shrinkflow.study` = '{name}'"
+    (parent_run,) = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                                       filter_string=searches, order_by=["attributes.start_time DESC"])  # fmt: skip
+    parent = parent_run.info.run_id
     history = mlflow.MlflowClient().get_metric_history(parent, "hypervolume")
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
     compute_s = sum(t.user_attrs["record"]["compute_s"] for t in trials)
-    base, best = mlflow.get_run(parent).data, mlflow.get_run(champion).data
+    base = mlflow.get_run(parent).data
     baseline_test = mlflow.get_run(baseline).data.metrics["test_accuracy"]
+    best = mlflow.get_run(champion).data.metrics if champion else {"cost_size_bytes": float("inf")}
     return {
-        "study": name, "sampler": cfg.sampler, "seed": cfg.seed, "workers": cfg.workers, "trials": cfg.trials,
+        "part": "", "model": model, "study": name, "sampler": cfg.sampler, "seed": cfg.seed, "workers": cfg.workers,
+        "trials": cfg.trials, "max_accuracy_drop": cfg.max_accuracy_drop,
+        # the budget's use: configurations run (distinct, as the issue asks), stopped early, redrawn
+        "distinct_configurations": len({json.dumps(t.user_attrs["configuration"], sort_keys=True) for t in trials}),
+        "stopped": sum(bool(t.user_attrs["record"].get("stopped")) for t in trials),
+        "repeats_redrawn": sum("repeat_of" in t.user_attrs for t in study.trials),
         "hypervolume": max(m.value for m in history), "wall_s": wall, "trials_per_hour": cfg.trials / wall * 3600,
         "bookkeeping_share": 1 - compute_s / trial_s,
         # the champion (cheapest front member), scored on test after the search, as the issue's bar asks
-        "champion_size_ratio": base.metrics["baseline_cost_size_bytes"] / best.metrics["cost_size_bytes"],
-        "champion_test_change_pp": 100 * (best.metrics.get("test_accuracy", baseline_test) - baseline_test),
+        "champion_size_ratio": base.metrics["baseline_cost_size_bytes"] / best["cost_size_bytes"],
+        "champion_test_change_pp": 100 * (best.get("test_accuracy", baseline_test) - baseline_test),
         "front_size": int(base.metrics["front_size"]),
         # the issue's bar: the largest size reduction among front members within 0.5 pp on test
         "front_best_ratio_within_0_5pp": _best_ratio_within(parent, baseline_test, 0.5),
@@ -79,23 +105,48 @@ def _best_ratio_within(parent: str, baseline_test: float, drop_pp: float) -> flo
     return max(ratios, default=0.0)
 
 
-def main() -> None:
+def _baseline(model: str) -> str:
+    return train.execute(train.TrainConfig(model=model, device="cpu"))
+
+
+def _part(name: str, folder: Path, baselines: dict) -> list[dict]:
+    if name == "quick":  # the quick start's search: every setting at its default
+        rows = [_search(folder, baselines["mlp"], f"quick-{seed}", seed=seed, max_accuracy_drop=1.0, trials=20)
+                for seed in (0, 1, 2)]  # fmt: skip
+    elif name == "samplers":
+        rows = [_search(folder, baselines["mlp"], f"{sampler}-{seed}", sampler=sampler, seed=seed, trials=TRIALS)
+                for sampler in SAMPLERS for seed in SEEDS]  # fmt: skip
+    elif name == "cnn":
+        rows = [_search(folder, baselines["cnn"], f"cnn-{seed}", "cnn", seed=seed, trials=TRIALS) for seed in SEEDS]
+    else:
+        rows = [_search(folder, baselines["mlp"], f"workers-{n}", workers=n, trials=20) for n in (1, 2)]
+        rows += [_search(folder, baselines["mlp"], "dask-2", workers=2, trials=20, engine="dask")]
+    return [{**row, "part": name} for row in rows]
+
+
+def main(parts: list[str]) -> None:
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown part(s) {unknown}: choose from {', '.join(PARTS)}")
+    parts = parts or list(PARTS)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
         os.environ["TQDM_DISABLE"] = "1"
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        baseline = train.execute(train.TrainConfig(device="cpu"))
-        rows = [_search(folder, baseline, f"{sampler}-{seed}", sampler=sampler, seed=seed, trials=TRIALS)
-                for sampler in SAMPLERS for seed in SEEDS]  # fmt: skip
-        rows += [_search(folder, baseline, f"workers-{n}", workers=n, trials=20) for n in (1, 2)]
-        rows += [_search(folder, baseline, "dask-2", workers=2, trials=20, engine="dask")]
+        baselines = {model: _baseline(model) for model in (("mlp", "cnn") if "cnn" in parts else ("mlp",))}
+        rows = [row for part in parts for row in _part(part, folder, baselines)]
     table = pd.DataFrame(rows)
+    if RESULTS.exists():  # the parts not run keep their rows
+        earlier = pd.read_csv(RESULTS)
+        if "part" in earlier:
+            table = pd.concat([earlier[~earlier.part.isin(parts)], table], ignore_index=True)
     write_results(table, RESULTS)
-    means = table[table.workers.eq(1) & table.trials.eq(TRIALS)].groupby("sampler")["hypervolume"].mean()
-    print(f"mean hypervolume: {means.to_dict()}")
+    searches = table[table.part.eq("samplers")]
+    if not searches.empty:
+        print(f"mean hypervolume: {searches.groupby('sampler')['hypervolume'].mean().to_dict()}")
     print(f"-> {RESULTS}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

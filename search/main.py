@@ -269,8 +269,8 @@ def _dask_work(job: _Job, index: int, threads: int, storage) -> None:
 def _work(
     job: _Job, index: int, baseline: Artifact | None = None, data: DataSplits | None = None, storage=None
 ) -> None:
-    """One worker: its own sampler seed, a share of the CPU threads, trials until the study is
-    full; on ``storage`` when given (a Dask worker), else on the configured storage URL."""
+    """One worker: a share of the CPU threads, trials until the study is full; on ``storage``
+    when given (a Dask worker), else on the configured storage URL."""
     import mlflow
 
     from shrinkflow import tracking
@@ -281,12 +281,14 @@ def _work(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a line per trial says what it would
     mlflow.set_tracking_uri(job.tracking_uri)
     torch.set_num_threads(job.threads)
-    sampler = make_sampler(cfg.sampler, cfg.seed + index)
+    space = cfg.search_space()
+    # one seed for every worker: each trial's draws come from its number (search.study.trial_seed)
+    sampler = make_sampler(cfg.sampler, cfg.seed, space.configuration)
     study = open_study(storage or cfg.storage, cfg.study_name, cfg.cost_names(), sampler)
     if baseline is None:  # a helper process loads its own
         baseline, _ = tracking.load_model(job.baseline_run_id)
         data = dataset_of(baseline.description)
-    objective = _objective(job, study, baseline, data, cfg.search_space(), resolve_device(cfg.device), index)
+    objective = _objective(job, study, baseline, data, space, resolve_device(cfg.device), index)
     progress = tqdm(total=cfg.trials, initial=done_trials(study), desc="search", unit="trial",
                     disable=None if index == 0 and storage is None else True)  # fmt: skip
     watch = TrialLines(cfg.trials, cfg.cost_names(), job.floor, progress)
@@ -345,7 +347,7 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
         except ShrinkflowError as exc:  # an invalid combination fails this trial, not the study
             trial.set_user_attr("error", str(exc)[:1000])
             raise
-        claim_configuration(study, trial)  # a repeat steps back here, before any run or work
+        claim_configuration(study, trial, space.configuration)  # a repeat steps back here, before any work
         tags = {"mlflow.parentRunId": job.parent_run_id, "shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
                 "shrinkflow.trial_number": str(trial.number), "shrinkflow.worker": str(worker),
                 **tracking.process_tags(), **hardware}  # fmt: skip

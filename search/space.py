@@ -10,9 +10,11 @@ and ``per_layer: true`` on a range or choice of ``prune.thresholds`` or ``quanti
 one value per layer of the model the stage receives. ``quantize.method`` may include ``none``.
 
 Every fixed value, range end and choice is checked against the settings class when the file is
-read, so a knob outside its range fails before a study exists. Knobs that do not apply to the
-sampled method (``sparsity`` for ``threshold``, ``bits`` for the int8 methods, ...) are not
-sampled; a stage's fine-tuning ``epochs`` are forced to 0 for methods that have none.
+read, and every method with every end of the other knobs, so a knob outside its range, or values
+that cannot run together, fail before a study exists. Every knob is drawn in every trial; those
+that do not apply to the drawn method (``sparsity`` for ``threshold``, ``bits`` for the int8
+methods, ...) are left out of its settings and of its ``configuration``; a stage's fine-tuning
+``epochs`` are forced to 0 for methods that have none.
 """
 
 from __future__ import annotations
@@ -106,27 +108,56 @@ class Space:
         return Space({**self.stages, stage: knobs})
 
     def sample(self, trial: optuna.Trial, stage: str, model: nn.Module):
-        """The settings of ``stage`` for this trial, or None when the stage is off (or ``none``)."""
+        """The settings of ``stage`` for this trial, or None when the stage is off (or ``none``).
+
+        Every knob of the stage is drawn in every trial, also those the drawn method does not
+        read (they are then left out of the settings): a model-based sampler (gp) models only the
+        parameters every trial has, and drawn only when they applied, the per-layer bits and the
+        epochs were left to chance in every trial."""
         knobs = self.stages.get(stage)
-        if not knobs or not knobs["enabled"].suggest(trial, f"{stage}.enabled"):
+        if not knobs:
             return None
-        values = {}
+        enabled = knobs["enabled"].suggest(trial, f"{stage}.enabled")
         method = knobs["method"].suggest(trial, f"{stage}.method") if "method" in knobs else None
-        if method == NO_QUANTIZATION:
+        drawn = {name: self._suggest(trial, stage, knob, model) for name, knob in knobs.items()
+                 if name not in ("enabled", "method")}  # fmt: skip
+        if not enabled or method == NO_QUANTIZATION:
             return None
+        values = {name: value for name, value in drawn.items() if _reads(stage, name, method)}
         if method is not None:
             values["method"] = method
-        for name, knob in knobs.items():
-            if name in ("enabled", "method") or not _applies(stage, name, method) or _no_epochs(stage, name, method):
-                continue
-            if knob.per_layer:
-                values[name] = json.dumps(
-                    {layer: knob.suggest(trial, f"{stage}.{name}.{layer}") for layer in _layers(stage, model)}
-                )
-            else:
-                values[name] = _as_field(stage, name, knob.suggest(trial, f"{stage}.{name}"))
         _fit_epochs_to_method(stage, values)
         return STAGES[stage](**values)
+
+    @staticmethod
+    def _suggest(trial: optuna.Trial, stage: str, knob: Knob, model: nn.Module):
+        if knob.per_layer:
+            return json.dumps(
+                {layer: knob.suggest(trial, f"{stage}.{knob.name}.{layer}") for layer in _layers(stage, model)}
+            )
+        return _as_field(stage, knob.name, knob.suggest(trial, f"{stage}.{knob.name}"))
+
+    def configuration(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What a trial with these parameters runs: the parameters its stages read (not the knobs
+        its methods ignore, nor any of a stage that is off). Two trials run the same model when,
+        and only when, their configurations are equal."""
+        kept = {}
+        for stage, knobs in self.stages.items():
+            enabled = params.get(f"{stage}.enabled", knobs["enabled"].fixed)
+            method = params.get(f"{stage}.method", knobs["method"].fixed if "method" in knobs else None)
+            if not enabled or method == NO_QUANTIZATION:
+                kept[f"{stage}.enabled"] = False
+                continue
+            for name, value in params.items():
+                parts = name.split(".")
+                if parts[0] == stage and (parts[1] in ("enabled", "method") or _reads(stage, parts[1], method)):
+                    kept[name] = value
+        return kept
+
+
+def _reads(stage: str, knob: str, method: str | None) -> bool:
+    """Does ``method`` of ``stage`` read ``knob``? (int8 post-training methods take no epochs.)"""
+    return _applies(stage, knob, method) and not _no_epochs(stage, knob, method)
 
 
 def _as_field(stage: str, name: str, value: Any) -> Any:
@@ -252,7 +283,7 @@ def _check_combinations(stage: str, knobs: dict[str, Knob], path: Path) -> None:
     for method in methods:
         if method == NO_QUANTIZATION:
             continue
-        used = [k for k in others if _applies(stage, k.name, method) and not _no_epochs(stage, k.name, method)]
+        used = [k for k in others if _reads(stage, k.name, method)]
         for values in itertools.islice(itertools.product(*(k.values_to_check() for k in used)), MAX_COMBINATIONS):
             settings = {k.name: json.dumps({"*": v}) if k.per_layer else _as_field(stage, k.name, v)
                         for k, v in zip(used, values, strict=True)}  # fmt: skip

@@ -43,7 +43,8 @@ SAMPLERS = ("tpe", "nsga2", "random", "gp")
 HEARTBEAT_S = 5  # a worker's trial proves it is alive this often ...
 GRACE_S = 20  # ... and is failed as stale (killed worker) after this long without
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-CLAIMED, REPEAT_OF = "configuration_claimed", "repeat_of"  # trial user attributes
+CLAIMED, REPEAT_OF = "configuration", "repeat_of"  # trial user attributes
+Configuration = Callable[[dict], dict]  # a trial's parameters -> what it runs (Space.configuration)
 TRACKING_STORE = "tracking_store"  # study user attribute: shrinkflow.tracking.store_identity()
 
 
@@ -51,11 +52,11 @@ class Surplus(Exception):
     """Raised by a trial that another worker's trials already make one too many."""
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, configuration: Configuration = dict) -> optuna.samplers.BaseSampler:
     """Sampler ``name`` (gp, tpe, nsga2, random), seeded per trial from ``seed`` and the trial
-    number (``TrialSampler``)."""
+    number, that proposes no ``configuration`` twice (``TrialSampler``)."""
     _sampler(name, seed)  # validates the name
-    return TrialSampler(partial(_sampler, name), seed)
+    return TrialSampler(partial(_sampler, name), seed, configuration)
 
 
 def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -84,8 +85,8 @@ class TrialSampler(optuna.samplers.BaseSampler):
     acquisition can settle on one point: in a 40-trial cnn latency search it proposed the same
     corner of the space (width 1, depth 2, no pruning) for trials 14 to 39."""
 
-    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
-        self._make, self._seed = make, seed
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int, configuration=dict):
+        self._make, self._seed, self._configuration = make, seed, configuration
         self._sampler = make(seed)
 
     def before_trial(self, study, trial):
@@ -97,8 +98,11 @@ class TrialSampler(optuna.samplers.BaseSampler):
 
     def sample_relative(self, study, trial, search_space):
         proposal = self._sampler.sample_relative(study, trial, search_space)
-        taken = _configurations(study, trial.number).values()
-        return {} if proposal and any(_agrees(proposal, params) for params in taken) else proposal
+        if not proposal:
+            return proposal
+        proposed = self._configuration(proposal)
+        taken = _configurations(study, trial.number, self._configuration).values()
+        return {} if any(_agrees(proposed, configuration) for configuration in taken) else proposal
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._sampler.sample_independent(study, trial, param_name, param_distribution)
@@ -114,27 +118,28 @@ class Repeat(Exception):  # noqa: N818 (a signal, not an error)
     """Raised by a trial whose configuration another trial holds: it steps back before any work."""
 
 
-def claim_configuration(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Mark ``trial``'s configuration (every parameter sampled) as taken, then raise ``Repeat``
-    if another trial holds the same one, whatever its state: complete, stopped, failed, or
-    running and claimed. Each trial claims before it looks, so of two identical trials started
-    at once the one that looks second sees the other's claim: at most one runs (both may step
-    back, which costs nothing but a draw)."""
-    trial.set_user_attr(CLAIMED, True)
-    for number, params in _configurations(study, trial.number).items():
-        if _same(params, trial.params):
+def claim_configuration(study: optuna.Study, trial: optuna.Trial, configuration: Configuration = dict) -> None:
+    """Mark ``trial``'s configuration (``configuration`` of its parameters, every one sampled) as
+    taken, then raise ``Repeat`` if another trial holds the same one, whatever its state:
+    complete, stopped, failed, or running and claimed. Each trial claims before it looks, so of
+    two identical trials started at once the one that looks second sees the other's claim: at
+    most one runs (both may step back, which costs nothing but a draw)."""
+    mine = configuration(trial.params)
+    trial.set_user_attr(CLAIMED, mine)
+    for number, theirs in _configurations(study, trial.number, configuration).items():
+        if _same(theirs, mine):
             trial.set_user_attr(REPEAT_OF, number)
             raise Repeat(f"same configuration as trial {number}")
 
 
-def _configurations(study: optuna.Study, number: int) -> dict[int, dict]:
-    """The parameters of every trial but ``number`` that holds its configuration: each that
-    claimed one (running, complete, stopped or failed) and the done trials of older studies; not
-    those that stepped back, nor those that failed before drawing (one too many)."""
+def _configurations(study: optuna.Study, number: int, configuration: Configuration) -> dict[int, dict]:
+    """The configuration of every trial but ``number`` that holds one: each that claimed it
+    (running, complete, stopped or failed) and the done trials of older studies; not those that
+    stepped back, nor those that failed before drawing (one too many)."""
     return {
-        t.number: t.params
+        t.number: t.user_attrs.get(CLAIMED) or configuration(t.params)
         for t in study.get_trials(deepcopy=False)
-        if t.number != number and REPEAT_OF not in t.user_attrs and (t.user_attrs.get(CLAIMED) or t.state in _DONE)
+        if t.number != number and REPEAT_OF not in t.user_attrs and (CLAIMED in t.user_attrs or t.state in _DONE)
     }
 
 

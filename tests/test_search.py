@@ -63,8 +63,8 @@ def _done(study):
 def _ran(study):
     """The configurations (parameters) of the trials that ran, whatever their state: not the
     redraws that stepped back as repeats."""
-    return [json.dumps(t.params, sort_keys=True) for t in study.trials
-            if t.user_attrs.get("configuration_claimed") and "repeat_of" not in t.user_attrs]  # fmt: skip
+    return [json.dumps(t.user_attrs["configuration"], sort_keys=True) for t in study.trials
+            if "configuration" in t.user_attrs and "repeat_of" not in t.user_attrs]  # fmt: skip
 
 
 def _children(parent_run_id):
@@ -168,10 +168,14 @@ def test_space_samples_per_layer_bits_and_only_the_knobs_a_method_uses(small_spa
             "quantize.bits.layers.3": 4, "quantize.bits.layers.5": 4}  # fmt: skip
     quantize = space.sample(optuna.trial.FixedTrial(bits), "quantize", model)
     assert json.loads(quantize.bits) == {"layers.1": 8, "layers.3": 4, "layers.5": 4}
-    int8 = space.sample(optuna.trial.FixedTrial({"quantize.enabled": True, "quantize.method": "dynamic-int8"}),
-                        "quantize", model)  # fmt: skip
-    assert int8.method == "dynamic-int8" and int8.epochs == 0  # no bits sampled for it
-    assert space.sample(optuna.trial.FixedTrial({"quantize.method": "none"}), "quantize", model) is None
+    int8 = space.sample(optuna.trial.FixedTrial({**bits, "quantize.method": "dynamic-int8"}), "quantize", model)
+    assert int8.method == "dynamic-int8" and int8.epochs == 0  # bits drawn (every trial draws every knob), not used
+    assert space.sample(optuna.trial.FixedTrial({**bits, "quantize.method": "none"}), "quantize", model) is None
+    # what a trial runs: the knobs its methods read
+    assert space.configuration({**fixed, **bits, "quantize.method": "dynamic-int8"}) == {
+        **fixed, "quantize.enabled": True, "quantize.method": "dynamic-int8"}  # fmt: skip
+    assert space.configuration({**fixed, **bits}) == {**fixed, **bits}
+    assert space.configuration({**fixed, **bits, "quantize.method": "none"}) == {**fixed, "quantize.enabled": False}
 
 
 def test_hypervolume_is_exact():
