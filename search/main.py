@@ -65,11 +65,11 @@ from search.trial import (
     plan_trial,
     run_trial,
 )
-from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, score
+from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, new_artifact, score
 from shrinkflow.cli import NoResult, run_main
 from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
-from shrinkflow.data import dataset_of
+from shrinkflow.data import dataset_of, load_dataset
 from shrinkflow.imports import trust, trusted_here
 from shrinkflow.latency import CHECK_BATCH_SIZES, TARGETS, before_after_latency, hardware_tags, speedup
 from shrinkflow.runtime import resolve_device
@@ -157,6 +157,8 @@ def execute(cfg: SearchConfig) -> str:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trial lines, the bar and the summary say enough
     resolve_device(cfg.device)  # an unavailable device fails before anything is created
     cfg.search_space()
+    if not cfg.run_id:  # a model or data the baseline cannot train on fails before a study, a run or any training
+        new_artifact(cfg.model, load_dataset(cfg.dataset, cfg.label_column, cfg.dataset_args), cfg.width, cfg.depth)
     with _engine(cfg) as client:  # an unreachable Dask scheduler fails before a study or run exists
         study = open_study(cfg.storage, cfg.study_name, cfg.cost_names(), make_sampler(cfg.sampler, cfg.seed),
                            _tracking_store())  # fmt: skip

@@ -32,6 +32,15 @@ def one_class():
     return np.zeros((60, 4), dtype=np.float32), np.zeros(60)
 
 
+def one_class_val():
+    """Own splits whose validation split holds one class: it would score a constant model 1.0."""
+    rng = np.random.default_rng(0)
+    train_test = {
+        s: (rng.normal(size=(n, 4)).astype(np.float32), np.arange(n) % 2) for s, n in (("train", 40), ("test", 10))
+    }
+    return {**train_test, "val": (rng.normal(size=(10, 4)).astype(np.float32), np.zeros(10, dtype=int))}
+
+
 def missing_labels():
     return np.zeros((60, 4), dtype=np.float32), np.array([None] * 3 + [0, 1] * 28 + [1], dtype=object)
 
@@ -252,6 +261,8 @@ SEARCH = [
     (["--latency-threads", "0"], "latency needs batch_size, threads and repetitions >= 1"),
     (["--space", "fastest"], "does not exist (built-in spaces: default, latency)"),
     (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--dataset", f"{HERE}:one_class_val"], "the val split holds 1 class ('0': 10 samples)"),
+    (["--space", "{dir}/gradual0.yaml"], "prune cannot run with sparsity=0.8, epochs=0, method=gradual"),
 ]
 PIPELINE = [
     (["--set", "trained.model=resnet"], "unknown model 'resnet'"),
@@ -286,17 +297,20 @@ def broken_files(tmp_path_factory):
     (folder / "empty_label.csv").write_text("a,b,label\n" + rows.replace("5,0,1", "5,0,", 1))
     (folder / "text_feature.csv").write_text("a,b,label\n" + rows.replace("1,1,1", "1,x,1", 1))
     (folder / "tiny.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n")
+    (folder / "gradual0.yaml").write_text("prune: {method: {choices: [global, gradual]}, sparsity: 0.8, epochs: 0}\n")
     (folder / "one_class.csv").write_text("a,b,label\n" + "\n".join(f"{i},{i},0" for i in range(30)))
     return folder
 
 
 @pytest.mark.parametrize("step,argv,message", CASES)
-def test_bad_input_is_one_clear_line(step, argv, message, trained_run_id, broken_files, fails_with_bad_input):
+def test_bad_input_is_one_clear_line(step, argv, message, trained_run_id, broken_files, fails_with_bad_input, tmp_path):
     argv = [a.replace("{run}", trained_run_id).replace("{dir}", str(broken_files)) for a in argv]
     if step in NEEDS_RUN and "--run-id" not in argv:
         argv = ["--run-id", trained_run_id, *argv]
     if step in ("train", "search"):
         argv = [*argv, "--epochs", "1"] if "--epochs" not in argv else argv
+    if step == "search":  # not ./optuna.db: a study there belongs to another test session's tracking store
+        argv = [*argv, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]
     line = fails_with_bad_input(STEPS[step].main, argv)
     assert message in line
     assert "Traceback" not in line

@@ -82,14 +82,25 @@ def test_default_pipeline_on_digits_cnn_reaches_floor():
 
 @pytest.mark.slow
 def test_quick_start_main_job_is_a_short_search_ending_with_a_model_run_id(tmp_path):
-    """`mlflow run .` (the README's first command), with the study in a temporary file."""
+    """`mlflow run .` (the README's first command), with the study in a temporary file; its output
+    through a pipe, as in a CI log or under nohup."""
     started = time.perf_counter()
-    result = _mlflow_run("-P", f"storage=sqlite:///{tmp_path / 'optuna.db'}")
+    result = _mlflow_run("--experiment-name", "shrinkflow", "-P", f"storage=sqlite:///{tmp_path / 'optuna.db'}")
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-2000:]
     assert seconds < 300, f"the main job took {seconds:.0f} s"
     assert "Pareto front" in result.stderr and "champion: trial" in result.stderr
+    printed = result.stderr.splitlines()
+    assert [line.split(" (")[0] for line in printed if line.startswith("trial ")] == [
+        f"trial {n}/20" for n in range(1, 21)
+    ]
+    labels = ("search run:", "baseline run:", "champion run:")
+    labelled = {line.split(":")[0]: line.split()[-1] for line in printed if line.startswith(labels)}
     champion = mlflow.get_run(result.stdout.strip().splitlines()[-1])
+    assert labelled["champion run"] == champion.info.run_id
+    assert labelled["search run"] == champion.data.tags["mlflow.parentRunId"]
+    assert mlflow.get_run(labelled["baseline run"]).data.tags["shrinkflow.step"] == "train"
+    assert mlflow.get_experiment(champion.info.experiment_id).name == "shrinkflow"
     assert champion.data.tags["shrinkflow.step"] == "trial" and champion.data.tags["is_pareto"] == "true"
     assert champion.outputs.model_outputs  # a run later steps accept
     search_run = mlflow.get_run(champion.data.tags["mlflow.parentRunId"])

@@ -541,3 +541,20 @@ def test_a_search_through_a_pipe_prints_a_line_per_trial_and_the_three_runs(trai
                                                                                           "champion run"))}  # fmt: skip
     assert labelled["baseline run"] == trained_run_id and labelled["champion run"] == lines[-1]
     assert mlflow.get_run(labelled["search run"]).data.tags["shrinkflow.step"] == "search"
+
+
+def test_data_or_a_space_that_cannot_run_leaves_no_run_and_no_study(tmp_path, small_space):
+    gradual0 = tmp_path / "gradual0.yaml"
+    gradual0.write_text("prune: {method: gradual, sparsity: 0.8, epochs: 0}\n")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    one_class = _config(tmp_path, small_space, dataset="test_data:one_class_val", epochs=1)
+    cases = [
+        (one_class, "the val split holds 1 class"),
+        (_config(tmp_path, str(gradual0), epochs=1), "prune cannot run"),
+    ]
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    for cfg, message in cases:
+        with pytest.raises(ShrinkflowError, match=message):
+            search.execute(cfg)
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before  # no run
+    assert not (tmp_path / "optuna.db").exists() or optuna.get_all_study_summaries(storage) == []  # no study
