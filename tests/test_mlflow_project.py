@@ -14,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _mlflow_run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if "--experiment-name" in args:  # the tests' own experiment would conflict with the one named
+        env.pop("MLFLOW_EXPERIMENT_ID")
     return subprocess.run(
         [sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", *args],
         cwd=REPO_ROOT,
