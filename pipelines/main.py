@@ -11,10 +11,11 @@ accuracy, bytes, MACs, latency, ratios to the first model — as ``stages.json``
 
 The cache: a stage is reused when a FINISHED run carries its key, ``shrinkflow.cache_key`` =
 SHA-256 of the step's name, its full config as typed values (every parameter, defaults included,
-and the input's run id) and the version of the code the step runs (``recipe.code_version``). A
-changed parameter, a rerun input, or edited code gives another key: that stage and everything
-after it run again, nothing before. A failed or killed run never has the key (it is set after
-the step finishes). ``force`` reruns every stage.
+and the input's run id) and the version of the code the step runs (``recipe.code_version``), and
+whose model, for a step that makes one, is still in the artifact store as it was logged (present,
+matching its recorded SHA-256). A changed parameter, a rerun input, edited code or a missing or
+changed checkpoint: that stage and everything after it run again, nothing before. A failed or
+killed run never has the key (it is set after the step finishes). ``force`` reruns every stage.
 
 Example:
     python -m pipelines.main --recipe deep_compression --set trained.model=cnn
@@ -52,14 +53,25 @@ def cache_key(stage: Stage, config) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _cached(key: str) -> str | None:
+def _cached(key: str, stage: Stage) -> str | None:
+    """The newest FINISHED run with ``key`` whose model (for a step that makes one) is still in
+    the artifact store as it was logged; a run whose checkpoint is missing or changed is passed
+    over with a line saying why."""
     import mlflow
+
+    from shrinkflow.tracking import checkpoint_problem
 
     runs = mlflow.search_runs(
         search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
         filter_string=f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
     )  # fmt: skip
-    return runs[0].info.run_id if runs else None
+    for run in runs:
+        problem = checkpoint_problem(run.info.run_id) if stage.step in MAKES_MODEL else None
+        if problem is None:
+            return run.info.run_id
+        print(f"pipeline: stage {stage.name} ({stage.step}): not reusing run {run.info.run_id}: {problem}",
+              file=sys.stderr)  # fmt: skip
+    return None
 
 
 def _run_stage(stage: Stage, models: dict[str, str], force: bool) -> tuple[str, bool]:
@@ -68,7 +80,7 @@ def _run_stage(stage: Stage, models: dict[str, str], force: bool) -> tuple[str, 
 
     config = stage.config([models[name] for name in stage.inputs])
     key = cache_key(stage, config)
-    if not force and (run_id := _cached(key)):
+    if not force and (run_id := _cached(key, stage)):
         print(f"pipeline: stage {stage.name} ({stage.step}): reusing run {run_id}", file=sys.stderr)
         return run_id, True
     print(f"pipeline: stage {stage.name} ({stage.step}): running", file=sys.stderr)
@@ -95,7 +107,7 @@ def execute(cfg: PipelineConfig) -> str:
             mlflow.set_tag(f"shrinkflow.stage.{stage.name}", runs[stage.name])
         table = stage_table(recipe, runs, models, reused)
         tracking.log_table(table, "stages")
-        mlflow.log_figure(_plot(table, recipe.name), "stages.png")
+        _log_figure(_plot(table, recipe.name), "stages.png")
         first = table.iloc[0]
         mlflow.log_metrics({"stages_run": int((~table["reused"]).sum()), "stages_reused": int(table["reused"].sum())})
         if pd.notna(first.get("test_accuracy")):
@@ -144,6 +156,14 @@ def stage_table(recipe: Recipe, runs: dict, models: dict, reused: dict) -> pd.Da
     table["size_reduction"] = base["cost_size_bytes"] / table["cost_size_bytes"]
     table["macs_reduction"] = base["cost_macs"] / table["cost_macs"]
     return table
+
+
+def _log_figure(figure, name: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(figure, name)
+    plt.close(figure)  # pyplot keeps every figure it made until it is closed
 
 
 def _plot(table: pd.DataFrame, name: str):

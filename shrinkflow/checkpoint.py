@@ -32,6 +32,7 @@ Checkpoints of format version 1 (``weights.safetensors`` + ``model.json``, stora
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import zlib
@@ -63,6 +64,8 @@ __all__ = [
     "FORMAT_VERSION",
     "QUANTIZED_STORAGES",
     "checkpoint_bytes",
+    "checkpoint_digest",
+    "file_digest",
     "is_quantized",
     "load_checkpoint",
     "read_checkpoint",
@@ -131,6 +134,19 @@ def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path,
     prefix = _PREFIX.pack(_MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header))
     (folder / CHECKPOINT_FILE).write_bytes(prefix + header + b"".join(t.payload for t in tensors))
     return folder
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """SHA-256 over the checkpoint folder's files (relative names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -13,6 +13,7 @@ saved in the model; otherwise a float array (N, *input_shape). Output, by the ``
 ``logits`` (an array).
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-from shrinkflow.checkpoint import load_checkpoint
+from shrinkflow.checkpoint import checkpoint_digest, file_digest, load_checkpoint
+from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import apply_preprocessing, class_names_of
 from shrinkflow.imports import trust
 from shrinkflow.onnx_export import onnx_logits, onnx_session
@@ -31,7 +33,9 @@ OUTPUTS = ("labels", "probabilities", "logits")
 
 class ShrinkflowPyfunc(PythonModel):
     def load_context(self, context):
-        for spec in (context.model_config or {}).get("trust", []):
+        config = context.model_config or {}
+        check_digests(context.artifacts, config.get("sha256"))
+        for spec in config.get("trust", []):
             trust(spec)  # the model's own factory, logged with it by whoever logged the model
         self.model, self.description = load_checkpoint(context.artifacts["checkpoint"])
         self.preprocessing = self.description.get("preprocessing", {})
@@ -57,6 +61,28 @@ class ShrinkflowPyfunc(PythonModel):
         if output == "probabilities":
             return pd.DataFrame(torch.softmax(logits, 1).numpy(), columns=list(self.class_names))
         return self.class_names[logits.argmax(1).numpy()]
+
+
+def check_digests(artifacts: dict[str, str], recorded: dict[str, str] | None) -> None:
+    """Refuse files that differ from the SHA-256 digests recorded when the model was logged (a
+    weight changed or a file truncated in the artifact store); a model logged before digests
+    were recorded loads with a warning."""
+    if not recorded:
+        print("warning: this Shrinkflow model records no digests: its files cannot be checked", file=sys.stderr)
+        return
+    for name, expected in recorded.items():
+        actual = _digest(Path(artifacts[name])) if name in artifacts else None
+        if actual != expected:
+            state = "is missing" if actual is None else "differs from the SHA-256 digest recorded when it was logged"
+            raise ShrinkflowError(
+                f"the model's {name} {state}: it was changed or corrupted in the artifact store; log the model again"
+            )
+
+
+def _digest(path: Path) -> str | None:
+    if path.is_dir():
+        return checkpoint_digest(path)
+    return file_digest(path) if path.is_file() else None
 
 
 set_model(ShrinkflowPyfunc())

@@ -8,7 +8,6 @@ folder as their artifact, a signature and an input example; in MLflow 3 they liv
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -33,6 +32,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from shrinkflow import distributed
 from shrinkflow.artifact import Artifact
+from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_digest, file_digest
 from shrinkflow.cli import Terminated
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost_summary
@@ -47,6 +47,7 @@ __all__ = [
     "check_dataset",
     "checkpoint_files",
     "checkpoint_digest",
+    "checkpoint_problem",
     "ensure_store",
     "mark_dead_runs_killed",
     "process_tags",
@@ -340,6 +341,7 @@ def log_model(artifact: Artifact, data: DataSplits, target: str = "onnxruntime")
         folder = artifact.save(Path(tmp) / "checkpoint")
         onnx_path, served = _served_onnx(artifact, data, target, Path(tmp))
         code_paths, requirements = [str(_PACKAGE_DIR)], _pip_requirements(onnx_path is not None)
+        digests = {"checkpoint": checkpoint_digest(folder), **({"onnx": file_digest(onnx_path)} if onnx_path else {})}
         if is_import_spec(factory):
             more_code, more_requirements = user_code(factory)
             code_paths, requirements = code_paths + more_code, requirements + more_requirements
@@ -348,27 +350,19 @@ def log_model(artifact: Artifact, data: DataSplits, target: str = "onnxruntime")
             python_model=str(_PACKAGE_DIR / "pyfunc_model.py"),
             artifacts={"checkpoint": str(folder), **({"onnx": str(onnx_path)} if onnx_path else {})},
             code_paths=code_paths,
-            # the logged model's own factory is trusted where it is served (its code travels with it)
-            model_config={"trust": [factory] if is_import_spec(factory) else []},
+            # the logged model's own factory is trusted where it is served (its code travels with it);
+            # the digests let the served model refuse files changed in the artifact store
+            model_config={"trust": [factory] if is_import_spec(factory) else [], "sha256": digests},
             signature=infer_signature(raw_example, labels, params={"output": "labels"}),
             input_example=raw_example,
             pip_requirements=requirements,
         )
         mlflow.set_logged_model_tags(
-            info.model_id, {DIGEST_TAG: checkpoint_digest(folder), "shrinkflow.served_form": served}
+            info.model_id, {DIGEST_TAG: digests["checkpoint"], "shrinkflow.served_form": served}
         )
         if mlflow.active_run() is not None:
             mlflow.set_tag("shrinkflow.served_form", served)
     return info.model_id
-
-
-def checkpoint_digest(folder: Path) -> str:
-    """SHA-256 over the checkpoint folder's files (relative names and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -416,17 +410,44 @@ def load_model(run_id: str) -> tuple[Artifact, dict[str, float]]:
     ensure_store()
     uri, recorded = _checkpoint_uri(run_id)
     with tempfile.TemporaryDirectory() as tmp:
+        local = _download_checkpoint(uri, tmp, run_id)
+        if problem := _folder_problem(local, recorded):
+            raise ShrinkflowError(f"the model of run {run_id!r} cannot be used: {problem}; log the model again")
+        artifact = _load_checkpoint(local, run_id)
+        return artifact, cost_summary(artifact.model, artifact.description, local, artifact.encodings)
+
+
+def checkpoint_problem(run_id: str) -> str | None:
+    """Why the checkpoint ``run_id`` logged cannot be used as it was logged — missing, unreadable,
+    or not matching its recorded digest — or None when it is intact. A cache reuses a run only
+    when this is None."""
+    uri, recorded = _checkpoint_uri(run_id)
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        except (MlflowException, OSError) as exc:
-            raise ShrinkflowError(f"the model of run {run_id!r} has no readable checkpoint: {exc}") from exc
-        if recorded is not None and checkpoint_digest(Path(local)) != recorded:
-            raise ShrinkflowError(
-                f"the checkpoint of run {run_id!r} is not the one it logged (SHA-256 differs from the digest recorded "
-                "in the tracking store): it was changed or corrupted in the artifact store; log the model again"
-            )
-        artifact = _load_checkpoint(Path(local), run_id)
-        return artifact, cost_summary(artifact.model, artifact.description, Path(local), artifact.encodings)
+            return _folder_problem(_download_checkpoint(uri, tmp, run_id), recorded)
+        except ShrinkflowError as exc:
+            return str(exc)
+
+
+def _download_checkpoint(uri: str, tmp: str, run_id: str) -> Path:
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+    except (MlflowException, OSError) as exc:
+        raise ShrinkflowError(f"the model of run {run_id!r} has no readable checkpoint: {exc}") from exc
+
+
+def _folder_problem(folder: Path, recorded: str | None) -> str | None:
+    if not (folder / CHECKPOINT_FILE).is_file():
+        return f"its checkpoint file {CHECKPOINT_FILE} is missing from the artifact store"
+    if recorded is None:
+        print("warning: this model records no checkpoint digest (logged before digests were): it cannot be checked",
+              file=sys.stderr)  # fmt: skip
+    if recorded is not None and checkpoint_digest(folder) != recorded:
+        return (
+            "its checkpoint is not the one it logged (SHA-256 differs from the digest recorded in the tracking "
+            "store): it was changed or corrupted in the artifact store"
+        )
+    return None
 
 
 def _load_checkpoint(folder: Path, run_id: str) -> Artifact:

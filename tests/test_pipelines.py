@@ -4,6 +4,8 @@ unchanged, and malformed recipes refused before any run."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import pytest
@@ -70,6 +72,35 @@ def test_a_second_run_reuses_every_stage_and_a_change_reruns_from_there(small_re
     assert not any(changed[name].reused for name in ("pruned", "quantized", "evaluated"))
     # the string "0.7" from the command line and a YAML 0.7 are one typed value: the same key
     assert all(row.reused for row in _run(small_recipe, "pruned.sparsity=0.70").values())
+
+
+def _checkpoint_file(run_id: str) -> Path:
+    """The file the artifact store holds for ``run_id``'s logged model (a local store)."""
+    (output,) = mlflow.get_run(run_id).outputs.model_outputs
+    location = mlflow.get_logged_model(output.model_id).artifact_location
+    return Path(urlparse(location).path) / "artifacts" / "checkpoint" / "model.shrinkflow"
+
+
+@pytest.mark.parametrize("tamper", ["truncated", "deleted"])
+def test_a_cached_stage_whose_checkpoint_was_damaged_runs_again_with_those_after_it(small_recipe, tamper, capsys):
+    first = _run(small_recipe, force=True)
+    path = _checkpoint_file(first["pruned"].run_id)
+    if tamper == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.unlink()
+    capsys.readouterr()
+    again = _run(small_recipe)
+    assert again["trained"].reused and again["trained"].run_id == first["trained"].run_id
+    assert not any(again[name].reused for name in ("pruned", "quantized", "evaluated"))
+    assert again["pruned"].run_id != first["pruned"].run_id
+    reason = {"truncated": "SHA-256 differs", "deleted": "model.shrinkflow is missing"}[tamper]
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "not reusing" in line]
+    assert f"stage pruned (prune): not reusing run {first['pruned'].run_id}" in line and reason in line
+    # the new table is the model's own: the same training seed gives the same pruned model
+    assert again["pruned"].test_accuracy == first["pruned"].test_accuracy
+    assert again["quantized"].cost_size_bytes == first["quantized"].cost_size_bytes
+    assert all(row.reused for row in _run(small_recipe).values())  # the new runs are reusable
 
 
 def test_edited_step_code_invalidates_its_stages(small_recipe, monkeypatch):

@@ -95,10 +95,72 @@ def test_a_bit_flipped_in_the_artifact_store_is_refused(trained_run_id, fails_wi
     flipped[len(flipped) // 2] ^= 0x04
     path.write_bytes(bytes(flipped))
     try:
-        with pytest.raises(ShrinkflowError, match=f"checkpoint of run '{trained_run_id}' is not the one it logged"):
+        refused = f"model of run '{trained_run_id}' cannot be used: its checkpoint is not the one it logged"
+        with pytest.raises(ShrinkflowError, match=refused):
             tracking.load_model(trained_run_id)
         line = fails_with_bad_input(evaluate.main, ["--run-id", trained_run_id])
         assert "is not the one it logged" in line
     finally:
         path.write_bytes(original)
     tracking.load_model(trained_run_id)  # restored: loads again
+
+
+def _logged_model_folder(run_id: str) -> Path:
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    model = mlflow.get_logged_model(mlflow.get_run(run_id).outputs.model_outputs[-1].model_id)
+    return Path(urlparse(model.artifact_location).path) / "artifacts"
+
+
+@pytest.mark.parametrize("changed", ["onnx", "checkpoint"])
+def test_a_weight_changed_in_the_artifact_store_is_not_served(trained_run_id, changed):
+    """Served forms check the digests the model recorded when it was logged: pyfunc and
+    ``mlflow models serve`` refuse a changed file in one line (not the weights it holds)."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.serving import REPO_ROOT
+
+    folder = _logged_model_folder(trained_run_id)
+    path = folder / {"onnx": "model.onnx", "checkpoint": "checkpoint/model.shrinkflow"}[changed]
+    original = path.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) * 3 // 4] ^= 0x01  # inside the weights: one weight's lowest bit
+    path.write_bytes(bytes(flipped))
+    uri = f"models:/{mlflow.get_run(trained_run_id).outputs.model_outputs[-1].model_id}"
+    expected = f"the model's {changed} differs from the SHA-256 digest recorded when it was logged"
+    try:
+        with pytest.raises(ShrinkflowError, match=expected):
+            mlflow.pyfunc.load_model(uri)
+        argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                "-h", "127.0.0.1", "-p", "0"]  # fmt: skip
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        server = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert server.returncode != 0 and expected in server.stderr
+    finally:
+        path.write_bytes(original)
+    assert mlflow.pyfunc.load_model(uri).predict(load_dataset("digits").x_test[:2].numpy()).shape == (2,)
+
+
+def test_a_model_logged_without_a_digest_loads_with_a_warning(trained_run_id, capsys):
+    import mlflow
+
+    from shrinkflow import tracking
+
+    model_id = mlflow.get_run(trained_run_id).outputs.model_outputs[-1].model_id
+    digest = mlflow.get_logged_model(model_id).tags[tracking.DIGEST_TAG]
+    mlflow.delete_logged_model_tag(model_id, tracking.DIGEST_TAG)  # as logged before digests were recorded
+    try:
+        capsys.readouterr()
+        artifact, _ = tracking.load_model(trained_run_id)
+        assert "records no checkpoint digest" in capsys.readouterr().err
+        assert artifact.model is not None
+    finally:
+        mlflow.set_logged_model_tags(model_id, {tracking.DIGEST_TAG: digest})
+    tracking.load_model(trained_run_id)
+    assert "records no checkpoint digest" not in capsys.readouterr().err
