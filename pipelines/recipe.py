@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from shrinkflow.config import ShrinkflowError, parse_bool
+from shrinkflow.config import ShrinkflowError, parse_bool, read_yaml
 
 __all__ = ["RECIPES_DIR", "STEPS", "Recipe", "Stage", "code_version", "load_recipe", "parse_overrides"]
 
@@ -79,7 +79,7 @@ def load_recipe(spec: str, overrides: str = "") -> Recipe:
         shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
         raise ShrinkflowError(f"recipe {spec!r} not found (looked for {path}): give a .yaml path or one of {shipped}")
     try:
-        document = yaml.safe_load(path.read_text())
+        document = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -122,7 +122,12 @@ def parse_overrides(text: str) -> dict[tuple[str, str], Any]:
         stage, dot, param = key.partition(".")
         if not sep or not dot or not stage or not param:
             raise ShrinkflowError(f"override {item!r} must look like stage.param=value")
-        overrides[(stage.strip(), param.strip())] = yaml.safe_load(value)
+        try:
+            overrides[(stage.strip(), param.strip())] = read_yaml(value)
+        except yaml.YAMLError as exc:
+            raise ShrinkflowError(
+                f"override {item!r}: the value is not valid YAML: {str(exc).splitlines()[0]}"
+            ) from None
     return overrides
 
 

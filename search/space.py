@@ -38,6 +38,7 @@ from shrinkflow import (
     QuantizeSettings,
     ShrinkflowError,
 )
+from shrinkflow.config import read_yaml
 from shrinkflow.masks import prunable_layers
 from shrinkflow.pruning import APPLIES as PRUNE_APPLIES
 from shrinkflow.quantization import APPLIES as QUANTIZE_APPLIES
@@ -201,7 +202,7 @@ def load_space(path: str | Path | None = None) -> Space:
             f"search space file {str(path)!r} does not exist (built-in spaces: {', '.join(BUILT_IN_SPACES)})"
         )
     try:
-        document = yaml.safe_load(path.read_text())
+        document = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ShrinkflowError(f"search space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(document, dict) or not document:

@@ -32,10 +32,13 @@ Checkpoints of format version 1 (``weights.safetensors`` + ``model.json``, stora
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,9 @@ from shrinkflow.zoo import build_model
 __all__ = [
     "CHECKPOINT_FILE",
     "FORMAT_VERSION",
+    "MAX_HEADER_BYTES",
+    "MAX_INPUT_ELEMENTS",
+    "PARAMETERS_PER_BYTE",
     "QUANTIZED_STORAGES",
     "checkpoint_bytes",
     "checkpoint_digest",
@@ -77,6 +83,15 @@ __all__ = [
 FORMAT_VERSION = 2
 CHECKPOINT_FILE = "model.shrinkflow"
 STORAGE_FORMATS = ("dense-fp32", "sparse", "packed", *INT8_STORAGES)
+# Bounds checked before anything is allocated, so that a small hostile file cannot ask for
+# gigabytes: the header inflates to at most MAX_HEADER_BYTES; a model may hold at most
+# PARAMETERS_PER_BYTE parameters (and buffers) per byte of its file, or MIN_PARAMETER_BOUND
+# whatever the file (Shrinkflow's densest files hold about 40 per byte: 4-bit codes of a
+# 92%-sparse model, entropy coded); an input at most MAX_INPUT_ELEMENTS values.
+MAX_HEADER_BYTES = 16 * 2**20
+PARAMETERS_PER_BYTE = 256
+MIN_PARAMETER_BOUND = 2**20
+MAX_INPUT_ELEMENTS = 2**24
 QUANTIZED_STORAGES = ("packed", *INT8_STORAGES)
 _MAGIC = b"SFLW"
 _PREFIX = struct.Struct("<4sBII")  # magic, version, header length, header CRC-32
@@ -164,13 +179,14 @@ def read_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, 
     if not (folder / CHECKPOINT_FILE).is_file():
         raise ShrinkflowError(f"checkpoint in {folder} is incomplete: missing {CHECKPOINT_FILE}")
     blob = (folder / CHECKPOINT_FILE).read_bytes()
-    try:
-        description, tensors = _parse(blob)
-    except KeyError as exc:
-        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: no field {exc}") from None
-    except (ValueError, TypeError, IndexError, struct.error, zlib.error) as exc:
-        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: {exc}") from None
-    model = _build(description, folder)
+    with _corrupt_as_one_line(folder):
+        description, entries, offset = _parse_header(blob)
+    _check_format(description, folder)
+    expected = _expected_shapes(description, folder, parameter_bound(len(blob)))
+    with _corrupt_as_one_line(folder):
+        _check_entries(entries, expected, folder)
+        tensors = _decode(blob, entries, offset)
+    model = _checked_model(description, folder)
     try:
         model, encodings = _fill(model, tensors, description)
     except (KeyError, ValueError) as exc:
@@ -182,8 +198,37 @@ def read_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, 
     return model, description, encodings
 
 
-def _parse(blob: bytes) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, Encoded | None] | str]]:
-    """(description, {name: (tensor, codes) or the name of the tensor it is tied to})."""
+def parameter_bound(file_bytes: int) -> int:
+    """The most parameters (and buffers) a checkpoint file of ``file_bytes`` may describe."""
+    return max(MIN_PARAMETER_BOUND, PARAMETERS_PER_BYTE * file_bytes)
+
+
+@contextlib.contextmanager
+def _corrupt_as_one_line(folder: Path) -> Iterator[None]:
+    """Whatever a damaged or hostile file makes the parser raise, as one line."""
+    try:
+        yield
+    except ShrinkflowError:
+        raise
+    except KeyError as exc:
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: no field {exc}") from None
+    except RecursionError:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: its header nests too deeply"
+        ) from None
+    except (ValueError, TypeError, IndexError, AttributeError, struct.error, zlib.error, MemoryError) as exc:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} is corrupt: {CHECKPOINT_FILE}: {_clipped(str(exc) or type(exc).__name__)}"
+        ) from None
+
+
+def _clipped(text: str, limit: int = 200) -> str:
+    """A value from a file, quoted in a message: a hostile file may hold megabytes of it."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _parse_header(blob: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """(description, tensor entries, offset of the first tensor's bytes)."""
     if len(blob) < _PREFIX.size or blob[:4] != _MAGIC:
         raise ValueError("not a Shrinkflow checkpoint (it does not start with SFLW)")
     _, version, header_length, header_crc = _PREFIX.unpack_from(blob)
@@ -193,11 +238,84 @@ def _parse(blob: bytes) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, E
     if len(header) != header_length or zlib.crc32(header) != header_crc:
         raise ValueError("the header is truncated or damaged (CRC mismatch)")
     unpacker = zlib.decompressobj(-15, zdict=_HEADER_DICTIONARY)
-    parsed = json.loads(unpacker.decompress(header) + unpacker.flush())
+    text = unpacker.decompress(header, MAX_HEADER_BYTES)
+    if unpacker.unconsumed_tail or len(text + unpacker.flush(1)) > MAX_HEADER_BYTES:
+        raise ValueError(f"the header inflates to more than {MAX_HEADER_BYTES} bytes")
+    parsed = json.loads(text + unpacker.flush())
     description, entries = parsed["description"], parsed["tensors"]
     if not isinstance(description, dict) or not isinstance(entries, list):
         raise ValueError("the header has no description or tensor list")
-    offset, tensors = _PREFIX.size + header_length, {}
+    if not all(isinstance(entry, dict) and isinstance(entry.get("n"), str) for entry in entries):
+        raise ValueError("a tensor entry is not an object with a name")
+    return description, entries, _PREFIX.size + header_length
+
+
+def _check_format(description: dict[str, Any], folder: Path) -> None:
+    if description.get("format_version") != FORMAT_VERSION:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} has format version {_clipped(repr(description.get('format_version')), 40)}; "
+            f"this Shrinkflow reads version {FORMAT_VERSION}"
+        )
+    storage = description.get("storage", "dense-fp32")
+    if storage not in STORAGE_FORMATS:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} is corrupt: unknown storage format {_clipped(repr(storage), 40)}: "
+            f"this Shrinkflow reads {', '.join(STORAGE_FORMATS)}"
+        )
+    if problem := _description_problem(description):
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: its description {problem}")
+
+
+def _expected_shapes(description: dict[str, Any], folder: Path, bound: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of the architecture's parameters and buffers, found without allocating them
+    (built on PyTorch's meta device); refused when they hold more than ``bound`` values."""
+    inputs = math.prod(description["architecture"]["input_shape"])
+    if inputs > MAX_INPUT_ELEMENTS:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} is corrupt: its input shape has {inputs} values, more than the "
+            f"{MAX_INPUT_ELEMENTS} a Shrinkflow model may take"
+        )
+    with torch.device("meta"):
+        skeleton = _checked_model(description, folder)
+    shapes = {name: tuple(t.shape) for name, t in (*skeleton.named_parameters(), *skeleton.named_buffers())}
+    count = sum(math.prod(shape) for shape in shapes.values())
+    if count > bound:
+        raise ShrinkflowError(
+            f"checkpoint in {folder} is corrupt: its architecture has {count} parameters, more than the {bound} a "
+            f"file of its size may hold ({PARAMETERS_PER_BYTE} per byte, at least {MIN_PARAMETER_BOUND})"
+        )
+    return shapes
+
+
+def _check_entries(entries: list[dict[str, Any]], expected: dict[str, tuple[int, ...]], folder: Path) -> None:
+    """Every tensor's declared shape is a list of non-negative sizes, and the architecture's
+    where it names one of its tensors (int8 storages name their packed tensors otherwise); all
+    together they hold no more values than the architecture may, so decoding allocates no more."""
+    declared = 0
+    for entry in entries:
+        if entry.get("f") == "alias":
+            continue
+        shape = entry["s"]
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ValueError(f"tensor {_clipped(entry['n'], 80)} has an invalid shape")
+        if entry["n"] in expected and tuple(shape) != expected[entry["n"]]:
+            raise ShrinkflowError(
+                f"checkpoint in {folder} does not match its architecture: tensor {entry['n']} is declared "
+                f"{tuple(shape)}, where the architecture has {expected[entry['n']]}"
+            )
+        if not isinstance(entry["b"], int) or entry["b"] < 0:
+            raise ValueError(f"tensor {entry['n']} has an invalid byte count")
+        declared += math.prod(shape)
+    # int8 storages add a scale and zero point per channel: twice the architecture is room enough
+    if declared > 2 * sum(math.prod(shape) for shape in expected.values()) + 64 * len(entries):
+        raise ValueError(f"its tensors declare {declared} values, more than the architecture has")
+
+
+def _decode(
+    blob: bytes, entries: list[dict[str, Any]], offset: int
+) -> dict[str, tuple[torch.Tensor, Encoded | None] | str]:
+    """{name: (tensor, codes or None) or the name of the tensor it is tied to}."""
+    tensors = {}
     for entry in entries:
         if entry.get("f") == "alias":
             tensors[entry["n"]] = entry["a"]
@@ -214,7 +332,7 @@ def _parse(blob: bytes) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, E
             raise ValueError(f"tensor {entry['n']} does not decode: {exc}") from None
     if offset != len(blob):
         raise ValueError(f"{len(blob) - offset} unexpected bytes after the last tensor")
-    return description, tensors
+    return tensors
 
 
 def _description_problem(description: Any) -> str | None:
@@ -250,21 +368,6 @@ def _checked_model(description: Any, folder: Path) -> nn.Module:
         return build_model(description["architecture"])
     except (TypeError, ValueError) as exc:  # params the architecture's constructor does not take
         raise ShrinkflowError(f"checkpoint in {folder} is corrupt: its architecture does not build: {exc}") from None
-
-
-def _build(description: dict[str, Any], folder: Path) -> nn.Module:
-    if description.get("format_version") != FORMAT_VERSION:
-        raise ShrinkflowError(
-            f"checkpoint in {folder} has format version {description.get('format_version')!r}; "
-            f"this Shrinkflow reads version {FORMAT_VERSION}"
-        )
-    storage = description.get("storage", "dense-fp32")
-    if storage not in STORAGE_FORMATS:
-        raise ShrinkflowError(
-            f"checkpoint in {folder} is corrupt: unknown storage format {storage!r}: this Shrinkflow reads "
-            f"{', '.join(STORAGE_FORMATS)}"
-        )
-    return _checked_model(description, folder)
 
 
 def _fill(model: nn.Module, tensors: dict, description: dict[str, Any]) -> tuple[nn.Module, dict[str, Encoded]]:

@@ -21,11 +21,42 @@ __all__ = [
     "flag_name",
     "parse_bool",
     "parse_config",
+    "read_yaml",
 ]
+
+MAX_YAML_BYTES = 2**20  # a search space or a recipe is a page of text
+MAX_YAML_DEPTH = 50
 
 
 class ShrinkflowError(ValueError):
     """Bad user input: reported as one line, with the valid choices, and a non-zero exit."""
+
+
+def read_yaml(text: str) -> Any:
+    """``yaml.safe_load`` for files a user (or anyone) wrote: no aliases — a few hundred bytes of
+    nested aliases expand to billions of nodes — no nesting deeper than ``MAX_YAML_DEPTH`` and
+    no more than ``MAX_YAML_BYTES``.
+    Raises ``yaml.YAMLError`` for each, as for any invalid YAML."""
+    import yaml
+
+    class Bounded(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here", mark)
+            if self.depth >= MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"it nests deeper than {MAX_YAML_DEPTH} levels")
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    if len(text) > MAX_YAML_BYTES:
+        raise yaml.YAMLError(f"{len(text)} characters, more than the {MAX_YAML_BYTES} allowed")
+    return yaml.load(text, Loader=Bounded)  # noqa: S506 - a SafeLoader
 
 
 def check_applies(settings: Any, applies: dict[str, tuple[str, ...]]) -> None:
