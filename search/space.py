@@ -79,9 +79,22 @@ class Knob:
             return self.fixed
         if self.choices is not None:
             return trial.suggest_categorical(param, list(self.choices))
-        if isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.step, float):
+        if self._is_int():
             return trial.suggest_int(param, self.low, self.high, step=int(self.step or 1), log=self.log)
         return trial.suggest_float(param, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def _is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.step, float)
+
+    def check_distribution(self) -> None:
+        """Raise Optuna's own ``ValueError`` for a range it refuses (log with low ≤ 0, log with
+        a step, a step that is not positive), which ``suggest`` would raise only in a trial."""
+        if self.choices is not None or not self.searched:
+            return
+        if self._is_int():
+            optuna.distributions.IntDistribution(self.low, self.high, log=self.log, step=int(self.step or 1))
+        else:
+            optuna.distributions.FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
 
     def values_to_check(self) -> list:
         if self.choices is not None:
@@ -255,8 +268,13 @@ def _knob(stage: str, name: str, value: Any, path: Path) -> Knob:
     low, high = value["low"], value["high"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
         raise ShrinkflowError(f"{where}: need numbers low < high, got low={low!r}, high={high!r}")
-    return Knob(name, low=low, high=high, log=bool(value.get("log")), step=value.get("step"),
+    knob = Knob(name, low=low, high=high, log=bool(value.get("log")), step=value.get("step"),
                 per_layer=bool(value.get("per_layer")))  # fmt: skip
+    try:
+        knob.check_distribution()
+    except (ValueError, TypeError) as exc:
+        raise ShrinkflowError(f"{where}: Optuna refuses this range: {exc}") from None
+    return knob
 
 
 def _check_values(stage: str, knob: Knob, path: Path) -> None:

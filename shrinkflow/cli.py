@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 
 from shrinkflow import distributed
 from shrinkflow.config import ShrinkflowError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_RESULT", "NoResult", "Terminated", "about_run", "run_main"]
+__all__ = [
+    "DEBUG_ENV",
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
+    "EXIT_NO_RESULT",
+    "NoResult",
+    "Terminated",
+    "about_run",
+    "failure_line",
+    "run_main",
+]
 
+EXIT_FAILURE = 1  # an error Shrinkflow did not foresee: a bug to report
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 3
+DEBUG_ENV = "SHRINKFLOW_DEBUG"  # =1: the traceback too
 
 
 class NoResult(ShrinkflowError):
@@ -27,13 +41,20 @@ class Terminated(KeyboardInterrupt):
 
 
 def run_main(step: Callable[[], str]) -> None:
-    """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2 (bad input),
-    3 (``NoResult``) or 128 + the signal's number (interrupted: Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
+    """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2 (bad input,
+    or what the machine or the stores refused), 3 (``NoResult``), 1 (anything unforeseen) or
+    128 + the signal's number (interrupted: Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
     try:
         run_id = step()
     except ShrinkflowError as exc:
+        _debug()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_NO_RESULT if isinstance(exc, NoResult) else EXIT_BAD_INPUT)
+    except Exception as exc:  # the machine, the stores or a bug: one line all the same
+        _debug()
+        line, status = failure_line(exc)
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(status)
     except KeyboardInterrupt as exc:
         name = str(exc) if isinstance(exc, Terminated) else "SIGINT"
         status = "FAILED" if isinstance(exc, Terminated) and distributed.launched() else "KILLED"
@@ -43,6 +64,31 @@ def run_main(step: Callable[[], str]) -> None:
         print(run_id, flush=True)
     elif distributed.launched() and not distributed.is_main():
         distributed.exit_worker()
+
+
+def failure_line(exc: Exception) -> tuple[str, int]:
+    """One line for an exception that is not a ``ShrinkflowError``, and the exit status: 2 for
+    what the machine or the stores refused, ``EXIT_FAILURE`` for anything else (a bug)."""
+    message = (str(exc).strip().splitlines() or [""])[0][:300]
+    source = type(exc).__module__.split(".")[0]
+    if isinstance(exc, MemoryError):
+        return "out of memory (MemoryError): the data, model or batch is too large for this machine", EXIT_BAD_INPUT
+    if isinstance(exc, RecursionError):
+        return "an input nests too deep for Python (RecursionError)", EXIT_BAD_INPUT
+    if isinstance(exc, OSError):
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or message} ({type(exc).__name__})", EXIT_BAD_INPUT
+    if source in ("mlflow", "optuna", "sqlalchemy"):
+        return f"{source} refused: {message} ({type(exc).__name__})", EXIT_BAD_INPUT
+    return (
+        f"unexpected {type(exc).__name__}: {message} — a Shrinkflow bug, please report it "
+        f"({DEBUG_ENV}=1 shows the traceback)"
+    ), EXIT_FAILURE
+
+
+def _debug() -> None:
+    if os.environ.get(DEBUG_ENV) == "1":
+        traceback.print_exc()
 
 
 @contextlib.contextmanager

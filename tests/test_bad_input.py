@@ -263,6 +263,8 @@ SEARCH = [
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--dataset", f"{HERE}:one_class_val"], "the val split holds 1 class ('0': 10 samples)"),
     (["--space", "{dir}/gradual0.yaml"], "prune cannot run with sparsity=0.8, epochs=0, method=gradual"),
+    (["--space", "{dir}/log0.yaml"], "prune.sparsity: Optuna refuses this range: `low > 0` must hold for `log=True`"),
+    (["--space", "{dir}/alias.yaml"], "aliases (*name) are not allowed here"),
 ]
 PIPELINE = [
     (["--set", "trained.model=resnet"], "unknown model 'resnet'"),
@@ -297,6 +299,8 @@ def broken_files(tmp_path_factory):
     (folder / "empty_label.csv").write_text("a,b,label\n" + rows.replace("5,0,1", "5,0,", 1))
     (folder / "text_feature.csv").write_text("a,b,label\n" + rows.replace("1,1,1", "1,x,1", 1))
     (folder / "tiny.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n")
+    (folder / "log0.yaml").write_text("prune: {method: global, sparsity: {low: 0.0, high: 0.9, log: true}}\n")
+    (folder / "alias.yaml").write_text("prune: {method: &m global}\nquantize: {method: *m}\n")
     (folder / "gradual0.yaml").write_text("prune: {method: {choices: [global, gradual]}, sparsity: 0.8, epochs: 0}\n")
     (folder / "one_class.csv").write_text("a,b,label\n" + "\n".join(f"{i},{i},0" for i in range(30)))
     return folder
