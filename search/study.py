@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from shrinkflow import ShrinkflowError
+from shrinkflow.runtime import sqlite_lock
 
 __all__ = [
     "ACCURACY",
@@ -179,6 +180,12 @@ def open_study(
     ``tracking_store`` (``shrinkflow.tracking.store_identity``), a new study records the store its
     runs live in, and one that lives in another store is an error: its trials' runs and models
     are not where this search looks for them."""
+    url = storage if isinstance(storage, str) else ""
+    with sqlite_lock(url):  # a new SQLite file: one process creates its schema and the study
+        return _open_study(storage, name, costs, sampler, tracking_store)
+
+
+def _open_study(storage, name, costs, sampler, tracking_store) -> optuna.Study:
     metric_names = [ACCURACY, *costs]
     directions = [optuna.study.StudyDirection.MAXIMIZE] + [optuna.study.StudyDirection.MINIMIZE] * len(costs)
     url = storage if isinstance(storage, str) else "the Dask scheduler's storage"

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from shrinkflow.config import ShrinkflowError
 
-__all__ = ["DEVICES", "resolve_device", "seed_everything"]
+__all__ = ["DEVICES", "resolve_device", "seed_everything", "sqlite_lock"]
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; SQLite files are created unlocked
+    fcntl = None
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@contextlib.contextmanager
+def sqlite_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive file lock beside the SQLite database of ``url`` (``<file>.lock``); any
+    other URL: nothing. Processes that start at once on a new SQLite file would otherwise all
+    create its schema (MLflow's and Optuna's migrations race, and crash)."""
+    if not url.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    path = Path(url.removeprefix("sqlite:///").split("?")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def seed_everything(seed: int) -> None:

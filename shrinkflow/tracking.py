@@ -40,6 +40,7 @@ from shrinkflow.data import SPLITS, DataSplits, class_names_of, raw_inputs
 from shrinkflow.imports import is_import_spec, user_code
 from shrinkflow.latency import hardware_tags
 from shrinkflow.onnx_export import check_onnx, default_tolerance, export_onnx
+from shrinkflow.runtime import sqlite_lock
 
 __all__ = [
     "DIGEST_TAG",
@@ -70,11 +71,6 @@ DIGEST_TAG = "shrinkflow.checkpoint_sha256"
 HOST_TAG, PID_TAG = "shrinkflow.host", "shrinkflow.pid"
 EXPERIMENT = "shrinkflow"  # where a step started on its own logs
 _READY_STORES: set[str] = set()
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; the store is created unlocked
-    fcntl = None
 
 
 @contextlib.contextmanager
@@ -142,15 +138,9 @@ def ensure_store() -> None:
     uri = mlflow.get_tracking_uri()
     if uri in _READY_STORES:
         return
-    if uri.startswith("sqlite:///") and fcntl is not None:
-        path = Path(uri.removeprefix("sqlite:///").split("?")[0])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{path}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                mlflow.MlflowClient().search_experiments(max_results=1)  # creates/upgrades the schema
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    if uri.startswith("sqlite:///"):
+        with sqlite_lock(uri):
+            mlflow.MlflowClient().search_experiments(max_results=1)  # creates/upgrades the schema
     _READY_STORES.add(uri)
 
 

@@ -69,3 +69,32 @@ def test_two_steps_started_at_once_on_a_new_store_both_finish(tmp_path):
         for process in both:
             _, stderr = process.communicate(timeout=300)
             assert process.returncode == 0, f"attempt {attempt}: {stderr[-3000:]}"
+
+
+_OPEN_STUDY = """
+import sys, time
+from search.study import open_study
+import optuna
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all imported: start together
+study = open_study(sys.argv[1], "shared", ["size"], optuna.samplers.RandomSampler(seed=0))
+print(study.metric_names)
+"""
+
+
+@pytest.mark.slow  # ~20 s: processes that wait to start together
+def test_searches_started_at_once_on_a_new_optuna_file_share_one_study(tmp_path):
+    """Without the lock, two searches on a new SQLite file died with ``UNIQUE constraint failed:
+    alembic_version.version_num``, or saw the study before its objectives were named."""
+    for attempt in range(2):  # without the lock, the first attempt failed
+        url = f"sqlite:///{tmp_path / f'optuna-{attempt}.db'}"
+        together = str(time.time() + 10)
+        argv = [sys.executable, "-c", _OPEN_STUDY, url, together]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        starts = [subprocess.Popen(argv, cwd=REPO_ROOT, **pipes) for _ in range(4)]
+        for process in starts:
+            stdout, stderr = process.communicate(timeout=120)
+            assert process.returncode == 0, f"attempt {attempt}: {stderr[-2000:]}"
+            assert stdout.strip() == "['val_accuracy', 'size']"
+        import optuna
+
+        assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["shared"]
