@@ -72,7 +72,7 @@ from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of, load_dataset
 from shrinkflow.imports import trust, trusted_here
 from shrinkflow.latency import CHECK_BATCH_SIZES, TARGETS, before_after_latency, hardware_tags, speedup
-from shrinkflow.runtime import resolve_device
+from shrinkflow.runtime import die_with_parent, resolve_device
 from steps import train as train_step
 
 __all__ = ["CONFIG", "SearchConfig", "main"]
@@ -234,7 +234,8 @@ class _Job:
 def _work_in_processes(job: _Job, baseline: Artifact, data: DataSplits) -> None:
     """``workers`` - 1 helper processes and this one run trials on the study until it is full."""
     context = multiprocessing.get_context("spawn")  # fork would copy torch's and MLflow's threads
-    helpers = [context.Process(target=_work, args=(job, index), daemon=True) for index in range(1, job.cfg.workers)]
+    helpers = [context.Process(target=_helper, args=(job, index, os.getpid()), daemon=True)
+               for index in range(1, job.cfg.workers)]  # fmt: skip
     for helper in helpers:
         helper.start()
     _work(job, 0, baseline, data)  # this process has them loaded already
@@ -243,6 +244,11 @@ def _work_in_processes(job: _Job, baseline: Artifact, data: DataSplits) -> None:
     failed = [helper.exitcode for helper in helpers if helper.exitcode]
     if failed:
         raise ShrinkflowError(f"{len(failed)} of {len(helpers)} helper workers failed (exit codes {failed})")
+
+
+def _helper(job: _Job, index: int, parent_pid: int) -> None:
+    die_with_parent(parent_pid)  # daemon=True stops helpers when the parent exits, not when it is killed
+    _work(job, index)
 
 
 def _work_on_dask(job: _Job, client) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import torch
 
 from shrinkflow.config import ShrinkflowError
 
-__all__ = ["DEVICES", "resolve_device", "seed_everything", "sqlite_lock"]
+__all__ = ["DEVICES", "die_with_parent", "resolve_device", "seed_everything", "sqlite_lock"]
 
 try:
     import fcntl
@@ -38,6 +42,19 @@ def sqlite_lock(url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """End this process (SIGTERM to itself) within ``poll_s`` of ``parent_pid`` ceasing to be its
+    parent: a helper process of a parent killed by SIGKILL, which can run no cleanup, would
+    otherwise go on working for a run already marked KILLED."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def seed_everything(seed: int) -> None:

@@ -558,3 +558,33 @@ def test_data_or_a_space_that_cannot_run_leaves_no_run_and_no_study(tmp_path, sm
             search.execute(cfg)
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before  # no run
     assert not (tmp_path / "optuna.db").exists() or optuna.get_all_study_summaries(storage) == []  # no study
+
+
+@pytest.mark.slow
+def test_a_sigkilled_searchs_helper_workers_end_with_it(trained_run_id, tmp_path):
+    import psutil
+
+    slower = tmp_path / "slower.yaml"
+    slower.write_text(SMALL_SPACE.replace("epochs: 1", "epochs: 60"))
+    cfg = _config(tmp_path, str(slower), trials=20)
+    argv = [sys.executable, "-m", "search.main", "--run-id", trained_run_id, "--space", str(slower), "--trials", "20",
+            "--storage", cfg.storage, "--study-name", cfg.study_name, "--max-accuracy-drop", "5", "--device", "cpu",
+            "--register-name", cfg.register_name, "--workers", "2"]  # fmt: skip
+    search_process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (_running(cfg) if _study_exists(cfg) else False):
+        time.sleep(0.2)
+    helpers = [p for p in psutil.Process(search_process.pid).children(recursive=True) if "python" in p.name()]
+    assert helpers, "the search started no helper process"
+    search_process.send_signal(signal.SIGKILL)
+    search_process.wait()
+    gone, alive = psutil.wait_procs(helpers, timeout=10)
+    assert alive == [], f"{len(alive)} helper(s) outlived the search by 10 s"
+
+
+def _study_exists(cfg) -> bool:
+    try:
+        _study(cfg)
+        return True
+    except KeyError:
+        return False
