@@ -28,6 +28,7 @@ EXIT_FAILURE = 1  # an error Shrinkflow did not foresee: a bug to report
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 3
 DEBUG_ENV = "SHRINKFLOW_DEBUG"  # =1: the traceback too
+JOINED_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the step it starts: the run it joins
 
 
 class NoResult(ShrinkflowError):
@@ -44,6 +45,10 @@ def run_main(step: Callable[[], str]) -> None:
     """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2 (bad input,
     or what the machine or the stores refused), 3 (``NoResult``), 1 (anything unforeseen) or
     128 + the signal's number (interrupted: Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
+    if os.environ.get(JOINED_RUN_ENV):
+        from shrinkflow.tracking import tag_joined_run  # not at the top: tracking imports this module
+
+        tag_joined_run(os.environ[JOINED_RUN_ENV])
     try:
         run_id = step()
     except ShrinkflowError as exc:

@@ -57,6 +57,7 @@ __all__ = [
     "log_model",
     "log_table",
     "step_run",
+    "tag_joined_run",
     "store_identity",
 ]
 
@@ -158,6 +159,20 @@ def store_identity() -> dict[str, str]:
 def process_tags() -> dict[str, str]:
     """The tags that let a later step tell whether the process of a RUNNING run is gone."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def tag_joined_run(run_id: str) -> None:
+    """Tag the run ``mlflow run`` started for this step with this host and process, before the
+    step loads anything: killed in that time, the run would stay RUNNING with nothing telling a
+    later step that its process is gone. A store that refuses is left for the step to report."""
+    if distributed.launched() and not distributed.is_main():
+        return
+    try:
+        ensure_store()
+        for key, value in process_tags().items():
+            mlflow.MlflowClient().set_tag(run_id, key, value)
+    except MlflowException:
+        pass
 
 
 def mark_dead_runs_killed() -> list[str]:

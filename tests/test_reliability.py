@@ -98,3 +98,21 @@ def test_searches_started_at_once_on_a_new_optuna_file_share_one_study(tmp_path)
         import optuna
 
         assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["shared"]
+
+
+def test_a_step_tags_the_run_mlflow_run_started_for_it_before_it_loads_anything(monkeypatch):
+    """Killed while still loading, its run would stay RUNNING with no process named to check."""
+    from shrinkflow.cli import JOINED_RUN_ENV, run_main
+
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.get_experiment_by_name("Default").experiment_id).info.run_id
+    monkeypatch.setenv(JOINED_RUN_ENV, run_id)
+    seen = {}
+
+    def step():  # what a step sees when it starts loading
+        seen.update(client.get_run(run_id).data.tags)
+        return run_id
+
+    run_main(step)
+    assert seen[tracking.HOST_TAG] and seen[tracking.PID_TAG] == str(os.getpid())
+    client.set_terminated(run_id, "KILLED")
