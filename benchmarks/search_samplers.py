@@ -14,6 +14,11 @@ bookkeeping costs and what a second worker buys. The default search space, cost 
 3. ``cnn``: the default sampler, 40 trials × seeds 0-4 on digits ``cnn``, as 2.
 4. ``workers``: trials per hour with ``workers`` 2 versus 1, and 2 on a Dask ``LocalCluster``
    (20 trials each, the default sampler, seed 0), on this machine.
+5. ``fidelity``: whether cutting the fine-tuning of unpromising trials pays (the issue's
+   multi-fidelity question): the default sampler, 40 trials × seeds 0-2 on digits ``mlp``,
+   ``early_stop_pp`` 5 (the default: a trial still 5 pp below the floor at half its epochs stops
+   fine-tuning) versus 0 (every trial fine-tunes to the end): final hypervolume against the
+   seconds spent in trials.
 
 Bookkeeping — MLflow runs, logged models and tables, Optuna's storage — is reported as a share
 of trial wall time: 1 − Σ compute_s / Σ (trial end − trial start), where ``compute_s`` is the
@@ -21,10 +26,10 @@ time in compression and measurement.
 
 Everything runs in a temporary MLflow store and Optuna SQLite file; each baseline (the train
 step's defaults) is trained once. Results: benchmarks/results/search_samplers.csv (the rows of
-the parts run replace their earlier rows), summarized in the README. All four parts take about
-25 minutes on 2 cores.
+the parts run replace their earlier rows), summarized in the README. All five parts take about
+45 minutes on 2 cores.
 
-    python -m benchmarks.search_samplers [quick] [samplers] [cnn] [workers]
+    python -m benchmarks.search_samplers [quick] [samplers] [cnn] [workers] [fidelity]
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from steps import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search_samplers.csv"
 TRIALS, SEEDS, SAMPLERS = 40, (0, 1, 2, 3, 4), ("gp", "tpe", "random")
-PARTS = ("quick", "samplers", "cnn", "workers")
+PARTS = ("quick", "samplers", "cnn", "workers", "fidelity")
 
 
 def _search(folder: Path, baseline: str, name: str, model: str = "mlp", **settings) -> dict:
@@ -76,12 +81,13 @@ def _search(folder: Path, baseline: str, name: str, model: str = "mlp", **settin
     best = mlflow.get_run(champion).data.metrics if champion else {"cost_size_bytes": float("inf")}
     return {
         "part": "", "model": model, "study": name, "sampler": cfg.sampler, "seed": cfg.seed, "workers": cfg.workers,
-        "trials": cfg.trials, "max_accuracy_drop": cfg.max_accuracy_drop,
+        "trials": cfg.trials, "max_accuracy_drop": cfg.max_accuracy_drop, "early_stop_pp": cfg.early_stop_pp,
         # the budget's use: configurations run (distinct, as the issue asks), stopped early, redrawn
         "distinct_configurations": len({json.dumps(t.user_attrs["configuration"], sort_keys=True) for t in trials}),
         "stopped": sum(bool(t.user_attrs["record"].get("stopped")) for t in trials),
         "repeats_redrawn": sum("repeat_of" in t.user_attrs for t in study.trials),
-        "hypervolume": max(m.value for m in history), "wall_s": wall, "trials_per_hour": cfg.trials / wall * 3600,
+        "hypervolume": max(m.value for m in history), "wall_s": wall, "trial_s": trial_s,
+        "trials_per_hour": cfg.trials / wall * 3600,
         "bookkeeping_share": 1 - compute_s / trial_s,
         # the champion (cheapest front member), scored on test after the search, as the issue's bar asks
         "champion_size_ratio": base.metrics["baseline_cost_size_bytes"] / best["cost_size_bytes"],
@@ -118,6 +124,9 @@ def _part(name: str, folder: Path, baselines: dict) -> list[dict]:
                 for sampler in SAMPLERS for seed in SEEDS]  # fmt: skip
     elif name == "cnn":
         rows = [_search(folder, baselines["cnn"], f"cnn-{seed}", "cnn", seed=seed, trials=TRIALS) for seed in SEEDS]
+    elif name == "fidelity":
+        rows = [_search(folder, baselines["mlp"], f"fidelity-{stop:g}-{seed}", seed=seed, trials=TRIALS,
+                        early_stop_pp=stop) for stop in (5.0, 0.0) for seed in (0, 1, 2)]  # fmt: skip
     else:
         rows = [_search(folder, baselines["mlp"], f"workers-{n}", workers=n, trials=20) for n in (1, 2)]
         rows += [_search(folder, baselines["mlp"], "dask-2", workers=2, trials=20, engine="dask")]
