@@ -401,10 +401,13 @@ _V1_STORAGES = ("dense-fp32", "sparse-bitmap", "packed", *INT8_STORAGES)
 def _read_v1(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Encoded]]:
     if not (folder / _V1_WEIGHTS).is_file():
         raise ShrinkflowError(f"checkpoint in {folder} is incomplete: missing {_V1_WEIGHTS}")
+    if (folder / _V1_DESCRIPTION).stat().st_size > MAX_HEADER_BYTES:
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_DESCRIPTION} is over {MAX_HEADER_BYTES} bytes")
     try:
         description = json.loads((folder / _V1_DESCRIPTION).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_DESCRIPTION}: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "it nests too deep" if isinstance(exc, RecursionError) else _clipped(str(exc))
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_DESCRIPTION}: {reason}") from None
     if problem := _description_problem(description):
         raise ShrinkflowError(f"checkpoint in {folder} is corrupt: its description {problem}")
     if description.get("format_version") != 1:
@@ -412,11 +415,13 @@ def _read_v1(folder: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Encoded
             f"checkpoint in {folder} has format version {description.get('format_version')!r}; "
             f"this Shrinkflow reads versions 1 and {FORMAT_VERSION}"
         )
+    _expected_shapes(description, folder, parameter_bound(checkpoint_bytes(folder)))
     model = _checked_model(description, folder)
     try:
         model, encodings = _load_v1_weights(model, folder / _V1_WEIGHTS, description)
-    except (safetensors.SafetensorError, KeyError, ValueError) as exc:
-        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_WEIGHTS}: {exc}") from exc
+    except (safetensors.SafetensorError, KeyError, ValueError, TypeError, IndexError, RecursionError) as exc:
+        reason = _clipped(str(exc) or type(exc).__name__)
+        raise ShrinkflowError(f"checkpoint in {folder} is corrupt: {_V1_WEIGHTS}: {reason}") from None
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise ShrinkflowError(f"checkpoint in {folder} does not match its architecture: {first_line}") from exc
@@ -444,8 +449,13 @@ def _load_v1_weights(model: nn.Module, path: Path, description: dict[str, Any]) 
     state = {name: t for name, t in tensors.items() if "::" not in name}
     encodings = {}
     key = "packed" if storage == "packed" else "sparse_shapes"
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for name, info in json.loads(metadata[key]).items():
         shape = info["shape"] if storage == "packed" else info
+        if expected.get(name) != tuple(shape):
+            raise ValueError(
+                f"tensor {_clipped(str(name), 80)} is declared {_clipped(str(shape), 80)}, not as the model has it"
+            )
         count = int(np.prod(shape))
         kept = None
         if storage != "packed" or info.get("sparse"):

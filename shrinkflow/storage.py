@@ -83,6 +83,8 @@ def store_tensor(name: str, tensor: torch.Tensor, encoded: Encoded | None = None
 def load_tensor(header: dict[str, Any], payload: bytes) -> tuple[torch.Tensor, Encoded | None]:
     """Inverse of ``store_tensor``: the tensor, and the codes of a quantized one. Raises
     ``ValueError`` (``CodingError``) on bytes that do not decode to the header's tensor."""
+    if header["d"] not in _DTYPES:
+        raise ValueError(f"unknown dtype {str(header['d'])[:20]!r}: one of {', '.join(_DTYPES)}")
     dtype, shape = _DTYPES[header["d"]], tuple(header["s"])
     sections = _split(payload, header["l"])
     count = int(np.prod(shape, dtype=np.int64))

@@ -76,6 +76,31 @@ CASES = {
                           "unknown storage format 'xxxxxxxx"),
     "wrong version": (_forged({"description": _description(), "tensors": []}, version=9), "format version 9"),
     "truncated prefix": (b"SFLW\x02", "not a Shrinkflow checkpoint"),
+    "no tensor list": (_forged({"description": _description()}), "no field 'tensors'"),
+    "tensors not a list": (_forged({"description": _description(), "tensors": {"a": 1}}),
+                           "no description or tensor list"),
+    "unknown dtype": (_forged({"description": _description(), "tensors": [_entry("extra", [3], b"x" * 12, d="f128")]},
+                              b"x" * 12), "unknown dtype 'f128'"),
+    "negative section": (_forged({"description": _description(),
+                                  "tensors": [_entry("extra", [3], b"x" * 12, l=[-4], f="bitmap")]}, b"x" * 12),
+                         "sections are longer than its bytes"),
+    "huge class count": (_forged({"description": {**_description(), "architecture": describe("mlp", (1, 8, 8),
+                                                                                             10**9)}, "tensors": []}),
+                         "a file of its size may hold"),
+    "huge resized width": (_forged({"description": {**_description(), "architecture": {
+                                **describe("mlp", (1, 8, 8), 10), "resized": {"layers.1": {"in_features": 64,
+                                                                                          "out_features": 10**8}}}},
+                                    "tensors": []}), "a file of its size may hold"),
+    "zero input size": (_forged({"description": {**_description(), "architecture": {**describe("mlp", (1, 8, 8), 10),
+                                                                                   "input_shape": [1, 0, 8]}},
+                                 "tensors": []}), "architecture.input_shape"),
+    "unknown parameters": (_forged({"description": _description(wings=3), "tensors": []}), "does not build"),
+    "description a list": (_forged({"description": [1, 2], "tensors": []}), "no description or tensor list"),
+    "trailing bytes": (_forged({"description": _description(), "tensors": []}, b"x" * 10), "unexpected bytes"),
+    "v1 huge widths": ({"model.json": json.dumps({**_description(hidden_sizes=[10**6, 10**6]), "format_version": 1}),
+                        "weights.safetensors": b""}, "a file of its size may hold"),
+    "v1 nested description": ({"model.json": "[" * 100_000 + "]" * 100_000, "weights.safetensors": b""},
+                              "nests too deep"),
     "header length past the end": (checkpoint._PREFIX.pack(checkpoint._MAGIC, 2, 2**31, 0), "truncated or damaged"),
 }  # fmt: skip
 
@@ -110,9 +135,11 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hostile")
-    for index, (blob, _) in enumerate(CASES.values()):
+    for index, (files, _) in enumerate(CASES.values()):
         (root / f"case{index:02d}").mkdir()
-        (root / f"case{index:02d}" / checkpoint.CHECKPOINT_FILE).write_bytes(blob)
+        for name, content in (files if isinstance(files, dict) else {checkpoint.CHECKPOINT_FILE: files}).items():
+            path = root / f"case{index:02d}" / name
+            path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     done = subprocess.run([sys.executable, "-c", _LOADER, str(root)], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
