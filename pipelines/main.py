@@ -26,13 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from pipelines.recipe import MAKES_MODEL, Recipe, Stage, code_version, load_recipe, step_module
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
+from shrinkflow.runtime import file_lock
 
 __all__ = ["CONFIG", "PipelineConfig", "execute", "main", "stage_table"]
 
@@ -80,6 +83,19 @@ def _run_stage(stage: Stage, models: dict[str, str], force: bool) -> tuple[str, 
 
     config = stage.config([models[name] for name in stage.inputs])
     key = cache_key(stage, config)
+    # the same stage started by two recipes at once runs once: the second waits, then reuses it
+    with file_lock(_stage_lock(key, mlflow.get_tracking_uri())):
+        return _run_or_reuse(stage, config, key, force)
+
+
+def _stage_lock(key: str, tracking_uri: str) -> Path:
+    name = hashlib.sha256(f"{tracking_uri}\0{key}".encode()).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / f"shrinkflow-stage-{name}.lock"
+
+
+def _run_or_reuse(stage: Stage, config, key: str, force: bool) -> tuple[str, bool]:
+    import mlflow
+
     if not force and (run_id := _cached(key, stage)):
         print(f"pipeline: stage {stage.name} ({stage.step}): reusing run {run_id}", file=sys.stderr)
         return run_id, True

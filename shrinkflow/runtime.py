@@ -16,7 +16,7 @@ import torch
 
 from shrinkflow.config import ShrinkflowError
 
-__all__ = ["DEVICES", "die_with_parent", "resolve_device", "seed_everything", "sqlite_lock"]
+__all__ = ["DEVICES", "die_with_parent", "file_lock", "resolve_device", "seed_everything", "sqlite_lock"]
 
 try:
     import fcntl
@@ -31,12 +31,23 @@ def sqlite_lock(url: str) -> Iterator[None]:
     """Hold an exclusive file lock beside the SQLite database of ``url`` (``<file>.lock``); any
     other URL: nothing. Processes that start at once on a new SQLite file would otherwise all
     create its schema (MLflow's and Optuna's migrations race, and crash)."""
-    if not url.startswith("sqlite:///") or fcntl is None:
+    if not url.startswith("sqlite:///"):
         yield
         return
     path = Path(url.removeprefix("sqlite:///").split("?")[0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as lock:
+    with file_lock(Path(f"{path}.lock")):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if need be) against the other processes of
+    this machine; where there is no ``flock`` (Windows), nothing."""
+    if fcntl is None:
+        yield
+        return
+    with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

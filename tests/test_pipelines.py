@@ -12,6 +12,7 @@ import pytest
 
 from pipelines import main as pipeline
 from pipelines import recipe as recipes
+from tests.serving import REPO_ROOT
 
 SMALL = """
 stages:
@@ -181,3 +182,27 @@ def test_a_stage_under_torchrun_nests_under_the_recipes_run(tmp_path):
     stage = mlflow.get_run(_stages(parent_id)["trained"].run_id)
     assert stage.data.tags["shrinkflow.world_size"] == "2"
     assert stage.data.tags["mlflow.parentRunId"] == parent_id
+
+
+@pytest.mark.slow  # two recipes in two processes
+def test_two_identical_recipes_started_at_once_run_each_stage_once(small_recipe, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    # a seed no other test uses: no stage of it is in the store yet
+    argv = [sys.executable, "-m", "pipelines.main", "--recipe", small_recipe, "--set", "trained.seed=4242"]
+    both = [subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    parents = []
+    for process in both:
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-2000:]
+        parents.append(stdout.strip().splitlines()[-1])
+    tables = [_stages(parent) for parent in parents]
+    run_ids = [{name: row.run_id for name, row in table.items()} for table in tables]
+    assert run_ids[0] == run_ids[1]
+    for name in tables[0]:  # one ran it, the other reused it
+        assert sorted([tables[0][name].reused, tables[1][name].reused]) == [False, True]
