@@ -33,13 +33,13 @@ from shrinkflow.imports import is_import_spec, load_callable, trust
 
 __all__ = [
     "BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "apply_preprocessing", "class_names_of", "dataset_of",
-    "load_dataset", "raw_inputs", "table_split",
+    "TABLE_SUFFIXES", "load_dataset", "raw_inputs", "table_split",
 ]  # fmt: skip
 
 SPLIT_SEED = 0
 SPLITS = ("train", "val", "test")
 BUILTIN_DATASETS = ("digits", "mnist1d")
-_TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 _VAL_FRACTION = 0.1
 _TEST_FRACTION = 0.2
 MIN_SAMPLES_PER_CLASS = 1  # in validation and test, of each class the model is trained on
@@ -113,7 +113,7 @@ def load_dataset(spec: str, label_column: str = "label", args: str = "") -> Data
 
 def _load(spec: str, label_column: str, args: str = "") -> DataSplits:
     keywords = _parse_args(args, spec)
-    if label_column != "label" and not spec.lower().endswith(_TABLE_SUFFIXES):  # nothing would read it
+    if label_column != "label" and not spec.lower().endswith(TABLE_SUFFIXES):  # nothing would read it
         raise ShrinkflowError(
             f"label_column names the label column of a .csv/.parquet table; dataset {spec!r} has none "
             "(leave it 'label')"
@@ -122,7 +122,7 @@ def _load(spec: str, label_column: str, args: str = "") -> DataSplits:
         data = _load_digits()
     elif spec == "mnist1d":
         data = _load_mnist1d()
-    elif spec.lower().endswith(_TABLE_SUFFIXES):
+    elif spec.lower().endswith(TABLE_SUFFIXES):
         data = _load_table(spec, label_column)
     elif is_import_spec(spec):
         data = _load_user_function(spec, keywords)

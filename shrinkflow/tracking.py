@@ -36,7 +36,7 @@ from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_digest, file_diges
 from shrinkflow.cli import Terminated
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost_summary
-from shrinkflow.data import SPLITS, DataSplits, class_names_of, raw_inputs
+from shrinkflow.data import SPLITS, TABLE_SUFFIXES, DataSplits, class_names_of, dataset_of, raw_inputs
 from shrinkflow.imports import is_import_spec, user_code
 from shrinkflow.latency import hardware_tags
 from shrinkflow.onnx_export import check_onnx, default_tolerance, export_onnx
@@ -46,6 +46,7 @@ __all__ = [
     "DIGEST_TAG",
     "active_run_id",
     "check_dataset",
+    "dataset_of_run",
     "checkpoint_files",
     "checkpoint_digest",
     "checkpoint_problem",
@@ -280,6 +281,56 @@ def log_dataset(data: DataSplits, split: str) -> None:
         )
     context = {"train": "training", "val": "validation", "test": "testing"}[split]
     mlflow.log_input(dataset, context=context)
+    if Path(data.source).is_file():  # MLflow keeps one source for equal datasets: the file as read here
+        mlflow.set_tag(DATASET_FILE_TAG, data.source)
+
+
+def dataset_of_run(run_id: str, description: dict[str, Any]) -> DataSplits:
+    """The dataset the model of ``run_id`` was trained on (``data.dataset_of``), checked against
+    the splits that run logged (``check_dataset``). A table it names is read only if a run the
+    model came from logged that very file as its input: a description (anyone's logged model)
+    cannot make a step read, and describe, any table on this machine."""
+    spec = str(description["dataset"]["spec"])
+    if spec.lower().endswith(TABLE_SUFFIXES):
+        _check_table_was_logged(run_id, spec)
+    data = dataset_of(description)
+    check_dataset(run_id, data)
+    return data
+
+
+# tags naming the run a run's model or data came from
+_LINEAGE_TAGS = ("shrinkflow.source_run_id", "shrinkflow.baseline_run_id", "mlflow.parentRunId")
+DATASET_FILE_TAG = "shrinkflow.dataset_file"
+
+
+def _check_table_was_logged(run_id: str, spec: str) -> None:
+    path = str(Path(spec).resolve())
+    if path not in _logged_files(run_id):
+        raise ShrinkflowError(
+            f"the model of run {run_id!r} names the table {spec[:200]!r}, which no run it came from logged as its "
+            "dataset, so it is not read: run the steps from the folder the model was trained in, or train anew on it"
+        )
+
+
+def _logged_files(run_id: str, most: int = 32) -> set[str]:
+    """The table files ``run_id`` and the runs it came from read as their datasets."""
+    files, seen, todo = set(), set(), [run_id]
+    while todo and len(seen) < most:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            run = mlflow.get_run(current)
+        except MlflowException:
+            continue
+        if DATASET_FILE_TAG in run.data.tags:
+            files.add(run.data.tags[DATASET_FILE_TAG])
+        for dataset_input in run.inputs.dataset_inputs if run.inputs else []:  # runs from before the tag
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                files.add(json.loads(dataset_input.dataset.source).get("uri", "").removeprefix("file://"))
+        todo += [run.data.tags[tag] for tag in _LINEAGE_TAGS if tag in run.data.tags]
+    return files
 
 
 def check_dataset(run_id: str, data: DataSplits) -> None:

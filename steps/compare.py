@@ -30,7 +30,7 @@ import torch
 
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
-from shrinkflow.data import SPLITS, dataset_of
+from shrinkflow.data import SPLITS
 from shrinkflow.encoding import quantized_engine
 from shrinkflow.latency import (
     ENGINE_CHOICES,
@@ -112,8 +112,7 @@ def _loaded(run_id: str) -> tuple:
     from shrinkflow import tracking
 
     artifact, costs = tracking.load_model(run_id)
-    data = dataset_of(artifact.description)
-    tracking.check_dataset(run_id, data)
+    data = tracking.dataset_of_run(run_id, artifact.description)
     return artifact, costs, data
 
 

@@ -28,7 +28,6 @@ from shrinkflow import distributed
 from shrinkflow.cli import run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import cost
-from shrinkflow.data import dataset_of
 from shrinkflow.distillation import DistillSettings, check_distilling, distill
 from shrinkflow.latency import TARGET_HELP, TARGETS, before_after_latency, fallback_forms
 from shrinkflow.runtime import resolve_device
@@ -61,8 +60,7 @@ def execute(cfg: DistillConfig) -> str:
 
     device = resolve_device(cfg.device)
     teacher, teacher_costs = tracking.load_model(cfg.run_id)
-    data = dataset_of(teacher.description)
-    tracking.check_dataset(cfg.run_id, data)
+    data = tracking.dataset_of_run(cfg.run_id, teacher.description)
     check_distilling(teacher, cfg, data)  # a student that cannot learn from it fails before a run starts
     cpu = torch.device("cpu")
     if run_id := distributed.launch_if_asked(

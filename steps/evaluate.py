@@ -27,7 +27,7 @@ from shrinkflow.checkpoint import runs_on_cpu_only
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
-from shrinkflow.data import SPLITS, dataset_of
+from shrinkflow.data import SPLITS
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import predict_logits
 
@@ -106,8 +106,7 @@ def execute(cfg: EvaluateConfig) -> str:
     if runs_on_cpu_only(description):
         device = torch.device("cpu")
     layers = layer_table(layer_costs(model, description["architecture"]["input_shape"], description.get("bits")))
-    data = dataset_of(description)
-    tracking.check_dataset(cfg.run_id, data)
+    data = tracking.dataset_of_run(cfg.run_id, description)
     x, y = data.split(cfg.split)
     with tracking.step_run("evaluate", config_to_params(cfg)) as run:
         mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)

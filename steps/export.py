@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
-from shrinkflow.data import dataset_of
 from shrinkflow.onnx_export import FLOAT_TOLERANCE, INT8_TOLERANCE, check_onnx, default_tolerance, export_onnx
 
 __all__ = ["CONFIG", "ExportConfig", "main"]
@@ -62,8 +61,7 @@ def execute(cfg: ExportConfig) -> str:
     from shrinkflow import tracking
 
     artifact, _ = tracking.load_model(cfg.run_id)
-    data = dataset_of(artifact.description)
-    tracking.check_dataset(cfg.run_id, data)
+    data = tracking.dataset_of_run(cfg.run_id, artifact.description)
     exported_as = {"int8-static": "int8", "int8-dynamic": "int8-dynamic"}.get(artifact.storage, "float32")
     tolerance = cfg.tolerance or default_tolerance(artifact.model)
     try:

@@ -29,7 +29,6 @@ from shrinkflow import distributed
 from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import before_after_metrics, cost, layer_costs, layer_table, storage_table
-from shrinkflow.data import dataset_of
 from shrinkflow.latency import TARGET_HELP, TARGETS, before_after_latency, fallback_forms
 from shrinkflow.pruning import PruneSettings, check_pruning, prune
 from shrinkflow.runtime import resolve_device
@@ -66,8 +65,7 @@ def execute(cfg: PruneConfig) -> str:
         original.require_float("prune")
     check_pruning(original, cfg)  # unknown layer names fail before a run starts
     layers_before = layer_table(layer_costs(original.model, original.input_shape))
-    data = dataset_of(original.description)
-    tracking.check_dataset(cfg.run_id, data)
+    data = tracking.dataset_of_run(cfg.run_id, original.description)
     cpu = torch.device("cpu")
     accuracy_before = score(original.model, data.x_test, data.y_test, cpu)["accuracy"]
     if run_id := distributed.launch_if_asked(

@@ -29,7 +29,6 @@ from shrinkflow import distributed
 from shrinkflow.cli import about_run, run_main
 from shrinkflow.config import check_run_id, config_to_params, parse_config
 from shrinkflow.cost import before_after_metrics, cost
-from shrinkflow.data import dataset_of
 from shrinkflow.latency import TARGET_HELP, TARGETS, before_after_latency, fallback_forms
 from shrinkflow.quantization import QuantizeSettings, check_quantizing, quantization_table, quantize
 from shrinkflow.runtime import resolve_device
@@ -62,8 +61,7 @@ def execute(cfg: QuantizeConfig) -> str:
 
     device = resolve_device(cfg.device)
     original, costs_before = tracking.load_model(cfg.run_id)
-    data = dataset_of(original.description)
-    tracking.check_dataset(cfg.run_id, data)
+    data = tracking.dataset_of_run(cfg.run_id, original.description)
     with about_run(cfg.run_id):
         original.require_float("quantize")
     check_quantizing(original, cfg, data)  # bad layer names or an empty split fail before a run starts

@@ -157,3 +157,21 @@ def test_a_factory_that_takes_width_gets_it(quick_train_config):
     logged = mlflow.get_logged_model(_model_uri(run_id).removeprefix("models:/"))
     code = Path(mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/code"))
     assert sorted(p.name for p in code.iterdir()) == ["shrinkflow", "test_user_data.py"]
+
+
+def test_a_description_cannot_make_a_step_read_another_table(wine_runs, tmp_path, monkeypatch):
+    """The table a model's description names is read only if a run the model came from logged
+    that file: anyone's logged model could otherwise make a step read, and describe, any table."""
+    import shrinkflow.data
+
+    frame, path, trained, quantized = wine_runs
+    artifact, _ = tracking.load_model(quantized)  # came from `trained`, which logged the table
+    assert tracking.dataset_of_run(quantized, artifact.description).spec == str(path)
+    elsewhere = tmp_path / f"private{path.suffix}"
+    frame.to_csv(elsewhere, index=False) if path.suffix == ".csv" else frame.to_parquet(elsewhere)
+    read = []
+    monkeypatch.setattr(shrinkflow.data, "_load_table", lambda *args: read.append(args))
+    described = {**artifact.description, "dataset": {**artifact.description["dataset"], "spec": str(elsewhere)}}
+    with pytest.raises(ShrinkflowError, match=f"names the table '{elsewhere}', which no run it came from logged"):
+        tracking.dataset_of_run(quantized, described)
+    assert read == []  # refused before anything was read
