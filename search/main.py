@@ -96,7 +96,7 @@ class SearchConfig(train_step.TrainConfig):
     max_accuracy_drop: float = field(
         default=1.0, metadata={"help": "constraint: validation accuracy at most this many pp below the baseline's"}
     )
-    sampler: str = field(default="gp", metadata={"help": "gp, tpe, nsga2 or random (seeded with seed)"})
+    sampler: str = field(default="tpe", metadata={"help": "tpe, gp, nsga2 or random (seeded with seed)"})
     storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL (SQLite, PostgreSQL)"})
     study_name: str = field(default="shrinkflow", metadata={"help": "Optuna study; the same name resumes it"})
     register_name: str = field(default="shrinkflow-champion", metadata={"help": "registered model of the champion"})
