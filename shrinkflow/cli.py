@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable, Iterator
 
 from shrinkflow import distributed
-from shrinkflow.config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError, Terminated
 
 __all__ = [
     "DEBUG_ENV",
@@ -34,11 +34,6 @@ JOINED_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the step it starts: 
 class NoResult(ShrinkflowError):
     """The step finished its work and logged it, but found nothing to hand on (a search whose
     front is empty): one line and exit ``EXIT_NO_RESULT``, its run FINISHED."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (``kill``, ``timeout``, a closed terminal) inside a step's run: stop as
-    Ctrl-C does, so that the run is marked KILLED."""
 
 
 def run_main(step: Callable[[], str]) -> None:

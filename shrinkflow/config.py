@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 __all__ = [
     "ShrinkflowError",
+    "Terminated",
     "check_applies",
     "build_parser",
     "check_run_id",
@@ -30,6 +31,11 @@ MAX_YAML_DEPTH = 50
 
 class ShrinkflowError(ValueError):
     """Bad user input: reported as one line, with the valid choices, and a non-zero exit."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``kill``, ``timeout``, a closed terminal) inside a step's run: stop as
+    Ctrl-C does, so that the run is marked KILLED."""
 
 
 def read_yaml(text: str) -> Any:

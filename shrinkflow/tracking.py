@@ -33,8 +33,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from shrinkflow import distributed
 from shrinkflow.artifact import Artifact
 from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_digest, file_digest
-from shrinkflow.cli import Terminated
-from shrinkflow.config import ShrinkflowError
+from shrinkflow.config import ShrinkflowError, Terminated
 from shrinkflow.cost import cost_summary
 from shrinkflow.data import SPLITS, TABLE_SUFFIXES, DataSplits, class_names_of, dataset_of, raw_inputs
 from shrinkflow.imports import is_import_spec, user_code
