@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 from shrinkflow import distributed
 from shrinkflow.config import ShrinkflowError, Terminated
+from shrinkflow.runtime import die_with_parent
 
 __all__ = [
     "DEBUG_ENV",
@@ -40,10 +41,13 @@ def run_main(step: Callable[[], str]) -> None:
     """Run ``step``; print its run id as the last line, or ``error: ...`` and exit 2 (bad input,
     or what the machine or the stores refused), 3 (``NoResult``), 1 (anything unforeseen) or
     128 + the signal's number (interrupted: Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
-    if os.environ.get(JOINED_RUN_ENV):
-        from shrinkflow.tracking import tag_joined_run  # not at the top: tracking imports this module
+    if os.environ.get(JOINED_RUN_ENV):  # started by `mlflow run`
+        from shrinkflow.tracking import tag_joined_run  # not at the top: it imports mlflow and torch
 
         tag_joined_run(os.environ[JOINED_RUN_ENV])
+        # `mlflow run` killed alone (a supervisor's SIGTERM to its pid) leaves its step running
+        # for a run no one waits for: the step stops as on SIGTERM, its run KILLED
+        die_with_parent(os.getppid())
     try:
         run_id = step()
     except ShrinkflowError as exc:

@@ -139,3 +139,32 @@ def test_nproc_trains_under_torchrun_inside_the_project_run_and_export_follows()
     exported = _mlflow_run("-e", "export", "-P", f"run_id={run_id}")
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert mlflow.get_run(exported.stdout.strip().splitlines()[-1]).data.metrics["onnx_argmax_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_stopped_mlflow_run_takes_its_step_down_and_its_run_says_killed():
+    """`timeout mlflow run ...` sends SIGTERM to MLflow's command: the step it started must not
+    go on alone, and its run must end as the step's last line says (KILLED)."""
+    import signal
+
+    import psutil
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    argv = [sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "-e", "train",
+            "-P", "epochs=500", "-P", "patience=0", "-P", "device=cpu"]  # fmt: skip
+    command = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, run = time.time() + 180, None
+    while time.time() < deadline and run is None:
+        time.sleep(0.5)
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string="attributes.status = 'RUNNING'")  # fmt: skip
+        run = next((r for r in runs if r.info.run_id not in before and "val_accuracy" in r.data.metrics), None)
+    assert run is not None, "the step never started training"
+    step_pid = int(run.data.tags["shrinkflow.pid"])
+    command.send_signal(signal.SIGTERM)
+    _, stderr = command.communicate(timeout=60)
+    assert command.returncode != 0
+    assert not psutil.pid_exists(step_pid) or psutil.Process(step_pid).status() == psutil.STATUS_ZOMBIE
+    assert "the step's run is marked KILLED" in stderr
+    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"

@@ -102,8 +102,11 @@ def test_searches_started_at_once_on_a_new_optuna_file_share_one_study(tmp_path)
 
 def test_a_step_tags_the_run_mlflow_run_started_for_it_before_it_loads_anything(monkeypatch):
     """Killed while still loading, its run would stay RUNNING with no process named to check."""
+    import shrinkflow.cli
     from shrinkflow.cli import JOINED_RUN_ENV, run_main
 
+    watched = []  # the step watches `mlflow run`, its parent (tests/test_mlflow_project.py kills it)
+    monkeypatch.setattr(shrinkflow.cli, "die_with_parent", watched.append)
     client = mlflow.MlflowClient()
     run_id = client.create_run(client.get_experiment_by_name("Default").experiment_id).info.run_id
     monkeypatch.setenv(JOINED_RUN_ENV, run_id)
@@ -115,4 +118,5 @@ def test_a_step_tags_the_run_mlflow_run_started_for_it_before_it_loads_anything(
 
     run_main(step)
     assert seen[tracking.HOST_TAG] and seen[tracking.PID_TAG] == str(os.getpid())
+    assert watched == [os.getppid()]
     client.set_terminated(run_id, "KILLED")
