@@ -72,6 +72,7 @@ __all__ = [
     "checkpoint_bytes",
     "checkpoint_digest",
     "file_digest",
+    "holds_checkpoint",
     "is_quantized",
     "load_checkpoint",
     "read_checkpoint",
@@ -160,6 +161,11 @@ def checkpoint_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def holds_checkpoint(folder: Path) -> bool:
+    """Does ``folder`` hold a checkpoint's file (format 2, or format 1's description)?"""
+    return (Path(folder) / CHECKPOINT_FILE).is_file() or (Path(folder) / _V1_DESCRIPTION).is_file()
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -238,8 +244,8 @@ def _parse_header(blob: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], in
     if len(header) != header_length or zlib.crc32(header) != header_crc:
         raise ValueError("the header is truncated or damaged (CRC mismatch)")
     unpacker = zlib.decompressobj(-15, zdict=_HEADER_DICTIONARY)
-    text = unpacker.decompress(header, MAX_HEADER_BYTES)
-    if unpacker.unconsumed_tail or len(text + unpacker.flush(1)) > MAX_HEADER_BYTES:
+    text = unpacker.decompress(header, MAX_HEADER_BYTES + 1)  # stops one byte past the cap
+    if len(text) > MAX_HEADER_BYTES:
         raise ValueError(f"the header inflates to more than {MAX_HEADER_BYTES} bytes")
     parsed = json.loads(text + unpacker.flush())
     description, entries = parsed["description"], parsed["tensors"]

@@ -32,7 +32,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from shrinkflow import distributed
 from shrinkflow.artifact import Artifact
-from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_digest, file_digest
+from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_digest, file_digest, holds_checkpoint
 from shrinkflow.config import ShrinkflowError, Terminated
 from shrinkflow.cost import cost_summary
 from shrinkflow.data import SPLITS, TABLE_SUFFIXES, DataSplits, class_names_of, dataset_of, raw_inputs
@@ -71,6 +71,9 @@ _CHECKPOINT = "checkpoint"
 DIGEST_TAG = "shrinkflow.checkpoint_sha256"
 HOST_TAG, PID_TAG = "shrinkflow.host", "shrinkflow.pid"
 EXPERIMENT = "shrinkflow"  # where a step started on its own logs
+DATASET_FILE_TAG = "shrinkflow.dataset_file"  # the table file a run read as its dataset
+# tags naming the run a run's model or data came from
+_LINEAGE_TAGS = ("shrinkflow.source_run_id", "shrinkflow.baseline_run_id", "mlflow.parentRunId")
 _READY_STORES: set[str] = set()
 
 
@@ -297,11 +300,6 @@ def dataset_of_run(run_id: str, description: dict[str, Any]) -> DataSplits:
     return data
 
 
-# tags naming the run a run's model or data came from
-_LINEAGE_TAGS = ("shrinkflow.source_run_id", "shrinkflow.baseline_run_id", "mlflow.parentRunId")
-DATASET_FILE_TAG = "shrinkflow.dataset_file"
-
-
 def _check_table_was_logged(run_id: str, spec: str) -> None:
     path = str(Path(spec).resolve())
     if path not in _logged_files(run_id):
@@ -492,7 +490,7 @@ def _download_checkpoint(uri: str, tmp: str, run_id: str) -> Path:
 
 
 def _folder_problem(folder: Path, recorded: str | None) -> str | None:
-    if not (folder / CHECKPOINT_FILE).is_file():
+    if not holds_checkpoint(folder):  # format 1 models, logged before, hold no CHECKPOINT_FILE
         return f"its checkpoint file {CHECKPOINT_FILE} is missing from the artifact store"
     if recorded is None:
         print("warning: this model records no checkpoint digest (logged before digests were): it cannot be checked",
