@@ -66,7 +66,7 @@ from search.trial import (
     run_trial,
 )
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, new_artifact, score
-from shrinkflow.cli import NoResult, run_main
+from shrinkflow.cli import EXIT_FAILURE, NoResult, failure_line, run_main
 from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of, load_dataset
@@ -351,9 +351,12 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
             raise Surplus(f"trial {trial.number}: the study already holds {cfg.trials} trials")
         try:
             planned = plan_trial(trial, baseline, space)
-        except ShrinkflowError as exc:  # an invalid combination fails this trial, not the study
-            trial.set_user_attr("error", str(exc)[:1000])
-            raise
+        except Exception as exc:
+            failure = _trial_failure(exc)
+            if failure is None:
+                raise
+            trial.set_user_attr("error", str(failure)[:1000])
+            raise failure from exc
         claim_configuration(study, trial, space.configuration)  # a repeat steps back here, before any work
         tags = {"mlflow.parentRunId": job.parent_run_id, "shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
                 "shrinkflow.trial_number": str(trial.number), "shrinkflow.worker": str(worker),
@@ -379,10 +382,13 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
             status = "FINISHED"
             accuracy = ranked_accuracy(measured[ACCURACY], measured[VAL_LOSS], len(data.val[1]))
             return [accuracy, *objective_values(measured, cfg.cost_names())]
-        except ShrinkflowError as exc:  # an invalid combination fails this trial, not the study
-            trial.set_user_attr("error", str(exc)[:1000])
-            client.set_tag(run_id, "shrinkflow.error", str(exc)[:5000])
-            raise
+        except Exception as exc:
+            failure = _trial_failure(exc)
+            if failure is None:
+                raise
+            trial.set_user_attr("error", str(failure)[:1000])
+            client.set_tag(run_id, "shrinkflow.error", str(failure)[:5000])
+            raise failure from exc
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -390,6 +396,16 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
             client.set_terminated(run_id, status)
 
     return objective
+
+
+def _trial_failure(exc: Exception) -> ShrinkflowError | None:
+    """What fails one trial and not the study, as a one-line ``ShrinkflowError``: an invalid
+    combination, and any error inside the techniques — a layer one cannot handle, a bug, memory
+    (the line says which). None for what the stores or the machine refused: that stops the study."""
+    if isinstance(exc, ShrinkflowError):
+        return exc
+    line, status = failure_line(exc)
+    return ShrinkflowError(line) if status == EXIT_FAILURE or isinstance(exc, (MemoryError, RecursionError)) else None
 
 
 def _log_trial(client, run_id: str, record: dict, metrics: dict, artifact: Artifact | None, tags=None) -> None:

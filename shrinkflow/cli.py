@@ -7,10 +7,11 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 
 from shrinkflow import distributed
-from shrinkflow.config import ShrinkflowError, Terminated
+from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, Terminated
 from shrinkflow.runtime import die_with_parent
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Terminated",
     "about_run",
     "failure_line",
+    "one_line_warnings",
     "run_main",
 ]
 
@@ -49,7 +51,8 @@ def run_main(step: Callable[[], str]) -> None:
         # for a run no one waits for: the step stops as on SIGTERM, its run KILLED
         die_with_parent(os.getppid())
     try:
-        run_id = step()
+        with one_line_warnings():
+            run_id = step()
     except ShrinkflowError as exc:
         _debug()
         print(f"error: {exc}", file=sys.stderr)
@@ -68,6 +71,24 @@ def run_main(step: Callable[[], str]) -> None:
         print(run_id, flush=True)
     elif distributed.launched() and not distributed.is_main():
         distributed.exit_worker()
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block, a ``ShrinkflowWarning`` prints as one ``warning: ...`` line on stderr
+    (each distinct one once); other warnings as Python shows them."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ShrinkflowWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        warnings.simplefilter("default", ShrinkflowWarning)
+        yield
 
 
 def failure_line(exc: Exception) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 __all__ = [
     "ShrinkflowError",
+    "ShrinkflowWarning",
     "Terminated",
     "check_applies",
     "build_parser",
@@ -31,6 +32,11 @@ MAX_YAML_DEPTH = 50
 
 class ShrinkflowError(ValueError):
     """Bad user input: reported as one line, with the valid choices, and a non-zero exit."""
+
+
+class ShrinkflowWarning(UserWarning):
+    """Something the user should know that does not stop the work (a layer the cost model cannot
+    count, say): steps print it as one ``warning:`` line."""
 
 
 class Terminated(KeyboardInterrupt):

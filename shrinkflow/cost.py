@@ -1,13 +1,23 @@
 """Static cost of a model: parameters, sparsity, MACs, BOPs and size — exact, per layer.
 
-MACs are counted per sample for the matrix products of Linear, Conv1d/Conv2d and LSTM layers
-(biases, activations, pooling and the LSTM's element-wise gate products are not MACs):
+MACs are counted per sample for the matrix products of Linear, Conv1d/Conv2d, recurrent and
+attention layers (biases, activations, pooling, normalization and the gates' element-wise
+products are not MACs):
 - Linear: positions × in × out (positions = product of the non-feature dims, 1 for (B, F));
 - Conv: output positions × C_out × (C_in / groups) × kernel size;
-- LSTM: per layer and direction, steps × 4·H × (input size + H).
-*Effective* MACs skip weights that are exactly zero (each non-zero weight is used once per
-output position or step): removed channels are gone from the layer shapes already.
-BOPs = MACs × weight bits × activation bits (32 × 32 for float32).
+- LSTM, GRU, RNN: per layer and direction, steps × gates·H × (input size + H) (gates: 4, 3, 1);
+  LSTMCell, GRUCell, RNNCell: the same for one step, per call;
+- MultiheadAttention (query length L, key length S, embedding E): the projections L·E·E (query),
+  S·E·kdim and S·E·vdim (key, value), L·E·E (output), and the two attention products Q·Kᵀ and
+  A·V, L·S·E each (summed over heads);
+- Embedding, LayerNorm, BatchNorm, GroupNorm, RMSNorm, PReLU: parameters, no MACs (a lookup,
+  element-wise work).
+A module with weights of any other kind is not counted: ``layer_costs`` names it in a
+``ShrinkflowWarning`` with its parameter count (its parameters still count in ``cost_params``).
+The fused fast path of ``nn.TransformerEncoderLayer`` is switched off while counting (it would
+bypass the layers it fuses). *Effective* MACs skip weights that are exactly zero (each non-zero
+weight is used once per output position or step): removed channels are gone from the layer
+shapes already. BOPs = MACs × weight bits × activation bits (32 × 32 for float32).
 
 Size: ``cost_size_bytes`` is measured on the saved checkpoint folder; ``cost_size_entropy_bytes``
 is the information bound of its tensors (``shrinkflow.storage``: the empirical entropy of the
@@ -18,6 +28,7 @@ entry kept), which no coder of these symbols beats; ``storage_table`` gives both
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +41,7 @@ from torch import nn
 
 from shrinkflow.artifact import Artifact
 from shrinkflow.checkpoint import checkpoint_bytes, stored_tensors
+from shrinkflow.config import ShrinkflowWarning
 from shrinkflow.encoding import (
     int8_lstm_tensors,
     is_dynamic_int8_lstm,
@@ -45,10 +57,13 @@ __all__ = [
     "layer_table",
     "model_parameters",
     "storage_table",
+    "uncounted_layers",
 ]
 
 FLOAT_BITS = 32
-_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM)
+_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention)
+# weights that take part in no matrix product: counted as parameters, with no MACs
+_NO_MACS = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU, nn.modules.batchnorm._NormBase)
 
 
 @dataclass(frozen=True)
@@ -94,24 +109,82 @@ def model_parameters(model: nn.Module) -> list[torch.Tensor]:
     return [t for module in model.modules() for t in _own_tensors(module)[1]]
 
 
-def _macs(module: nn.Module, inputs: tuple, output) -> tuple[int, int]:
+def _layer_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``_own_tensors``, plus, for attention, those of its output projection: the attention
+    module uses that Linear's weight itself, so the Linear is never called (nor counted) alone."""
+    weights, params = _own_tensors(module)
+    if isinstance(module, nn.MultiheadAttention):
+        out_weights, out_params = _own_tensors(module.out_proj)
+        return weights + out_weights, params + out_params
+    return weights, params
+
+
+def _macs(module: nn.Module, inputs: tuple, kwargs: dict, output) -> tuple[int, int]:
     """(dense MACs, effective MACs) of one call with batch size 1."""
-    weights = _own_tensors(module)[0]
+    weights = _layer_tensors(module)[0]
+    if isinstance(module, nn.MultiheadAttention):
+        return _attention_macs(module, inputs, kwargs)
     if hasattr(module, "out_features"):  # Linear, float or int8
         positions = output.numel() // module.out_features
         return positions * module.in_features * module.out_features, positions * _nonzero(weights)
     if hasattr(module, "out_channels"):  # Conv, float or int8
         positions = output.numel() // module.out_channels
         return positions * weights[0].numel(), positions * _nonzero(weights)
-    # LSTM: (B, T, I) with batch_first, else (T, B, I); every weight is used once per step
-    steps = inputs[0].shape[1] if module.batch_first else inputs[0].shape[0]
+    if isinstance(module, nn.RNNCellBase):  # one step: every weight used once
+        return sum(w.numel() for w in weights), _nonzero(weights)
+    # LSTM, GRU, RNN: (B, T, I) with batch_first, else (T, B, I); every weight is used once per step
     if getattr(module, "proj_size", 0):
         raise ValueError("LSTM with proj_size is not supported by the cost model")
+    sequence = inputs[0]
+    if isinstance(sequence, nn.utils.rnn.PackedSequence):
+        steps = len(sequence.data)  # batch size 1: one row per step
+    else:
+        steps = sequence.shape[-2] if sequence.dim() == 2 else sequence.shape[1 if module.batch_first else 0]
     return steps * sum(w.numel() for w in weights), steps * _nonzero(weights)
 
 
+def _attention_macs(module: nn.MultiheadAttention, inputs: tuple, kwargs: dict) -> tuple[int, int]:
+    """The four projections (weights) and the two attention products (activations only)."""
+    query, key = (list(inputs) + [kwargs.get("query"), kwargs.get("key")][len(inputs) :])[:2]
+
+    def length(x: torch.Tensor) -> int:  # (L, E) unbatched, (N, L, E) batch first, else (L, N, E)
+        return x.shape[0] if x.dim() == 2 else x.shape[1 if module.batch_first else 0]
+
+    queries, keys, dim = length(query), length(key), module.embed_dim
+    keys += (module.bias_k is not None) + module.add_zero_attn  # an extra key position each
+    if module._qkv_same_embed_dim:
+        packed = module.in_proj_weight
+        projections = [packed[:dim], packed[dim : 2 * dim], packed[2 * dim :]]
+    else:
+        projections = [module.q_proj_weight, module.k_proj_weight, module.v_proj_weight]
+    positions = [queries, keys, keys]
+    dense = sum(n * w.numel() for n, w in zip(positions, projections, strict=True))
+    effective = sum(n * _nonzero([w]) for n, w in zip(positions, projections, strict=True))
+    output = module.out_proj.weight
+    dense, effective = dense + queries * output.numel(), effective + queries * _nonzero([output])
+    products = 2 * queries * keys * dim  # Q·Kᵀ and A·V over all heads: no weights, nothing skipped
+    return dense + products, effective + products
+
+
+def uncounted_layers(model: nn.Module, counted: set[str]) -> list[tuple[str, str, int]]:
+    """(name, kind, parameters) of every module with weights of its own that the cost model has
+    no MACs for: not among ``counted``, not of a kind without MACs, not attention's output Linear."""
+    inside_attention = {
+        f"{name}.out_proj" if name else "out_proj"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.MultiheadAttention)
+    }
+    found = []
+    for name, module in model.named_modules():
+        params = _own_tensors(module)[1]
+        if not params or name in counted or name in inside_attention or isinstance(module, _NO_MACS):
+            continue
+        found.append((name, type(module).__name__, sum(p.numel() for p in params)))
+    return found
+
+
 def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int]] | None = None) -> list[LayerCost]:
-    """Cost of every Linear/Conv/LSTM layer of ``model`` for one sample of ``input_shape``.
+    """Cost of every layer of ``model`` that does matrix products, for one sample of ``input_shape``.
 
     ``bits`` maps layer names to (weight bits, activation bits); unlisted layers are float32.
     """
@@ -119,28 +192,34 @@ def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int
     calls: dict[str, tuple[int, int]] = {}
     names = {module: name for name, module in model.named_modules()}
 
-    def record(module, inputs, output):
+    def record(module, inputs, kwargs, output):
         output = output[0] if isinstance(output, tuple) else output
-        dense, effective = _macs(module, inputs, output)
+        dense, effective = _macs(module, inputs, kwargs, output)
         previous = calls.get(names[module], (0, 0))  # a layer called twice costs twice
         calls[names[module]] = (previous[0] + dense, previous[1] + effective)
 
     counted = [m for m in model.modules() if isinstance(m, _COUNTED) or is_int8_layer(m)]
-    handles = [m.register_forward_hook(record) for m in counted]
-    was_training = model.training
+    handles = [m.register_forward_hook(record, with_kwargs=True) for m in counted]
+    was_training, fast_path = model.training, torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder layer calls no submodule
         device = next(iter(model_parameters(model))).device
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=device))
     finally:
         for handle in handles:
             handle.remove()
+        torch.backends.mha.set_fastpath_enabled(fast_path)
         model.train(was_training)
+    if uncounted := uncounted_layers(model, set(calls)):
+        listed = ", ".join(f"{name} ({kind}, {params} parameters)" for name, kind, params in uncounted)
+        warnings.warn(f"the cost model counts no MACs for {listed}: MACs and BOPs leave them out", ShrinkflowWarning,
+                      stacklevel=2)  # fmt: skip
     costs = []
     for name, (dense, effective) in calls.items():
         module = model.get_submodule(name)
-        params = _own_tensors(module)[1]
+        params = _layer_tensors(module)[1]
         weight_bits, activation_bits = bits.get(name, (FLOAT_BITS, FLOAT_BITS))
         costs.append(
             LayerCost(

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from shrinkflow.artifact import Artifact
 from shrinkflow.config import ShrinkflowError
+from shrinkflow.cost import model_parameters
 from shrinkflow.data import DataSplits
 from shrinkflow.runtime import seed_everything
 from shrinkflow.training import FitResult, FitSettings, LossFn, fit
@@ -110,7 +111,15 @@ def check_distilling(teacher: Artifact, settings: DistillSettings, data: DataSpl
     example = data.x_train[:2]
     with torch.no_grad():
         teacher_out = copy.deepcopy(teacher.model).cpu().eval()(example).shape[-1]
-    check_model(build_model(arch), example, teacher_out, arch["name"])  # the teacher's classes, this data's layout
+    student = build_model(arch)
+    check_model(student, example, teacher_out, arch["name"])  # the teacher's classes, this data's layout
+    sizes = [sum(p.numel() for p in model_parameters(model)) for model in (student, teacher.model)]
+    if sizes[0] >= sizes[1]:
+        raise ShrinkflowError(
+            f"the student ({arch['name']}, {sizes[0]} parameters) would not be smaller than its teacher ({sizes[1]}): "
+            "set student_width below 1 or a smaller student_depth (a factory must take width and depth for "
+            "them to apply), or name a smaller model with student=package.module:factory"
+        )
     return arch
 
 

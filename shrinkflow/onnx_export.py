@@ -50,7 +50,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
         )
     exported = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_stdout():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_stdout(), _without_fused_attention():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(
                 _exportable(model.cpu().eval()), (example.cpu(),), exported, dynamo=False, opset_version=OPSET,
@@ -178,6 +178,19 @@ class _DynamicInt8MatMul(torch.autograd.Function):
         products = g.op("MatMulInteger", x_codes, codes, x_zero_point, zero_points)
         rescaled = g.op("Mul", g.op("Cast", products, to_i=1), g.op("Mul", x_scale, scales))  # to_i=1: float
         return g.op("Add", rescaled, bias)
+
+
+@contextlib.contextmanager
+def _without_fused_attention() -> Iterator[None]:
+    """PyTorch's fused fast path of ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention``
+    (taken in eval mode without gradients) is one operator ONNX has no form for: export the plain
+    path, the same arithmetic in separate operators."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 @contextlib.contextmanager

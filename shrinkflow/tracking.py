@@ -55,6 +55,7 @@ __all__ = [
     "load_model",
     "log_dataset",
     "log_model",
+    "log_onnx_model",
     "log_table",
     "step_run",
     "tag_joined_run",
@@ -416,6 +417,25 @@ def log_model(artifact: Artifact, data: DataSplits, target: str = "onnxruntime")
         if mlflow.active_run() is not None:
             mlflow.set_tag("shrinkflow.served_form", served)
     return info.model_id
+
+
+def log_onnx_model(onnx_model: bytes, example: np.ndarray, logits: np.ndarray) -> str:
+    """Log ``onnx_model`` (one self-contained ``model.onnx``, run on ONNX Runtime's CPU provider,
+    the one the export was checked on) as the active run's MLflow ``onnx`` model with a signature
+    from ``example`` and its ``logits``; return its model id. Requirements are pinned here: MLflow
+    would otherwise infer them by importing the model in a subprocess (~2 s)."""
+    import onnx
+    import onnxruntime
+
+    logged = mlflow.onnx.log_model(
+        onnx.load_from_string(onnx_model), name=_MODEL_NAME, input_example=example,
+        onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
+        signature=infer_signature(example, logits),
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}",
+                          f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+    )  # fmt: skip
+    mlflow.set_tag("shrinkflow.model_id", logged.model_id)
+    return logged.model_id
 
 
 @contextlib.contextmanager

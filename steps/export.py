@@ -55,8 +55,6 @@ class ExportConfig:
 
 def execute(cfg: ExportConfig) -> str:
     import mlflow
-    import onnx
-    from mlflow.models import infer_signature
 
     from shrinkflow import tracking
 
@@ -75,13 +73,8 @@ def execute(cfg: ExportConfig) -> str:
     with tracking.step_run("export", config_to_params(cfg)) as run:
         mlflow.set_tags({"shrinkflow.source_run_id": cfg.run_id, "shrinkflow.exported_as": exported_as})
         tracking.log_dataset(data, "test")
-        example = data.x_test[:2].numpy()
-        logged = mlflow.onnx.log_model(
-            onnx.load_from_string(onnx_model), name="model", input_example=example,
-            onnx_execution_providers=["CPUExecutionProvider"],  # the provider the check ran on
-            save_as_external_data=False,  # one self-contained model.onnx, the file that was checked
-            signature=infer_signature(example, artifact.model.eval()(data.x_test[:2]).detach().numpy()),
-        )  # fmt: skip
+        example = data.x_test[:2]
+        model_id = tracking.log_onnx_model(onnx_model, example.numpy(), artifact.model.eval()(example).detach().numpy())
         metrics = {
             "onnx_argmax_agreement": check.argmax_agreement,
             "onnx_class_changes_within_tolerance": len(check.changed_margins),
@@ -91,13 +84,12 @@ def execute(cfg: ExportConfig) -> str:
             "onnx_size_bytes": len(onnx_model),
         }
         mlflow.log_metrics(metrics)
-        mlflow.set_tag("shrinkflow.model_id", logged.model_id)
         print(
             f"ONNX (exported as {exported_as}, {len(onnx_model)} bytes): same class as PyTorch on "
             f"{round(check.argmax_agreement * check.samples)}/{check.samples} test samples"
             f"{' (the others: ties within the tolerance)' if check.changed_margins else ''}, logits within "
             f"{check.max_abs_logit_diff:.2g} "
-            f"({check.relative_logit_diff:.2g} of the largest, tolerance {tolerance:g}), model {logged.model_id}",
+            f"({check.relative_logit_diff:.2g} of the largest, tolerance {tolerance:g}), model {model_id}",
             file=sys.stderr,
         )
         return run.info.run_id

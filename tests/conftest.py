@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -47,14 +48,59 @@ def trained_run_id(tracking_store) -> str:
     return train.execute(_quick_train_config())
 
 
+@pytest.fixture(scope="session")
+def dynamic_int8_lstm(tracking_store) -> tuple[str, list[str]]:
+    """An mnist1d LSTM trained one epoch, then quantized dynamic-int8 through the real steps (a
+    model with no ONNX form): the quantize step's run id and the warning lines it printed."""
+    import contextlib
+    import io
+
+    from steps import quantize, train
+
+    lstm = train.execute(_quick_train_config(model="lstm", dataset="mnist1d", epochs=1))
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        run_id = quantize.execute(quantize.QuantizeConfig(run_id=lstm, method="dynamic-int8", device="cpu"))
+    return run_id, [line for line in printed.getvalue().splitlines() if line.startswith("warning:")]
+
+
+def _run_ids_in_store(where: str = "") -> list[str] | None:
+    """The ids of the current tracking store's runs (``where``: an SQL condition), read from its
+    SQLite database: listing hundreds of runs through MLflow, with their metrics, params and tags,
+    takes ~0.3 s a call. None for a store of another kind."""
+    import sqlite3
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"))) as db:
+        return [row[0] for row in db.execute(f"SELECT run_uuid FROM runs {where}")]
+
+
+@pytest.fixture
+def all_run_ids(tracking_store):
+    """Callable giving the set of ids of every run in the tracking store."""
+
+    def _ids() -> set[str]:
+        found = _run_ids_in_store()
+        if found is None:
+            found = [r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")]
+        return set(found)
+
+    return _ids
+
+
 @pytest.fixture
 def running_runs():
-    """Callable listing the runs of any experiment still in RUNNING state."""
+    """Callable listing the ids of the runs of any experiment still in RUNNING state."""
 
-    def _running():
-        return mlflow.search_runs(
-            search_all_experiments=True, filter_string="attributes.status = 'RUNNING'", output_format="list"
-        )
+    def _running() -> list[str]:
+        found = _run_ids_in_store("WHERE status = 'RUNNING'")
+        if found is None:
+            filter_string = "attributes.status = 'RUNNING'"
+            runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+            found = [r.info.run_id for r in runs]
+        return found
 
     return _running
 

@@ -64,13 +64,14 @@ def test_in_memory_chain_gives_the_numbers_of_the_steps_chained_by_run_id(traine
     )
 
 
+@pytest.mark.slow  # a fresh interpreter; tests/test_layers.py checks the same statically (imports)
 def test_the_library_runs_without_mlflow():
     script = textwrap.dedent(
         """
         import sys, torch
         from shrinkflow import *
         data, cpu = load_dataset("digits"), torch.device("cpu")
-        a = train(new_artifact("cnn", data), data, FitSettings(epochs=1), cpu).artifact
+        a = train(new_artifact("mlp", data), data, FitSettings(epochs=1), cpu).artifact
         a = prune(a, data, PruneSettings(method="structured", sparsity=0.5, epochs=1), cpu).artifact
         a = quantize(a, data, QuantizeSettings(method="static-int8", calibration_batches=2), cpu).artifact
         print(int(cost(a)["cost_size_bytes"]), "mlflow" in sys.modules)

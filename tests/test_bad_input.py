@@ -85,6 +85,11 @@ def sequence_model(input_shape, num_classes):
     return Last()
 
 
+def ignores_scaling(input_shape, num_classes, **options):
+    """A factory that takes any keyword and uses none: width and depth change nothing."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1000), torch.nn.Linear(1000, num_classes))
+
+
 HERE = "test_bad_input"
 TRAIN = [
     (["--model", "resnet"], "unknown model 'resnet': choose mlp, cnn, cnn1d, lstm"),
@@ -221,6 +226,15 @@ DISTILL = [
         f"model factory '{HERE}:raising_factory' takes no width argument, so student_width=0.5 would change nothing",
     ),
     (["--student", f"{HERE}:no_arguments"], "takes (), but Shrinkflow calls factory(input_shape="),
+    (
+        ["--student-width", "1"],
+        "the student (mlp, 50610 parameters) would not be smaller than its teacher (50610): "
+        "set student_width below 1 or a smaller student_depth",
+    ),
+    (
+        ["--student", f"{HERE}:ignores_scaling"],
+        f"the student ({HERE}:ignores_scaling, 75010 parameters) would not be smaller than its teacher (50610)",
+    ),
 ]
 BENCHMARK = [
     (["--batch-sizes", "0"], "every batch size must be >= 1"),

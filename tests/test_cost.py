@@ -105,3 +105,121 @@ def test_artifact_bytes_within_five_percent_of_the_entropy_bound(name, tmp_path)
         summary["cost_size_entropy_bytes"] == table["entropy_bytes"].sum() == table["stored_bytes"].sum() == 4 * params
     )
     assert 0 < summary["cost_size_bytes"] / summary["cost_size_entropy_bytes"] - 1 < 0.05
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn, self.head = rnn, nn.Linear(16, 10)
+
+    def forward(self, x):  # (B, 1, 40) -> a sequence of 40 steps of 1 feature
+        return self.head(self.rnn(x.transpose(1, 2))[0][:, -1])
+
+
+def _macs(model, shape):
+    return sum(c.macs for c in layer_costs(model, shape))
+
+
+def test_gru_macs_are_three_gates_per_step():
+    model = _Recurrent(nn.GRU(1, 16, num_layers=2, batch_first=True))
+    per_step = 3 * 16 * (1 + 16) + 3 * 16 * (16 + 16)  # layer 1: 3 gates × H × (input + H); layer 2 the same on H
+    assert _macs(model, (1, 40)) == 40 * per_step + 16 * 10 == 40 * 2352 + 160
+
+
+def test_a_cell_called_every_step_costs_every_step():
+    class Cells(nn.Module):
+        def __init__(self, cell):
+            super().__init__()
+            self.cell, self.head = cell, nn.Linear(16, 10)
+
+        def forward(self, x):
+            state = None
+            for t in range(x.shape[-1]):
+                state = self.cell(x[:, :, t], state)
+            return self.head(state[0] if isinstance(state, tuple) else state)
+
+    assert _macs(Cells(nn.GRUCell(1, 16)), (1, 40)) == 40 * 3 * 16 * (1 + 16) + 160
+    assert _macs(Cells(nn.LSTMCell(1, 16)), (1, 40)) == 40 * 4 * 16 * (1 + 16) + 160
+
+
+class _Encoder(nn.Module):
+    """Digits as a sequence of 8 rows of 8 pixels: the rows embedded to 16, two heads."""
+
+    def __init__(self, layers: int = 1):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        layer = nn.TransformerEncoderLayer(16, nhead=2, dim_feedforward=32, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x[:, 0])).mean(1))
+
+
+def test_attention_macs_are_the_projections_and_both_products():
+    attention = nn.MultiheadAttention(16, 2, batch_first=True)
+    (measured,) = layer_costs(_SelfAttention(attention), (8, 16))
+    projections = 3 * 8 * 16 * 16 + 8 * 16 * 16  # Q, K, V and output: 8 positions × 16 × 16 each
+    products = 2 * 8 * 8 * 16  # Q·Kᵀ and A·V: 8 × 8 scores, 16 dims summed over the 2 heads
+    assert (measured.layer, measured.macs, measured.params) == ("attention", projections + products, 4 * (16 * 16 + 16))
+    with torch.no_grad():
+        attention.in_proj_weight[:16] = 0  # the query projection: used at 8 positions
+    (zeroed,) = layer_costs(_SelfAttention(attention), (8, 16))
+    assert zeroed.effective_macs == measured.macs - 8 * 16 * 16
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x):
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_a_transformer_layer_counts_attention_and_feed_forward_even_on_the_fast_path():
+    model = _Encoder().eval()
+    attention = 4 * 8 * 16 * 16 + 2 * 8 * 8 * 16
+    feed_forward = 8 * 16 * 32 + 8 * 32 * 16
+    expected = 8 * 8 * 16 + attention + feed_forward + 16 * 10  # embedding of 8 rows, the layer, the head
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert _macs(model, (1, 8, 8)) == expected == 19_616
+    assert torch.backends.mha.get_fastpath_enabled()  # switched off only while counting
+
+
+class _Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding, self.norm = nn.Embedding(10, 8), nn.LayerNorm(8)
+        self.odd = nn.Bilinear(8, 8, 4)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        rows = self.norm(self.embedding(x[:, 0, 0].long()))
+        return self.head(rows) + self.odd(rows, rows).sum()
+
+
+UNCOUNTED = "the cost model counts no MACs for odd (Bilinear, 260 parameters): MACs and BOPs leave them out"
+
+
+def test_layers_without_macs_count_their_parameters_and_unknown_ones_are_named(recwarn):
+    from shrinkflow.config import ShrinkflowWarning
+
+    summary = cost_summary(_Mixed(), {"architecture": {"input_shape": [1, 8, 8]}, "storage": "dense-fp32"})
+    assert summary["cost_macs"] == 8 * 8 * 10  # the head, at each of the 8 embedded positions
+    assert summary["cost_params"] == 10 * 8 + 2 * 8 + (8 * 8 * 4 + 4) + (8 * 10 + 10)
+    (warned,) = [w for w in recwarn if issubclass(w.category, ShrinkflowWarning)]
+    assert str(warned.message) == UNCOUNTED
+
+
+def test_a_step_prints_the_cost_warning_once_as_one_line(capsys):
+    from shrinkflow.cli import run_main
+
+    def step() -> str:
+        for _ in range(3):  # a step costs its model more than once
+            layer_costs(_Mixed(), (1, 8, 8))
+        return "run-id"
+
+    run_main(step)
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"warning: {UNCOUNTED}"] and captured.out == "run-id\n"

@@ -53,6 +53,7 @@ def single_process_run(quick_train_config) -> str:
     return train.execute(quick_train_config(**SETTINGS))
 
 
+@pytest.mark.slow  # torchrun: two processes that each import torch and MLflow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_train_on_the_batches_one_process_does_and_log_one_run(
     quick_train_config, single_process_run, parallel
@@ -81,6 +82,7 @@ def _sharded_share(run_id: str) -> int:
     return sum(-(-p.shape[0] // 2) * p[0].numel() for p in artifact.model.parameters())
 
 
+@pytest.mark.slow  # torchrun, three steps
 def test_prune_quantize_and_distill_fine_tune_under_torchrun(trained_run_id):
     for config in (
         prune.PruneConfig(run_id=trained_run_id, method="global", sparsity=0.8, epochs=2, device="cpu", nproc=2),
@@ -102,6 +104,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # torchrun, two launchers
 def test_two_nodes_meet_through_c10d_rendezvous_on_one_machine():
     """What two machines run (README), with both "nodes" on 127.0.0.1."""
     endpoint, job = f"127.0.0.1:{_free_port()}", f"shrinkflow-{uuid.uuid4().hex[:8]}"
@@ -152,6 +155,7 @@ def _rank_process(launcher: psutil.Process, rank: int) -> psutil.Process | None:
     return None
 
 
+@pytest.mark.slow  # torchrun
 def test_killing_one_rank_ends_the_job_and_fails_the_run():
     before = _run_ids()
     command = [sys.executable, "-m", "steps.train", "--epochs", "500", "--patience", "0", "--device", "cpu"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from shrinkflow import tracking
+from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import dataset_of
 from shrinkflow.onnx_export import INT8_TOLERANCE, ExportCheck, check_onnx, export_onnx, onnx_logits, onnx_session
 from steps import export, prune, quantize
@@ -34,9 +35,15 @@ def _compressed(kind: str, run_id: str) -> str:
 EXPORTED_AS = {"static-int8": "int8", "dynamic-int8": "int8-dynamic"}  # every other kind: decoded float32
 
 
+# global, kbit4 and binary export as decoded float32 weights, as kmeans does: slow only
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "kind", ["fp32", "global", "structured", "kbit4", "kmeans", "binary", "static-int8", "dynamic-int8"]
-)
+    "kind",
+    ["fp32", pytest.param("global", marks=_SLOW), "structured", pytest.param("kbit4", marks=_SLOW), "kmeans",
+     pytest.param("binary", marks=_SLOW), "static-int8", "dynamic-int8"],
+)  # fmt: skip
 def test_export_step_logs_an_onnx_model_that_predicts_like_pytorch(cnn_run_id, kind):
     source = _compressed(kind, cnn_run_id)
     run = mlflow.get_run(export.execute(export.ExportConfig(run_id=source)))
@@ -89,19 +96,37 @@ def trained_mlp_and_dynamic(trained_run_id):
     return artifact.model, dataset_of(artifact.description)
 
 
-def test_a_model_without_onnx_operators_is_refused_with_the_reason(quick_train_config, fails_with_bad_input, capsys):
-    from steps import train
+class _Recurrent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.head = torch.nn.LSTM(1, 8, batch_first=True), torch.nn.Linear(8, 3)
 
-    lstm = train.execute(quick_train_config(model="lstm", dataset="mnist1d", epochs=1))
-    dynamic = quantize.execute(quantize.QuantizeConfig(run_id=lstm, method="dynamic-int8", device="cpu"))
-    capsys.readouterr()
-    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    def forward(self, x):
+        return self.head(self.lstm(x.transpose(1, 2))[0][:, -1])
+
+
+def test_a_dynamic_int8_lstm_has_no_onnx_form_and_says_so():
+    model = torch.ao.quantization.quantize_dynamic(_Recurrent().eval(), {torch.nn.LSTM}, dtype=torch.qint8)
+    with pytest.raises(ShrinkflowError) as refused:
+        export_onnx(model, torch.randn(2, 1, 5))
+    assert str(refused.value) == (
+        "cannot export this model to ONNX: ONNX has no operator for a dynamic-int8 LSTM (quantized::quantized_lstm); "
+        "quantize it with kbit, or deploy it with target traced"
+    )
+
+
+@pytest.mark.slow  # trains an LSTM and times it in the quantize step (~15 s); the refusal itself is tested above
+def test_a_model_without_onnx_operators_is_refused_with_the_reason(
+    dynamic_int8_lstm, fails_with_bad_input, all_run_ids
+):
+    dynamic, _ = dynamic_int8_lstm
+    before = len(all_run_ids())
     line = fails_with_bad_input(export.main, ["--run-id", dynamic])
     assert line == (
         f"error: run '{dynamic}' (storage int8-dynamic): cannot export this model to ONNX: ONNX has no operator for "
         "a dynamic-int8 LSTM (quantized::quantized_lstm); quantize it with kbit, or deploy it with target traced"
     )
-    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before  # no run
+    assert len(all_run_ids()) == before  # no run
 
 
 def test_the_check_fails_an_export_that_predicts_differently():
@@ -132,3 +157,15 @@ def test_the_check_fails_an_export_that_predicts_differently():
 def test_bad_tolerance(fails_with_bad_input, trained_run_id, tolerance):
     line = fails_with_bad_input(export.main, ["--run-id", trained_run_id, "--tolerance", str(tolerance)])
     assert line == f"error: tolerance must be in [0, 1) (0 = the default for the model), got {tolerance}"
+
+
+def test_a_transformer_exports_through_its_plain_path_and_predicts_like_pytorch():
+    """In eval mode PyTorch runs an encoder layer as one fused operator that ONNX cannot express."""
+    from tests.test_cost import _Encoder
+
+    torch.manual_seed(0)
+    model, x = _Encoder(layers=2).eval(), torch.randn(50, 1, 8, 8)
+    onnx_model = export_onnx(model, x[:2])
+    assert "MatMul" in {node.op_type for node in onnx.load_from_string(onnx_model).graph.node}
+    assert check_onnx(model, onnx_model, x).problem(1e-4) is None
+    assert torch.backends.mha.get_fastpath_enabled()  # left as it was

@@ -53,6 +53,7 @@ def test_train_then_evaluate_via_mlflow_run():
     assert prune_run.data.metrics["cost_macs"] < prune_run.data.metrics["baseline_cost_macs"]
 
 
+@pytest.mark.slow  # mlflow run starts the step in its own process
 def test_bad_input_via_mlflow_run_fails_the_run():
     before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
     result = _mlflow_run("-e", "train", "-P", "model=resnet")

@@ -328,18 +328,18 @@ def load():
 """
 
 
-def test_data_changed_since_training_fails_before_a_run(tmp_path, monkeypatch, fails_with_bad_input):
+def test_data_changed_since_training_fails_before_a_run(tmp_path, monkeypatch, fails_with_bad_input, all_run_ids):
     (tmp_path / "switchable_digits.py").write_text(_SWITCHABLE_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
     run_id = train_step.execute(
         train_step.TrainConfig(model="mlp", dataset="switchable_digits:load", epochs=1, device="cpu")
     )
     monkeypatch.setenv("SHRINKFLOW_TEST_EMPTY_VAL", "1")  # the user's data changed since training
-    runs_before = len(mlflow.search_runs(search_all_experiments=True))
+    runs_before = len(all_run_ids())
     argv = ["--run-id", run_id, "--method", "static-int8", "--calibration-split", "val"]
     line = fails_with_bad_input(quantize_step.main, argv)
     assert f"dataset 'switchable_digits:load' is not what run '{run_id}' used: its val split had digest" in line
-    assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before  # no run was started
+    assert len(all_run_ids()) == runs_before  # no run was started
 
 
 def test_calibration_on_an_empty_split_is_refused(tmp_path, monkeypatch):

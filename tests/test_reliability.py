@@ -36,6 +36,32 @@ def _start_long_train() -> tuple[subprocess.Popen, str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_inside_a_step_marks_its_run_killed_and_exits_by_it(sig, capsys, running_runs):
+    """What a terminated step does, in this process: the signal arrives while its run is open."""
+    from shrinkflow.cli import run_main
+
+    opened = []
+
+    def step() -> str:
+        with tracking.step_run("train", {}) as run:
+            opened.append(run.info.run_id)
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises before this ends
+        return run.info.run_id
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(step)
+    assert exit_info.value.code == 128 + sig.value
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"error: stopped by {sig.name}; the step's run is marked KILLED"
+    )
+    assert mlflow.get_run(opened[0]).info.status == "KILLED" and running_runs() == []
+    assert signal.getsignal(sig) is signal.SIG_DFL  # the step's handlers are gone again
+
+
+@pytest.mark.slow  # a real step in its own process (the test above covers the same path in process)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminated_step_marks_its_run_killed_and_says_so(sig):
     process, run_id = _start_long_train()
     process.send_signal(sig)
@@ -45,6 +71,26 @@ def test_a_terminated_step_marks_its_run_killed_and_says_so(sig):
     assert mlflow.get_run(run_id).info.status == "KILLED"
 
 
+def test_a_run_left_running_by_a_dead_process_is_marked_killed_by_the_next_step(running_runs, trained_run_id):
+    """What a SIGKILLed step leaves behind (its run RUNNING, its process gone), made in process."""
+    import socket
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid now names no process
+    client = mlflow.MlflowClient()
+    tags = {tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: str(finished.pid)}
+    orphan = client.create_run(mlflow.get_run(trained_run_id).info.experiment_id, tags=tags).info.run_id
+    alive = client.create_run(
+        mlflow.get_run(trained_run_id).info.experiment_id, tags={**tags, tracking.PID_TAG: str(os.getpid())}
+    )
+    evaluate.execute(evaluate.EvaluateConfig(run_id=trained_run_id, device="cpu"))  # the next step starts
+    assert mlflow.get_run(orphan).info.status == "KILLED"
+    assert mlflow.get_run(alive.info.run_id).info.status == "RUNNING"  # its process lives: left alone
+    client.set_terminated(alive.info.run_id)
+    assert running_runs() == []
+
+
+@pytest.mark.slow  # a real step in its own process, killed mid-training
 def test_a_sigkilled_steps_run_is_marked_killed_by_the_next_step(running_runs, trained_run_id):
     process, run_id = _start_long_train()
     process.send_signal(signal.SIGKILL)

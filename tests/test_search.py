@@ -198,10 +198,10 @@ class TestBadInput:
             (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the Optuna storage"),
         ],
     )
-    def test_one_line_and_no_study_or_run(self, fails_with_bad_input, argv, message):
-        runs_before = len(mlflow.search_runs(search_all_experiments=True))
+    def test_one_line_and_no_study_or_run(self, fails_with_bad_input, all_run_ids, argv, message):
+        runs_before = len(all_run_ids())
         assert message in fails_with_bad_input(search.main, argv)
-        assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
+        assert len(all_run_ids()) == runs_before
 
     @pytest.mark.parametrize(
         "text,message",
@@ -383,6 +383,33 @@ def test_a_trial_whose_model_cannot_run_in_the_target_is_infeasible(trained_run_
     assert all(run.data.tags["shrinkflow.not_deployable"] == "no ONNX operator for it" for run in runs)
 
 
+def test_an_unforeseen_error_inside_a_trial_fails_that_trial_not_the_study(
+    trained_run_id, tmp_path, small_space, monkeypatch
+):
+    """Say a technique meets a layer it cannot handle: the trial fails with one line, the rest run."""
+    real = search.run_trial
+
+    def broken_first(planned, baseline, *args):
+        if not getattr(broken_first, "done", False):
+            broken_first.done = True
+            raise AttributeError("'function' object has no attribute 'device'")
+        return real(planned, baseline, *args)
+
+    monkeypatch.setattr(search, "run_trial", broken_first)
+    cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=3, study_name="unforeseen")
+    search.execute(cfg)
+    trials = _study(cfg).trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and len(_done(_study(cfg))) == 3
+    assert (
+        failed[0]
+        .user_attrs["error"]
+        .startswith("unexpected AttributeError: 'function' object has no attribute 'device' — a Shrinkflow bug")
+    )
+    run = mlflow.get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["shrinkflow.error"] == failed[0].user_attrs["error"]
+
+
 def test_a_latency_search_reports_speedups_timed_interleaved_with_the_baseline(trained_run_id, tmp_path, small_space):
     cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=2, costs="latency,size", study_name="lat")
     champion = mlflow.get_run(search.execute(cfg))
@@ -488,6 +515,7 @@ def test_a_trial_stopped_early_completes_infeasible_with_what_it_reached(trained
     assert run.data.metrics["val_accuracy"] == record["val_accuracy"] and "cost_size_bytes" in run.data.metrics
 
 
+@pytest.mark.slow  # a full search whose redraws all repeat (~3.5 s)
 def test_a_space_with_a_single_configuration_ends_after_it_instead_of_redrawing_forever(trained_run_id, tmp_path):
     single = tmp_path / "single.yaml"
     single.write_text("prune: {method: global, sparsity: 0.5, epochs: 1}\nquantize: {enabled: false}\n")
@@ -524,6 +552,7 @@ def test_values_valid_alone_but_not_together_are_refused_when_the_space_is_read(
         load_space(space)
 
 
+@pytest.mark.slow  # a search in its own process
 def test_a_search_through_a_pipe_prints_a_line_per_trial_and_the_three_runs(trained_run_id, tmp_path, small_space):
     cfg = _config(tmp_path, small_space, trials=2)
     argv = [sys.executable, "-m", "search.main", "--run-id", trained_run_id, "--space", small_space, "--trials", "2",
@@ -543,7 +572,7 @@ def test_a_search_through_a_pipe_prints_a_line_per_trial_and_the_three_runs(trai
     assert mlflow.get_run(labelled["search run"]).data.tags["shrinkflow.step"] == "search"
 
 
-def test_data_or_a_space_that_cannot_run_leaves_no_run_and_no_study(tmp_path, small_space):
+def test_data_or_a_space_that_cannot_run_leaves_no_run_and_no_study(tmp_path, small_space, all_run_ids):
     gradual0 = tmp_path / "gradual0.yaml"
     gradual0.write_text("prune: {method: gradual, sparsity: 0.8, epochs: 0}\n")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -552,11 +581,11 @@ def test_data_or_a_space_that_cannot_run_leaves_no_run_and_no_study(tmp_path, sm
         (one_class, "the val split holds 1 class"),
         (_config(tmp_path, str(gradual0), epochs=1), "prune cannot run"),
     ]
-    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    before = len(all_run_ids())
     for cfg, message in cases:
         with pytest.raises(ShrinkflowError, match=message):
             search.execute(cfg)
-    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before  # no run
+    assert len(all_run_ids()) == before  # no run
     assert not (tmp_path / "optuna.db").exists() or optuna.get_all_study_summaries(storage) == []  # no study
 
 

@@ -114,39 +114,54 @@ def _logged_model_folder(run_id: str) -> Path:
     return Path(urlparse(model.artifact_location).path) / "artifacts"
 
 
-@pytest.mark.parametrize("changed", ["onnx", "checkpoint"])
-def test_a_weight_changed_in_the_artifact_store_is_not_served(trained_run_id, changed):
-    """Served forms check the digests the model recorded when it was logged: pyfunc and
-    ``mlflow models serve`` refuse a changed file in one line (not the weights it holds)."""
-    import os
-    import subprocess
-    import sys
-
+def _flip_a_weight_bit(trained_run_id: str, changed: str) -> tuple[Path, bytes, str, str]:
+    """One weight's lowest bit flipped in the logged model's ``changed`` file: its path, the
+    original bytes, the model's URI and the refusal expected."""
     import mlflow
-
-    from tests.serving import REPO_ROOT
 
     folder = _logged_model_folder(trained_run_id)
     path = folder / {"onnx": "model.onnx", "checkpoint": "checkpoint/model.shrinkflow"}[changed]
     original = path.read_bytes()
     flipped = bytearray(original)
-    flipped[len(flipped) * 3 // 4] ^= 0x01  # inside the weights: one weight's lowest bit
+    flipped[len(flipped) * 3 // 4] ^= 0x01  # inside the weights
     path.write_bytes(bytes(flipped))
     uri = f"models:/{mlflow.get_run(trained_run_id).outputs.model_outputs[-1].model_id}"
-    expected = f"the model's {changed} differs from the SHA-256 digest recorded when it was logged"
+    return path, original, uri, f"the model's {changed} differs from the SHA-256 digest recorded when it was logged"
+
+
+@pytest.mark.parametrize("changed", ["onnx", "checkpoint"])
+def test_a_weight_changed_in_the_artifact_store_is_not_served(trained_run_id, changed):
+    """pyfunc checks the digests the model recorded when it was logged: a changed file is refused
+    in one line (not served with the weights it holds)."""
+    import mlflow
+
+    path, original, uri, expected = _flip_a_weight_bit(trained_run_id, changed)
     try:
         with pytest.raises(ShrinkflowError, match=expected):
             mlflow.pyfunc.load_model(uri)
-        if changed == "checkpoint":  # the server loads through the same check: once is enough
-            return
-        argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-                "-h", "127.0.0.1", "-p", "0"]  # fmt: skip
-        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        server = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert server.returncode != 0 and expected in server.stderr
     finally:
         path.write_bytes(original)
     assert mlflow.pyfunc.load_model(uri).predict(load_dataset("digits").x_test[:2].numpy()).shape == (2,)
+
+
+@pytest.mark.slow  # starts mlflow models serve in its own process
+def test_mlflow_models_serve_refuses_a_changed_weight(trained_run_id):
+    """``mlflow models serve`` loads through the same check as pyfunc."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.serving import REPO_ROOT
+
+    path, original, uri, expected = _flip_a_weight_bit(trained_run_id, "onnx")
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", "0"]  # fmt: skip
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    try:
+        server = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        path.write_bytes(original)
+    assert server.returncode != 0 and expected in server.stderr
 
 
 def test_a_model_logged_without_a_digest_loads_with_a_warning(trained_run_id, capsys):
