@@ -42,6 +42,7 @@ from shrinkflow.config import read_yaml
 from shrinkflow.masks import prunable_layers
 from shrinkflow.pruning import APPLIES as PRUNE_APPLIES
 from shrinkflow.quantization import APPLIES as QUANTIZE_APPLIES
+from shrinkflow.quantization import quantizable_layers
 
 __all__ = ["BUILT_IN_SPACES", "DEFAULT_SPACE", "STAGES", "Knob", "Space", "load_space"]
 
@@ -193,7 +194,7 @@ def _no_epochs(stage: str, knob: str, method: str | None) -> bool:
 def _layers(stage: str, model: nn.Module) -> list[str]:
     if stage == "prune":
         return prunable_layers(model)
-    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    return quantizable_layers(model)
 
 
 def _fit_epochs_to_method(stage: str, values: dict) -> None:

@@ -43,8 +43,8 @@ from shrinkflow.artifact import Artifact
 from shrinkflow.checkpoint import checkpoint_bytes, stored_tensors
 from shrinkflow.config import ShrinkflowWarning
 from shrinkflow.encoding import (
-    int8_lstm_tensors,
-    is_dynamic_int8_lstm,
+    int8_rnn_tensors,
+    is_dynamic_int8_rnn,
     is_int8_layer,
 )
 
@@ -93,8 +93,8 @@ def _nonzero(tensors) -> int:
 def _own_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(weights that take part in MACs, all parameters) of one module, not of its children.
     An int8 layer keeps its weight packed: its int8 codes stand in for it."""
-    if is_dynamic_int8_lstm(module):
-        weights, biases = int8_lstm_tensors(module)
+    if is_dynamic_int8_rnn(module):
+        weights, biases = int8_rnn_tensors(module)
         codes = [w.int_repr() for w in weights.values()]
         return codes, codes + list(biases.values())
     if is_int8_layer(module):

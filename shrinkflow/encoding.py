@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DYNAMIC_RECURRENT",
     "Encoded",
     "decode",
     "dynamic_int8",
@@ -49,7 +50,7 @@ __all__ = [
     "int8_skeleton",
     "int8_state",
     "is_dynamic_int8_linear",
-    "is_dynamic_int8_lstm",
+    "is_dynamic_int8_rnn",
     "has_int8_layers",
     "is_int8_layer",
     "kept_weights",
@@ -205,19 +206,25 @@ _BACKEND = "x86"  # fbgemm/onednn kernels; activations use 7 bits of range (redu
 WEIGHT_SCALES = ("per-channel", "per-tensor")
 
 
-def dynamic_int8(model: nn.Module, weight_scales: str = "per-channel") -> nn.Module:
-    """A copy of ``model`` whose Linear and LSTM layers run int8 kernels: weights int8 (per output
-    channel for Linear, or one scale a layer with ``weight_scales`` per-tensor; per tensor for
-    LSTM, the only LSTM kernel there is), activations quantized to int8 on the fly, batch by batch."""
+# The recurrent layers dynamic int8 quantizes, recorded in a model's description
+# (``quantize.int8_recurrent``) so that a checkpoint is rebuilt as it was made: before GRU was
+# added, a GRU stayed float32.
+DYNAMIC_RECURRENT = ("LSTM", "GRU")
+
+
+def dynamic_int8(
+    model: nn.Module, weight_scales: str = "per-channel", recurrent: tuple[str, ...] = DYNAMIC_RECURRENT
+) -> nn.Module:
+    """A copy of ``model`` whose Linear and ``recurrent`` layers run int8 kernels: weights int8
+    (per output channel for Linear, or one scale a layer with ``weight_scales`` per-tensor; per
+    tensor for LSTM and GRU, the only kernels there are), activations quantized to int8 on the fly,
+    batch by batch."""
     import torch.ao.quantization as tq
 
     linear = tq.default_dynamic_qconfig if weight_scales == "per-tensor" else tq.per_channel_dynamic_qconfig
+    mapping = {nn.Linear: linear, **{getattr(nn, kind): tq.default_dynamic_qconfig for kind in recurrent}}
     with _quiet():
-        return per_tensor_as_channels(
-            tq.quantize_dynamic(
-                model.eval(), {nn.Linear: linear, nn.LSTM: tq.default_dynamic_qconfig}, dtype=torch.qint8
-            )
-        )
+        return per_tensor_as_channels(tq.quantize_dynamic(model.eval(), mapping, dtype=torch.qint8))
 
 
 def per_tensor_as_channels(model: nn.Module) -> nn.Module:
@@ -225,7 +232,7 @@ def per_tensor_as_channels(model: nn.Module) -> nn.Module:
     channels at that scale: the same codes and the same arithmetic, in the one layout that
     checkpoints and the ONNX export read (the export writes equal scales back as one)."""
     for module in model.modules():
-        if is_int8_layer(module) and not is_dynamic_int8_lstm(module):
+        if is_int8_layer(module) and not is_dynamic_int8_rnn(module):
             weight = module.weight()
             if weight.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
                 channels = weight.shape[0]
@@ -318,8 +325,8 @@ def convert_int8(prepared: nn.Module, int8_graph: int = INT8_GRAPH) -> nn.Module
 def int8_skeleton(float_model: nn.Module, storage: str, input_shape, quantize: dict) -> nn.Module:
     """An int8 model with the structure that ``storage`` and the quantize settings produce, its
     values to be filled by ``load_int8_state``."""
-    if storage == "int8-dynamic":
-        return dynamic_int8(float_model)
+    if storage == "int8-dynamic":  # checkpoints from before GRU was quantized: LSTM only
+        return dynamic_int8(float_model, recurrent=tuple(quantize.get("int8_recurrent", ["LSTM"])))
     example = torch.zeros(1, *input_shape)
     graph = quantize.get("int8_graph", 1)  # checkpoints from before the version was recorded: 1
     prepared = prepare_static_int8(float_model, example, quantize["observer"], quantize["method"] == "qat", graph)
@@ -327,21 +334,22 @@ def int8_skeleton(float_model: nn.Module, storage: str, input_shape, quantize: d
 
 
 def is_int8_layer(module: nn.Module) -> bool:
-    """A Linear or Conv layer with int8 weights (dynamic or static), or a dynamic-int8 LSTM."""
+    """A Linear or Conv layer with int8 weights (dynamic or static), or a dynamic-int8 LSTM or GRU."""
     from torch.ao.nn.quantized import Linear
     from torch.ao.nn.quantized.modules.conv import _ConvNd
 
-    return isinstance(module, (Linear, _ConvNd)) or is_dynamic_int8_lstm(module)
+    return isinstance(module, (Linear, _ConvNd)) or is_dynamic_int8_rnn(module)
 
 
-def is_dynamic_int8_lstm(module: nn.Module) -> bool:
-    from torch.ao.nn.quantized.dynamic import LSTM as DynamicLSTM
+def is_dynamic_int8_rnn(module: nn.Module) -> bool:
+    """A dynamic-int8 LSTM or GRU."""
+    from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase
 
-    return isinstance(module, DynamicLSTM)
+    return isinstance(module, RNNBase)
 
 
-def int8_lstm_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(int8 weights, float32 biases) of a dynamic-int8 LSTM, named as nn.LSTM names them."""
+def int8_rnn_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(int8 weights, float32 biases) of a dynamic-int8 LSTM or GRU, named as nn.LSTM/nn.GRU name them."""
     return module.get_weight(), module.get_bias()
 
 
@@ -360,8 +368,8 @@ def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if is_dynamic_int8_lstm(module):  # per-tensor int8 weights, float32 biases
-            weights, biases = int8_lstm_tensors(module)
+        if is_dynamic_int8_rnn(module):  # per-tensor int8 weights, float32 biases
+            weights, biases = int8_rnn_tensors(module)
             for key, weight in weights.items():
                 state[f"{prefix}{key}::int8"] = weight.int_repr().contiguous()
                 state[f"{prefix}{key}::scale"] = torch.tensor(weight.q_scale(), dtype=torch.float32)
@@ -395,8 +403,8 @@ def load_int8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     used = set()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if is_dynamic_int8_lstm(module):
-            used |= _load_int8_lstm(module, prefix, state)
+        if is_dynamic_int8_rnn(module):
+            used |= _load_int8_rnn(module, prefix, state)
             continue
         if not is_int8_layer(module):
             continue
@@ -419,8 +427,8 @@ def load_int8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     return model.eval()
 
 
-def _load_int8_lstm(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> set[str]:
-    weights, biases = int8_lstm_tensors(module)
+def _load_int8_rnn(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> set[str]:
+    weights, biases = int8_rnn_tensors(module)
     tensors, used = {}, set()
     for key in weights:
         codes, scale, zero_point = (state[f"{prefix}{key}::{part}"] for part in ("int8", "scale", "zero_point"))
@@ -473,8 +481,8 @@ def repacked_int8(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     with torch.no_grad():
         for module in model.modules():
-            if is_dynamic_int8_lstm(module):
-                weights, biases = int8_lstm_tensors(module)
+            if is_dynamic_int8_rnn(module):
+                weights, biases = int8_rnn_tensors(module)
                 module.set_weight_bias({**weights, **biases})
             elif is_int8_layer(module):
                 module.set_weight_bias(module.weight(), module.bias())

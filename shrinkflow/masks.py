@@ -3,9 +3,11 @@
 
 Pure PyTorch (and Torch-Pruning for the dependency graph); no MLflow, no files.
 
-Unstructured methods zero weights of the *prunable* tensors — the weight matrices and kernels of
-Linear, Conv1d/Conv2d and LSTM layers (biases are left alone, as in Han et al.) — and keep a
-mask so fine-tuning cannot bring them back. The article's "clipping" sample zeroes the weights
+Unstructured methods zero weights of the *prunable* tensors — every parameter named *weight* of
+Linear, Conv1d/Conv2d, LSTM/GRU/RNN (``weight_ih_l*``, ``weight_hh_l*``), MultiheadAttention (the
+packed ``in_proj_weight``; its ``out_proj`` is a Linear) and Embedding layers (biases and
+normalization scales are left alone, as in Han et al.) — and keep a mask so fine-tuning cannot
+bring them back. The article's "clipping" sample zeroes the weights
 *above* a threshold; magnitude pruning removes the *small* ones, which carry the least signal.
 """
 
@@ -32,7 +34,7 @@ __all__ = [
     "threshold_masks",
 ]
 
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM)
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.MultiheadAttention, nn.Embedding)
 Masks = dict[str, torch.Tensor]
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from shrinkflow.config import ShrinkflowError
-from shrinkflow.encoding import has_int8_layers, is_dynamic_int8_linear, is_dynamic_int8_lstm
+from shrinkflow.encoding import has_int8_layers, is_dynamic_int8_linear, is_dynamic_int8_rnn
 from shrinkflow.training import predict_logits
 
 __all__ = [
@@ -43,10 +43,11 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     """``model`` (on the CPU, in eval mode) as an ONNX model with input ``input`` and output
     ``logits``, the batch dimension left free. An operator ONNX cannot express is one line
     naming it."""
-    if any(is_dynamic_int8_lstm(module) for module in model.modules()):  # the exporter's own error is obscure
+    recurrent = [type(module).__name__ for module in model.modules() if is_dynamic_int8_rnn(module)]
+    if recurrent:  # the exporter's own error is obscure
         raise ShrinkflowError(
-            "cannot export this model to ONNX: ONNX has no operator for a dynamic-int8 LSTM "
-            "(quantized::quantized_lstm); quantize it with kbit, or deploy it with target traced"
+            f"cannot export this model to ONNX: ONNX has no operator for a dynamic-int8 {recurrent[0]} "
+            f"(quantized::quantized_{recurrent[0].lower()}); quantize it with kbit, or deploy it with target traced"
         )
     exported = io.BytesIO()
     try:

@@ -20,7 +20,7 @@ then runs in float32: sizes are real, but these methods do not make the model co
 
 int8 methods, stored as int8 weights (with the activations' scales), run PyTorch's int8 kernels
 (CPU only):
-- ``dynamic-int8``: Linear layers with int8 weights (per output channel; LSTM layers per
+- ``dynamic-int8``: Linear layers with int8 weights (per output channel; LSTM and GRU layers per
   tensor) and activations quantized to int8 on the fly;
 - ``static-int8``: weights and activations int8 (post-training static quantization, FX graph
   mode): Conv/Linear layers fused with the ReLU after them, observers (``observer``) record the
@@ -47,6 +47,7 @@ from shrinkflow.config import ShrinkflowError, check_applies
 from shrinkflow.cost import storage_table
 from shrinkflow.data import DataSplits
 from shrinkflow.encoding import (
+    DYNAMIC_RECURRENT,
     INT8_GRAPH,
     OBSERVERS,
     WEIGHT_SCALES,
@@ -75,11 +76,16 @@ __all__ = [
     "check_quantizing",
     "quantization_table",
     "quantization_method",
+    "quantizable_layers",
     "quantize",
 ]
 
 CALIBRATION_SPLITS = ("train", "val")  # never test: the test split only scores
-_SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Layers whose weight tensors the weight methods quantize: every parameter of the layer named
+# *weight* (a recurrent layer's weight_ih_l*/weight_hh_l*, attention's in_proj_weight; attention's
+# out_proj is a Linear of its own), one bit-width a layer.
+_SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.MultiheadAttention, nn.Embedding)
+_SUPPORTED_NAMES = "Linear, Conv1d, Conv2d, LSTM, GRU, RNN, MultiheadAttention and Embedding"
 _EDGE_BITS = 8  # binary: precision of the first and last layers when they are kept
 
 
@@ -249,6 +255,8 @@ def _quantized_description(description: dict, quantized: Quantized, method, sett
         record["int8_graph"] = INT8_GRAPH
     if quantized.weight_scales:
         record["weight_scales"] = quantized.weight_scales
+    if method.storage == "int8-dynamic":  # rebuilding the int8 model on load needs it
+        record["int8_recurrent"] = list(DYNAMIC_RECURRENT)
     encodings = quantized.encodings
     return {
         **description,
@@ -276,9 +284,14 @@ def quantization_table(artifact: Artifact) -> pd.DataFrame:
 # --- weight methods: kbit, binary, kmeans ------------------------------------------------------
 
 
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """The layers whose weights kbit, kmeans and binary quantize (one bit-width a layer)."""
+    return [name for name, m in model.named_modules() if isinstance(m, _SUPPORTED)]
+
+
 def _weight_bits(model: nn.Module, settings: QuantizeSettings) -> dict[str, int]:
-    """Bits of every quantized layer (Linear/Conv), checking names given per layer."""
-    supported = [name for name, m in model.named_modules() if isinstance(m, _SUPPORTED)]
+    """Bits of every quantized layer (``quantizable_layers``), checking names given per layer."""
+    supported = quantizable_layers(model)
     bits = settings.bits_map()
     for name in bits:
         if name == "*" or name in supported:
@@ -288,7 +301,7 @@ def _weight_bits(model: nn.Module, settings: QuantizeSettings) -> dict[str, int]
         except AttributeError:
             raise ShrinkflowError(f"unknown layer {name!r}: quantizable layers are {', '.join(supported)}") from None
         raise ShrinkflowError(
-            f"layer {name!r} is a {kind}, an unsupported layer type: quantize supports Linear, Conv1d and Conv2d "
+            f"layer {name!r} is a {kind}, an unsupported layer type: quantize supports {_SUPPORTED_NAMES} "
             f"({', '.join(supported)})"
         )
     if settings.method == "binary":
@@ -318,45 +331,59 @@ class _StraightThrough(nn.Module):
         return weight + (quantized - weight).detach()
 
 
-def _fine_tune(model, layers, kept, data: DataSplits, settings: QuantizeSettings, device, on_epoch) -> None:
+def _weight_tensors(model: nn.Module, layers: dict[str, int]) -> dict[str, tuple[nn.Module, str, int]]:
+    """(module, parameter name, bits) of every weight tensor of ``layers``, by state-dict name."""
+    found = {}
+    for layer, bits in layers.items():
+        module = model.get_submodule(layer)
+        for param, _ in module.named_parameters(recurse=False):
+            if "weight" in param:
+                found[f"{layer}.{param}" if layer else param] = (module, param, bits)
+    return found
+
+
+def _fine_tune(model, tensors, kept, data: DataSplits, settings: QuantizeSettings, device, on_epoch) -> None:
     if settings.method == "kmeans":
         codebooks = {
-            name: encode_codebook(model.get_submodule(name).weight, bits, kept[name]) for name, bits in layers.items()
+            name: encode_codebook(getattr(module, param), bits, kept[name])
+            for name, (module, param, bits) in tensors.items()
         }
 
         @torch.no_grad()
         def share(step: int) -> None:  # keep assignments, move each shared value to its weights' mean
             for name, encoded in codebooks.items():
-                weight = model.get_submodule(name).weight
+                module, param, _ = tensors[name]
+                weight = getattr(module, param)
                 codebooks[name] = refit_codebook(encoded, weight.cpu())
                 weight.copy_(decode(codebooks[name]).to(weight.device))
 
         share(0)
         fit(model, data.train, data.val, settings, device, on_epoch=on_epoch, after_step=share)
         return
-    for name, bits in layers.items():
-        straight_through = _StraightThrough(bits, settings.method, kept[name])
-        parametrize.register_parametrization(model.get_submodule(name), "weight", straight_through)
+    for name, (module, param, bits) in tensors.items():
+        parametrize.register_parametrization(module, param, _StraightThrough(bits, settings.method, kept[name]))
     try:
         fit(model, data.train, data.val, settings, device, on_epoch=on_epoch)
     finally:
-        for name in layers:
-            parametrize.remove_parametrizations(model.get_submodule(name), "weight", leave_parametrized=False)
+        for module, param, _ in tensors.values():
+            if parametrize.is_parametrized(module, param):
+                parametrize.remove_parametrizations(module, param, leave_parametrized=False)
 
 
 def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSplits, device, on_epoch) -> Quantized:
     layers = _weight_bits(model, settings)
-    kept = {name: kept_weights(model.get_submodule(name).weight) for name in layers}  # the pruned stay zero
+    tensors = _weight_tensors(model, layers)
+    kept = {name: kept_weights(getattr(module, param)) for name, (module, param, _) in tensors.items()}  # zeros stay
     seed_everything(settings.seed)
     if settings.epochs:
-        _fine_tune(model, layers, kept, data, settings, device, on_epoch)
+        _fine_tune(model, tensors, kept, data, settings, device, on_epoch)
     model.cpu()
     encodings = {}
     with torch.no_grad():
-        for name, bits in layers.items():
-            weight = model.get_submodule(name).weight
-            encodings[f"{name}.weight"] = _encode(weight, bits, settings.method, kept[name])
-            weight.copy_(decode(encodings[f"{name}.weight"]))
+        for name, (module, param, bits) in tensors.items():
+            weight = getattr(module, param)
+            encodings[name] = _encode(weight, bits, settings.method, kept[name])
+            weight.copy_(decode(encodings[name]))
     if settings.bias_bits == 8:
         encodings.update(_quantize_biases(model, layers, data))
     return Quantized(model, encodings, layers)
@@ -364,22 +391,26 @@ def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSp
 
 @torch.no_grad()
 def _quantize_biases(model: nn.Module, layers: dict[str, int], data: DataSplits) -> dict[str, Encoded]:
-    """8-bit biases, one scale a tensor — kept only if validation accuracy is unchanged. On a
-    model compressed 30x, float32 biases are a quarter of the bytes."""
+    """8-bit biases (every parameter of the layers named *bias*: a recurrent layer's bias_ih_l*,
+    attention's in_proj_bias), one scale a tensor — kept only if validation accuracy is unchanged.
+    On a model compressed 30x, float32 biases are a quarter of the bytes."""
     x, y = (data.x_val, data.y_val) if len(data.x_val) else (data.x_train, data.y_train)
     cpu = torch.device("cpu")
     accuracy = score(model, x, y, cpu)["accuracy"]
-    encodings, floats = {}, {}
-    for name in layers:
-        bias = model.get_submodule(name).bias
-        if bias is None:
-            continue
-        floats[name] = bias.detach().clone()
-        encodings[f"{name}.bias"] = encode_symmetric(bias.reshape(1, -1), 8, kept_weights(bias))
-        bias.copy_(decode(encodings[f"{name}.bias"]).reshape(bias.shape))
+    biases = {
+        f"{layer}.{name}": bias
+        for layer in layers
+        for name, bias in model.get_submodule(layer).named_parameters(recurse=False)
+        if "bias" in name
+    }
+    floats = {name: bias.detach().clone() for name, bias in biases.items()}
+    encodings = {}
+    for name, bias in biases.items():
+        encodings[name] = encode_symmetric(bias.reshape(1, -1), 8, kept_weights(bias))
+        bias.copy_(decode(encodings[name]).reshape(bias.shape))
     if score(model, x, y, cpu)["accuracy"] < accuracy:
-        for name, bias in floats.items():
-            model.get_submodule(name).bias.copy_(bias)
+        for name, bias in biases.items():
+            bias.copy_(floats[name])
         return {}
     return encodings
 
@@ -393,9 +424,9 @@ for _name in ("kbit", "binary", "kmeans"):
 
 @quantization_method("dynamic-int8", storage="int8-dynamic", fine_tuning="none")
 def _dynamic_int8(model: nn.Module, settings: QuantizeSettings, data: DataSplits, device, on_epoch) -> Quantized:
-    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.LSTM))]
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.LSTM, nn.GRU))]
     if not layers:
-        raise ShrinkflowError("dynamic-int8 quantizes Linear and LSTM layers and this model has none: use kbit")
+        raise ShrinkflowError("dynamic-int8 quantizes Linear, LSTM and GRU layers and this model has none: use kbit")
     scales, int8 = _chosen_scales(lambda scales: dynamic_int8(copy.deepcopy(model).cpu(), scales), settings, data)
     return Quantized(int8, {}, dict.fromkeys(layers, 8), scales)
 

@@ -223,3 +223,10 @@ def test_a_step_prints_the_cost_warning_once_as_one_line(capsys):
     run_main(step)
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [f"warning: {UNCOUNTED}"] and captured.out == "run-id\n"
+
+
+def encoder_factory(input_shape, num_classes):
+    """The encoder above as a user's ``module:factory`` (tests elsewhere compress it)."""
+    model = _Encoder()
+    model.head = nn.Linear(16, num_classes)
+    return model

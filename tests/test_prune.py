@@ -318,3 +318,23 @@ def test_global_pruning_at_95_percent_of_the_zoo_mlp_stays_within_a_point():
     before = score(baseline.model, data.x_test, data.y_test, cpu)["accuracy"]
     after = score(result.artifact.model, data.x_test, data.y_test, cpu)["accuracy"]
     assert after >= before - 0.02
+
+
+@pytest.mark.parametrize(
+    "spec, bare",
+    [("tests.test_quantize:gru_classifier", ["gru.weight_ih_l0", "gru.weight_hh_l0"]),
+     ("tests.test_cost:encoder_factory", ["encoder.layers.0.self_attn.in_proj_weight"])],
+)  # fmt: skip
+def test_global_pruning_reaches_recurrent_and_attention_weights_and_round_trips(spec, bare, tmp_path):
+    """A GRU's weight matrices and attention's packed in_proj_weight are bare parameters: pruned
+    with the rest, so the sparsity asked for is the sparsity of every weight the model has."""
+    data = load_dataset("digits")
+    result = prune(new_artifact(spec, data), data, PruneSettings(method="global", sparsity=0.8, epochs=1), CPU)
+    model = result.artifact.model
+    weights = {n: p for n, p in model.named_parameters() if "weight" in n and "norm" not in n}
+    zeros = sum(int((p == 0).sum()) for p in weights.values())
+    assert zeros / sum(p.numel() for p in weights.values()) == pytest.approx(0.8, abs=1e-3)
+    assert all(float((weights[name] == 0).float().mean()) > 0.3 for name in bare)
+    reloaded, _ = load_checkpoint(result.artifact.save(tmp_path / "pruned"))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(data.x_test), reloaded(data.x_test))

@@ -11,6 +11,7 @@ from shrinkflow.cost import cost_summary
 from shrinkflow.data import load_dataset
 from shrinkflow.encoding import (
     decode,
+    dynamic_int8,
     encode_binary,
     encode_codebook,
     encode_symmetric,
@@ -391,17 +392,17 @@ def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, dig
 
 
 def test_dynamic_int8_lstm_runs_int8_and_round_trips_exactly(digits, tmp_path):
-    from shrinkflow.encoding import is_dynamic_int8_lstm
+    from shrinkflow.encoding import is_dynamic_int8_rnn
     from shrinkflow.latency import state_tensors
 
     trained = train(new_artifact("lstm", digits), digits, FitSettings(epochs=6, patience=0), CPU).artifact
     baseline = score(trained.model, digits.x_test, digits.y_test, CPU)["accuracy"]
     model, encodings, layers, int8 = _quantize(trained, digits, method="dynamic-int8")
-    assert layers == {"lstm": 8, "fc": 8} and is_dynamic_int8_lstm(model.lstm)
+    assert layers == {"lstm": 8, "fc": 8} and is_dynamic_int8_rnn(model.lstm)
     assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.01
     folder = save_checkpoint(model, int8, tmp_path / "lstm", encodings)
     reloaded, _ = load_checkpoint(folder)
-    assert is_dynamic_int8_lstm(reloaded.lstm)
+    assert is_dynamic_int8_rnn(reloaded.lstm)
     with torch.no_grad():
         assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
     cost = cost_summary(reloaded, int8, folder)
@@ -414,6 +415,82 @@ def test_dynamic_int8_lstm_runs_int8_and_round_trips_exactly(digits, tmp_path):
     assert cost["cost_bops"] == (8 * lstm_weights + 128 * 10) * 8 * 8  # the LSTM runs 8 steps, fc once
     resident = sum(t.numel() * t.element_size() for t in state_tensors(reloaded))  # counted by benchmark
     assert lstm_weights + 4 * lstm_biases < resident < expected
+
+
+class _GRUClassifier(torch.nn.Module):
+    """A user's GRU over the 8 rows of a digit."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.gru, self.head = torch.nn.GRU(8, 64, batch_first=True), torch.nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.head(self.gru(x[:, 0])[0][:, -1])
+
+
+def gru_classifier(input_shape, num_classes):
+    return _GRUClassifier(num_classes)
+
+
+def test_dynamic_int8_gru_runs_int8_round_trips_and_is_counted(digits, tmp_path):
+    from shrinkflow.encoding import is_dynamic_int8_rnn
+    from shrinkflow.onnx_export import export_onnx
+
+    model = new_artifact("tests.test_quantize:gru_classifier", digits)
+    trained = train(model, digits, FitSettings(epochs=4, patience=0), CPU).artifact
+    baseline = score(trained.model, digits.x_test, digits.y_test, CPU)["accuracy"]
+    model, encodings, layers, int8 = _quantize(trained, digits, method="dynamic-int8")
+    assert layers == {"gru": 8, "head": 8} and is_dynamic_int8_rnn(model.gru)
+    assert int8["quantize"]["int8_recurrent"] == ["LSTM", "GRU"]
+    assert score(model, digits.x_test, digits.y_test, CPU)["accuracy"] >= baseline - 0.01
+    reloaded, _ = load_checkpoint(save_checkpoint(model, int8, tmp_path / "gru", encodings))
+    assert is_dynamic_int8_rnn(reloaded.gru)
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+    gru_weights = 3 * 64 * (8 + 64)  # one layer: 3 gates × H × (input + H)
+    cost = cost_summary(reloaded, int8, tmp_path / "gru")
+    assert cost["cost_macs"] == 8 * gru_weights + 64 * 10 == 111_232  # 8 steps, then the head once
+    assert cost["cost_bops"] == cost["cost_macs"] * 8 * 8
+    floats = save_checkpoint(trained.model, trained.description, tmp_path / "float")
+    assert cost_summary(trained.model, trained.description, floats)["cost_size_bytes"] > 3.5 * cost["cost_size_bytes"]
+    with pytest.raises(ShrinkflowError, match=r"no operator for a dynamic-int8 GRU \(quantized::quantized_gru\)"):
+        export_onnx(reloaded, digits.x_test[:2])
+
+
+@pytest.mark.parametrize("spec", ["tests.test_quantize:gru_classifier", "tests.test_cost:encoder_factory"])
+def test_kbit_codes_every_weight_of_recurrent_and_attention_layers(digits, tmp_path, spec):
+    """A GRU's weight_ih/weight_hh and attention's packed in_proj_weight are bare parameters, not a
+    Linear's weight: they are coded (and fine-tuned through their codes) like any other."""
+    original = new_artifact(spec, digits)
+    model, encodings, _, description = _quantize(original, digits, method="kbit", bits="4", epochs=1)
+    weights = {name for name, _ in model.named_parameters() if "weight" in name and "norm" not in name}
+    assert weights <= set(encodings)  # every weight tensor but LayerNorm's scales
+    assert all(encodings[name].bits == 4 for name in weights)
+    if "gru" in spec:
+        assert {"gru.weight_ih_l0", "gru.weight_hh_l0"} <= weights
+    else:
+        assert "encoder.layers.0.self_attn.in_proj_weight" in weights
+    folder = save_checkpoint(model, description, tmp_path / "coded", encodings)
+    reloaded, _ = load_checkpoint(folder)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(digits.x_test), reloaded(digits.x_test))
+    if "gru" in spec:  # 4-bit codes, biases at 8 bits when validation allows
+        floats = save_checkpoint(original.model, original.description, tmp_path / "float")
+        assert (
+            cost_summary(original.model, original.description, floats)["cost_size_bytes"]
+            > 6 * (cost_summary(reloaded, description, folder)["cost_size_bytes"])
+        )
+
+
+def test_a_dynamic_int8_checkpoint_from_before_gru_was_quantized_keeps_its_gru_float(digits, tmp_path):
+    trained = new_artifact("tests.test_quantize:gru_classifier", digits)
+    model, encodings, _, int8 = _quantize(trained, digits, method="dynamic-int8")
+    old = {**int8, "quantize": {k: v for k, v in int8["quantize"].items() if k != "int8_recurrent"}}
+    old_model = dynamic_int8(trained.model, recurrent=("LSTM",))  # what dynamic-int8 made then
+    reloaded, _ = load_checkpoint(save_checkpoint(old_model, old, tmp_path / "old", encodings))
+    assert isinstance(reloaded.gru, torch.nn.GRU)
+    with torch.no_grad():
+        assert torch.equal(old_model(digits.x_test), reloaded(digits.x_test))
 
 
 def test_dynamic_int8_traces_for_deployment(trained_mlp, digits):
