@@ -224,7 +224,13 @@ def dynamic_int8(
     linear = tq.default_dynamic_qconfig if weight_scales == "per-tensor" else tq.per_channel_dynamic_qconfig
     mapping = {nn.Linear: linear, **{getattr(nn, kind): tq.default_dynamic_qconfig for kind in recurrent}}
     with _quiet():
-        return per_tensor_as_channels(tq.quantize_dynamic(model.eval(), mapping, dtype=torch.qint8))
+        quantized = per_tensor_as_channels(tq.quantize_dynamic(model.eval(), mapping, dtype=torch.qint8))
+    for layer in quantized.modules():
+        if isinstance(layer, nn.TransformerEncoderLayer):
+            # PyTorch's fused encoder path reads its Linears' float weights, which int8 layers no
+            # longer have; this flag is one of the conditions it checks (the plain path ignores it)
+            layer.activation_relu_or_gelu = 0
+    return quantized
 
 
 def per_tensor_as_channels(model: nn.Module) -> nn.Module:

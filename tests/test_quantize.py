@@ -482,6 +482,37 @@ def test_kbit_codes_every_weight_of_recurrent_and_attention_layers(digits, tmp_p
         )
 
 
+def test_dynamic_int8_runs_a_transformer_and_names_the_weights_it_left_float(digits, tmp_path, recwarn):
+    """Its Linears go int8 (PyTorch's fused encoder path, which would read their float weights, is
+    not taken); attention's projections stay float32, and one warning line says so."""
+    from shrinkflow.config import ShrinkflowWarning
+    from shrinkflow.onnx_export import check_onnx, export_onnx
+
+    model, encodings, layers, int8 = _quantize(new_artifact("tests.test_cost:encoder_factory", digits), digits,
+                                               method="dynamic-int8")  # fmt: skip
+    assert set(layers) == {"embed", "encoder.layers.0.linear1", "encoder.layers.0.linear2", "head"}
+    (warned,) = [str(w.message) for w in recwarn if issubclass(w.category, ShrinkflowWarning)]
+    assert warned.startswith(
+        "dynamic-int8 left 2 weight tensor(s), 44% of the weights, in float32: "
+        "encoder.layers.*.self_attn.in_proj_weight, encoder.layers.*.self_attn.out_proj.weight"
+    )
+    reloaded, _ = load_checkpoint(save_checkpoint(model, int8, tmp_path / "int8", encodings))
+    with torch.no_grad():  # eval without gradients: where the fused path would be taken
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+    assert check_onnx(reloaded, export_onnx(reloaded, digits.x_test[:2]), digits.x_test).problem(0.05) is None
+
+
+def test_static_int8_names_the_recurrent_weights_it_leaves_float(digits, recwarn):
+    from shrinkflow.config import ShrinkflowWarning
+
+    _quantize(new_artifact("tests.test_quantize:gru_classifier", digits), digits, method="static-int8")
+    (warned,) = [str(w.message) for w in recwarn if issubclass(w.category, ShrinkflowWarning)]
+    assert warned == (
+        "static-int8 left 2 weight tensor(s), 96% of the weights, in float32: gru.weight_ih_l0, gru.weight_hh_l0 "
+        "(static-int8 does not quantize GRU here)"
+    )
+
+
 def test_a_dynamic_int8_checkpoint_from_before_gru_was_quantized_keeps_its_gru_float(digits, tmp_path):
     trained = new_artifact("tests.test_quantize:gru_classifier", digits)
     model, encodings, _, int8 = _quantize(trained, digits, method="dynamic-int8")
