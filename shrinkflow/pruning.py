@@ -45,7 +45,7 @@ from shrinkflow.masks import (
 )
 from shrinkflow.runtime import seed_everything
 from shrinkflow.training import FitResult, FitSettings, fit, steps_per_epoch
-from shrinkflow.zoo import module_shapes
+from shrinkflow.zoo import RESIZABLE, build_model, module_shapes
 
 __all__ = [
     "NORMS",
@@ -241,6 +241,8 @@ def prune(
     before = sum(p.numel() for p in model.parameters())
     plan = method.start(model, settings, data)
     model, masks = plan.model, plan.masks
+    if method.structural:  # before any fine-tuning: a model that cannot be saved usefully is refused now
+        _check_rebuilds(artifact.description, model, method, before)
     after_step = plan.after_step
     if after_step is None and masks:
         after_step = lambda step: apply_masks(model, masks)  # noqa: E731  (fine-tuning must not revive a weight)
@@ -258,6 +260,25 @@ def prune(
     sparsity = masks_sparsity(masks) if masks else 1.0 - sum(p.numel() for p in model.parameters()) / before
     description = _pruned_description(artifact.description, model, method, sparsity)
     return PruneResult(Artifact(model, description), masks, result, sparsity)
+
+
+def _check_rebuilds(description: dict, model: nn.Module, method: PruningMethod, before: int) -> None:
+    """A structural cut that removed nothing, or whose model its description cannot rebuild (the
+    checkpoint would not reload), fails in one line."""
+    uncut = (nn.RNNBase, nn.MultiheadAttention)
+    unsupported = sorted(
+        {type(m).__name__ for m in model.modules() if isinstance(m, uncut) and type(m) not in RESIZABLE}
+    )
+    hint = f" (structured pruning does not cut {', '.join(unsupported)} layers yet)" if unsupported else ""
+    if sum(p.numel() for p in model.parameters()) >= before:
+        raise ShrinkflowError(f"{method.name} pruning removes no channel of this model{hint}: use global or gradual")
+    rebuilt = build_model(_pruned_description(description, model, method, 0.0)["architecture"]).state_dict()
+    for name, tensor in model.state_dict().items():
+        if name in rebuilt and rebuilt[name].shape != tensor.shape:
+            raise ShrinkflowError(
+                f"{method.name} pruning cut {name} to {tuple(tensor.shape)}, which the model's description cannot "
+                f"rebuild (it would have {tuple(rebuilt[name].shape)}){hint}: use global or gradual"
+            )
 
 
 def _pruned_description(description: dict, model: nn.Module, method: PruningMethod, sparsity: float) -> dict:

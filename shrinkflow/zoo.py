@@ -28,7 +28,7 @@ from torch import nn
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.imports import is_import_spec, load_callable, trust
 
-__all__ = ["MODELS", "build_model", "describe", "model_choices", "module_shapes"]
+__all__ = ["MODELS", "RESIZABLE", "build_model", "describe", "model_choices", "module_shapes"]
 
 # Base layer widths at width=1; depth repeats the last one or truncates.
 _BASE_WIDTHS = {
@@ -240,6 +240,9 @@ _WIDTH_ARGS = {
     nn.BatchNorm2d: ("num_features",),
     nn.LSTM: ("input_size", "hidden_size"),
 }
+
+
+RESIZABLE = tuple(_WIDTH_ARGS)  # the layer types a description can rebuild at another width
 
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:

@@ -338,3 +338,23 @@ def test_global_pruning_reaches_recurrent_and_attention_weights_and_round_trips(
     reloaded, _ = load_checkpoint(result.artifact.save(tmp_path / "pruned"))
     with torch.no_grad():
         assert torch.equal(model.eval()(data.x_test), reloaded(data.x_test))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("tests.test_quantize:gru_classifier",
+      "structured pruning removes no channel of this model (structured pruning does not cut GRU layers yet): "
+      "use global or gradual"),
+     ("tests.test_cost:encoder_factory",
+      "structured pruning cut encoder.layers.0.self_attn.in_proj_weight to (24, 8), which the model's description "
+      "cannot rebuild (it would have (48, 16)) (structured pruning does not cut MultiheadAttention layers yet)")],
+)  # fmt: skip
+def test_structured_pruning_refuses_before_training_a_cut_it_cannot_save(spec, message):
+    """A cut that removes nothing, or one whose checkpoint would not reload, fails in one line
+    before any fine-tuning epoch."""
+    data = load_dataset("digits")
+    epochs = []
+    with pytest.raises(ShrinkflowError) as refused:
+        prune(new_artifact(spec, data), data, PruneSettings(method="structured", sparsity=0.5, epochs=3), CPU,
+              on_epoch=lambda epoch, metrics: epochs.append(epoch))  # fmt: skip
+    assert message in str(refused.value) and epochs == []
