@@ -16,10 +16,17 @@ import torch
 from search.space import Space
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, prune, quantize, score
 from shrinkflow.distillation import student_architecture
-from shrinkflow.latency import TARGETS, common_form, deployed, fallback_forms, interleaved_rounds, torch_threads
+from shrinkflow.latency import (
+    TARGETS,
+    common_form,
+    deployed,
+    fallback_forms,
+    first_samples,
+    interleaved_rounds,
+    torch_threads,
+)
 from shrinkflow.training import StopTraining
 from shrinkflow.zoo import build_model
-from steps.benchmark import example_batch
 
 __all__ = [
     "COSTS",
@@ -77,7 +84,7 @@ class LatencyReference:
 
 def deployable(artifact: Artifact, data: DataSplits, target: str) -> tuple[bool, str]:
     """Whether ``artifact``, reloaded from its checkpoint, runs in ``target``, and if not, why."""
-    form, reason = common_form([artifact.reloaded().model], example_batch(data, 1), target)
+    form, reason = common_form([artifact.reloaded().model], first_samples(data.x_test, 1), target)
     return form == target, reason
 
 
@@ -118,7 +125,7 @@ def interleaved_latency_rounds(
 ) -> dict[str, np.ndarray]:
     """Each artifact's median latency (ms) per round of ``interleaved_rounds``, reloaded from its
     checkpoint, in ``latency.form`` (or the first fallback every artifact runs in)."""
-    example = example_batch(data, latency.batch_size)
+    example = first_samples(data.x_test, latency.batch_size)
     models = {name: artifact.reloaded().model for name, artifact in artifacts.items()}
     form, _ = common_form(list(models.values()), example, latency.form)  # the target, unless one cannot run there
     with torch_threads(latency.threads):

@@ -43,6 +43,13 @@ def test_steps_never_import_the_search_or_pipelines(path):
     assert upward == set(), f"{path.name} imports {upward}"
 
 
+@pytest.mark.parametrize("path", _python_files("search") + _python_files("pipelines"), ids=lambda p: p.stem)
+def test_the_search_and_recipes_import_no_step_but_the_train_config(path):
+    """They run techniques through the library; recipes start steps by name (``importlib``)."""
+    steps = {name for name in _imports(path) if name.split(".")[0] == "steps"} - {"steps", "steps.train"}
+    assert steps == set(), f"{path.name} imports {steps}"
+
+
 @pytest.mark.parametrize("path", _python_files("shrinkflow"), ids=lambda p: p.stem)
 def test_only_tracking_talks_to_mlflow(path):
     uses_mlflow = any(name.split(".")[0] == "mlflow" for name in _imports(path))
