@@ -123,7 +123,7 @@ def execute(cfg: PipelineConfig) -> str:
             mlflow.set_tag(f"shrinkflow.stage.{stage.name}", runs[stage.name])
         table = stage_table(recipe, runs, models, reused)
         tracking.log_table(table, "stages")
-        _log_figure(_plot(table, recipe.name), "stages.png")
+        tracking.log_figure(_plot(table, recipe.name), "stages.png")
         first = table.iloc[0]
         mlflow.log_metrics({"stages_run": int((~table["reused"]).sum()), "stages_reused": int(table["reused"].sum())})
         if pd.notna(first.get("test_accuracy")):
@@ -172,14 +172,6 @@ def stage_table(recipe: Recipe, runs: dict, models: dict, reused: dict) -> pd.Da
     table["size_reduction"] = base["cost_size_bytes"] / table["cost_size_bytes"]
     table["macs_reduction"] = base["cost_macs"] / table["cost_macs"]
     return table
-
-
-def _log_figure(figure, name: str) -> None:
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    mlflow.log_figure(figure, name)
-    plt.close(figure)  # pyplot keeps every figure it made until it is closed
 
 
 def _plot(table: pd.DataFrame, name: str):

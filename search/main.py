@@ -491,7 +491,7 @@ def _report(
     mlflow.log_metric("front_size", len(members))
     if rows:
         tracking.log_table(table, "front")
-        _log_figure(_pareto_plot(study, members, base, cfg, floor), "pareto.png")
+        tracking.log_figure(_pareto_plot(study, members, base, cfg, floor), "pareto.png")
     print(_summary(table, base, cfg), file=sys.stderr)
     champion = _champion(cfg, members, artifacts, baseline, data)
     runs = {"search run": mlflow.active_run().info.run_id, "baseline run": baseline_run_id,
@@ -594,14 +594,6 @@ def _champion_speed(cfg: SearchConfig, baseline: Artifact, champion: Artifact, c
             f"{cfg.cost_names()[0]}: add latency to costs to trade accuracy for speed",
             file=sys.stderr,
         )
-
-
-def _log_figure(figure, name: str) -> None:
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    mlflow.log_figure(figure, name)
-    plt.close(figure)  # pyplot keeps every figure it made until it is closed
 
 
 def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig, floor: float):

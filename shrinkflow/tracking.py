@@ -54,6 +54,7 @@ __all__ = [
     "process_tags",
     "load_model",
     "log_dataset",
+    "log_figure",
     "log_model",
     "log_onnx_model",
     "log_table",
@@ -417,6 +418,15 @@ def log_model(artifact: Artifact, data: DataSplits, target: str = "onnxruntime")
         if mlflow.active_run() is not None:
             mlflow.set_tag("shrinkflow.served_form", served)
     return info.model_id
+
+
+def log_figure(figure, name: str) -> None:
+    """Log a matplotlib ``figure`` to the active run as ``name``, then close it (pyplot keeps
+    every figure it made until it is closed)."""
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(figure, name)
+    plt.close(figure)
 
 
 def log_onnx_model(onnx_model: bytes, example: np.ndarray, logits: np.ndarray) -> str:

@@ -113,12 +113,11 @@ def execute(cfg: EvaluateConfig) -> str:
         tracking.log_dataset(data, cfg.split)
         result = evaluate(model, x, y, description["class_names"], device)
         mlflow.log_metrics({f"{cfg.split}_accuracy": result.accuracy, f"{cfg.split}_loss": result.loss, **costs})
-        mlflow.log_table(result.per_class, artifact_file=f"per_class_{cfg.split}.json")
-        mlflow.log_table(layers, artifact_file="layers.json")
+        tracking.log_table(result.per_class, f"per_class_{cfg.split}")
+        tracking.log_table(layers, "layers")
         title = f"{description['architecture']['name']} on {data.name} ({cfg.split})"
-        mlflow.log_figure(
-            plot_confusion(result.confusion, description["class_names"], title), f"confusion_{cfg.split}.png"
-        )
+        figure = plot_confusion(result.confusion, description["class_names"], title)
+        tracking.log_figure(figure, f"confusion_{cfg.split}.png")
         print(result.per_class.to_string(index=False, float_format="%.3f"), file=sys.stderr)
         print(
             f"{cfg.split}_accuracy={result.accuracy:.4f} {cfg.split}_loss={result.loss:.4f} "
