@@ -27,6 +27,7 @@ entry kept), which no coder of these symbols beats; ``storage_table`` gives both
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -57,7 +58,9 @@ __all__ = [
     "layer_table",
     "model_parameters",
     "storage_table",
+    "left_weights_line",
     "uncounted_layers",
+    "weight_tensors",
 ]
 
 FLOAT_BITS = 32
@@ -102,6 +105,36 @@ def _own_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tens
         return [weight], [weight] + ([module.bias()] if module.bias() is not None else [])
     params = list(module.named_parameters(recurse=False))
     return [p for name, p in params if "weight" in name], [p for _, p in params]
+
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)  # scales, not weights to compress
+
+
+def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The float weight tensors of ``model`` by state-dict name (parameters named *weight*),
+    normalization scales aside: what compression methods compress."""
+    return {
+        f"{name}.{param}" if name else param: tensor
+        for name, module in model.named_modules()
+        if not isinstance(module, _NORMS)
+        for param, tensor in module.named_parameters(recurse=False)
+        if "weight" in param and tensor.is_floating_point()
+    }
+
+
+def left_weights_line(
+    did: str, state: str, cannot: str, model: nn.Module, left: dict[str, torch.Tensor], source: nn.Module
+) -> str | None:
+    """``"<did> N weight tensor(s), S% of the weights, <state>: <names> (<cannot> <kinds> here)"``
+    for the weights a method ``left`` of ``model``, S their share of ``source``'s weights; None for none."""
+    if not left:
+        return None
+    share = sum(t.numel() for t in left.values()) / max(sum(t.numel() for t in weight_tensors(source).values()), 1)
+    patterns = list(dict.fromkeys(re.sub(r"\.\d+\.", ".*.", name) for name in left))  # layers.0, layers.1: one
+    shown = ", ".join(patterns[:4]) + (f" and {len(patterns) - 4} more" if len(patterns) > 4 else "")
+    kinds = sorted({type(model.get_submodule(name.rpartition(".")[0])).__name__ for name in left})
+    counted = f"{len(left)} weight tensor(s), {share:.0%} of the weights"
+    return f"{did} {counted}, {state}: {shown} ({cannot} {', '.join(kinds)} here)"
 
 
 def model_parameters(model: nn.Module) -> list[torch.Tensor]:

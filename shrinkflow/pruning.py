@@ -21,6 +21,7 @@ Methods:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 
 from shrinkflow.artifact import Artifact
-from shrinkflow.config import ShrinkflowError, check_applies
+from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies
+from shrinkflow.cost import left_weights_line, weight_tensors
 from shrinkflow.data import DataSplits
 from shrinkflow.masks import (
     Masks,
@@ -259,6 +261,11 @@ def prune(
     model.cpu()
     sparsity = masks_sparsity(masks) if masks else 1.0 - sum(p.numel() for p in model.parameters()) / before
     description = _pruned_description(artifact.description, model, method, sparsity)
+    if masks and not settings.layer_list():  # layers chosen by the user are left alone on purpose
+        unpruned = {name: tensor for name, tensor in weight_tensors(model).items() if name not in masks}
+        did, cannot = f"{method.name} pruning left", f"{method.name} does not prune"
+        if line := left_weights_line(did, "dense", cannot, model, unpruned, artifact.model):
+            warnings.warn(line, ShrinkflowWarning, stacklevel=2)
     return PruneResult(Artifact(model, description), masks, result, sparsity)
 
 

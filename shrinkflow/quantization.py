@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from torch.nn.utils import parametrize
 
 from shrinkflow.artifact import Artifact
 from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies
-from shrinkflow.cost import storage_table
+from shrinkflow.cost import left_weights_line, storage_table, weight_tensors
 from shrinkflow.data import DataSplits
 from shrinkflow.encoding import (
     DYNAMIC_RECURRENT,
@@ -252,39 +251,11 @@ def quantize(
     return QuantizeResult(Artifact(quantized.model, description, quantized.encodings), quantized.layers)
 
 
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)  # scales: never quantized
-
-
-def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The float weight tensors of ``model`` (parameters named *weight*), normalization scales aside."""
-    return {
-        f"{name}.{param}" if name else param: tensor
-        for name, module in model.named_modules()
-        if not isinstance(module, _NORMS)
-        for param, tensor in module.named_parameters(recurse=False)
-        if "weight" in param and tensor.is_floating_point()
-    }
-
-
 def float_weights_line(source: nn.Module, quantized: nn.Module, encodings: dict, method: str) -> str | None:
     """One line naming the weights ``method`` left in float32 (neither coded nor in an int8 layer)
     and their share of ``source``'s weights; None when it left none."""
-    left = {name: tensor for name, tensor in _weights(quantized).items() if name not in encodings}
-    if not left:
-        return None
-    share = sum(t.numel() for t in left.values()) / max(sum(t.numel() for t in _weights(source).values()), 1)
-    patterns = list(dict.fromkeys(re.sub(r"\.\d+\.", ".*.", name) for name in left))  # layers.0, layers.1: one
-    shown = ", ".join(patterns[:4]) + (f" and {len(patterns) - 4} more" if len(patterns) > 4 else "")
-    kinds = sorted({type(_owner(quantized, name)).__name__ for name in left})
-    return (
-        f"{method} left {len(left)} weight tensor(s), {share:.0%} of the weights, in float32: {shown} "
-        f"({method} does not quantize {', '.join(kinds)} here)"
-    )
-
-
-def _owner(model: nn.Module, name: str) -> nn.Module:
-    owner = name.rpartition(".")[0]
-    return model.get_submodule(owner) if owner else model
+    left = {name: tensor for name, tensor in weight_tensors(quantized).items() if name not in encodings}
+    return left_weights_line(f"{method} left", "in float32", f"{method} does not quantize", quantized, left, source)
 
 
 def _quantized_description(description: dict, quantized: Quantized, method, settings: QuantizeSettings) -> dict:

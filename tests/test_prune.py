@@ -358,3 +358,27 @@ def test_structured_pruning_refuses_before_training_a_cut_it_cannot_save(spec, m
         prune(new_artifact(spec, data), data, PruneSettings(method="structured", sparsity=0.5, epochs=3), CPU,
               on_epoch=lambda epoch, metrics: epochs.append(epoch))  # fmt: skip
     assert message in str(refused.value) and epochs == []
+
+
+def test_unstructured_pruning_names_the_weights_it_cannot_prune(recwarn):
+    from shrinkflow.config import ShrinkflowWarning
+
+    class WithBilinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.pair, self.head = nn.Linear(64, 32), nn.Bilinear(32, 32, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.features(x.flatten(1)))
+            return self.head(self.pair(h, h))
+
+    data = load_dataset("digits")
+    from shrinkflow import Artifact
+
+    artifact = Artifact(WithBilinear(), new_artifact("mlp", data).description)  # a user's model, in memory
+    prune(artifact, data, PruneSettings(method="global", sparsity=0.5, epochs=0), CPU)
+    (warned,) = [str(w.message) for w in recwarn if issubclass(w.category, ShrinkflowWarning)]
+    assert warned == (
+        "global pruning left 1 weight tensor(s), 93% of the weights, dense: pair.weight (global does not prune "
+        "Bilinear here)"
+    )
