@@ -66,7 +66,7 @@ from search.trial import (
     run_trial,
 )
 from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, new_artifact, score
-from shrinkflow.cli import EXIT_FAILURE, NoResult, failure_line, run_main
+from shrinkflow.cli import EXIT_FAILURE, NoResult, failure_line, one_line_warnings, run_main
 from shrinkflow.config import config_to_params, parse_config
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of, load_dataset
@@ -247,7 +247,8 @@ def _work_in_processes(job: _Job, baseline: Artifact, data: DataSplits) -> None:
 
 def _helper(job: _Job, index: int, parent_pid: int) -> None:
     die_with_parent(parent_pid)  # daemon=True stops helpers when the parent exits, not when it is killed
-    _work(job, index)
+    with one_line_warnings():  # as in the process the user started
+        _work(job, index)
 
 
 def _work_on_dask(job: _Job, client) -> None:
