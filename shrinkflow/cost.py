@@ -65,8 +65,9 @@ __all__ = [
 
 FLOAT_BITS = 32
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention)
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)  # scales, not weights to compress
 # weights that take part in no matrix product: counted as parameters, with no MACs
-_NO_MACS = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU, nn.modules.batchnorm._NormBase)
+_NO_MACS = (nn.Embedding, nn.PReLU, *_NORMS)
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,6 @@ def _own_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tens
         return [weight], [weight] + ([module.bias()] if module.bias() is not None else [])
     params = list(module.named_parameters(recurse=False))
     return [p for name, p in params if "weight" in name], [p for _, p in params]
-
-
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)  # scales, not weights to compress
 
 
 def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
