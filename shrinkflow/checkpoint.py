@@ -19,8 +19,8 @@ Storage (``description["storage"]``) says what the tensors are:
   codes plus float32 scales or codebook (``shrinkflow.encoding``); other tensors as floats.
   Reloading decodes them to the very floats the model ran with;
 - ``int8-dynamic``: Linear layers as int8 weights with float32 scales and int8 zero points per
-  output channel, LSTM layers as int8 weights with one float32 scale and int8 zero point each,
-  rebuilt on load into PyTorch's dynamic-int8 Linear and LSTM (real int8 kernels, CPU);
+  output channel, LSTM and GRU layers as int8 weights with one float32 scale and int8 zero point
+  each, rebuilt on load into PyTorch's dynamic-int8 Linear, LSTM and GRU (real int8 kernels, CPU);
 - ``int8-static``: Linear and Conv layers as in ``int8-dynamic`` plus each layer's output scale and
   zero point and the input quantizers' ones; on load the float model is traced and converted
   again by the settings in ``description["quantize"]`` (method, observer), and these values
