@@ -353,10 +353,8 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
         try:
             planned = plan_trial(trial, baseline, space)
         except Exception as exc:
-            failure = _trial_failure(exc)
-            if failure is None:
+            if (failure := _trial_failure(trial, exc)) is None:
                 raise
-            trial.set_user_attr("error", str(failure)[:1000])
             raise failure from exc
         claim_configuration(study, trial, space.configuration)  # a repeat steps back here, before any work
         tags = {"mlflow.parentRunId": job.parent_run_id, "shrinkflow.step": "trial", "shrinkflow.study": cfg.study_name,
@@ -384,10 +382,8 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
             accuracy = ranked_accuracy(measured[ACCURACY], measured[VAL_LOSS], len(data.val[1]))
             return [accuracy, *objective_values(measured, cfg.cost_names())]
         except Exception as exc:
-            failure = _trial_failure(exc)
-            if failure is None:
+            if (failure := _trial_failure(trial, exc)) is None:
                 raise
-            trial.set_user_attr("error", str(failure)[:1000])
             client.set_tag(run_id, "shrinkflow.error", str(failure)[:5000])
             raise failure from exc
         except KeyboardInterrupt:
@@ -399,14 +395,20 @@ def _objective(job: _Job, study, baseline, data, space, device, worker: int):
     return objective
 
 
-def _trial_failure(exc: Exception) -> ShrinkflowError | None:
-    """What fails one trial and not the study, as a one-line ``ShrinkflowError``: an invalid
-    combination, and any error inside the techniques — a layer one cannot handle, a bug, memory
-    (the line says which). None for what the stores or the machine refused: that stops the study."""
+def _trial_failure(trial: optuna.Trial, exc: Exception) -> ShrinkflowError | None:
+    """What fails one trial and not the study, as a one-line ``ShrinkflowError`` recorded as the
+    trial's ``error``: an invalid combination, and any error inside the techniques — a layer one
+    cannot handle, a bug, memory (the line says which). None for what the stores or the machine
+    refused: that stops the study."""
     if isinstance(exc, ShrinkflowError):
-        return exc
-    line, status = failure_line(exc)
-    return ShrinkflowError(line) if status == EXIT_FAILURE or isinstance(exc, (MemoryError, RecursionError)) else None
+        failure = exc
+    else:
+        line, status = failure_line(exc)
+        if status != EXIT_FAILURE and not isinstance(exc, (MemoryError, RecursionError)):
+            return None
+        failure = ShrinkflowError(line)
+    trial.set_user_attr("error", str(failure)[:1000])
+    return failure
 
 
 def _log_trial(client, run_id: str, record: dict, metrics: dict, artifact: Artifact | None, tags=None) -> None:

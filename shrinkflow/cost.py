@@ -140,21 +140,19 @@ def model_parameters(model: nn.Module) -> list[torch.Tensor]:
     return [t for module in model.modules() for t in _own_tensors(module)[1]]
 
 
-def _layer_tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``_own_tensors``, plus, for attention, those of its output projection: the attention
-    module uses that Linear's weight itself, so the Linear is never called (nor counted) alone."""
-    weights, params = _own_tensors(module)
-    if isinstance(module, nn.MultiheadAttention):
-        out_weights, out_params = _own_tensors(module.out_proj)
-        return weights + out_weights, params + out_params
-    return weights, params
+def _layer_parameters(module: nn.Module) -> list[torch.Tensor]:
+    """``_own_tensors``' parameters, plus, for attention, those of its output projection: the
+    attention module uses that Linear's weight itself, so the Linear is never called (nor counted)
+    alone."""
+    params = _own_tensors(module)[1]
+    return params + _own_tensors(module.out_proj)[1] if isinstance(module, nn.MultiheadAttention) else params
 
 
 def _macs(module: nn.Module, inputs: tuple, kwargs: dict, output) -> tuple[int, int]:
     """(dense MACs, effective MACs) of one call with batch size 1."""
-    weights = _layer_tensors(module)[0]
     if isinstance(module, nn.MultiheadAttention):
         return _attention_macs(module, inputs, kwargs)
+    weights = _own_tensors(module)[0]
     if hasattr(module, "out_features"):  # Linear, float or int8
         positions = output.numel() // module.out_features
         return positions * module.in_features * module.out_features, positions * _nonzero(weights)
@@ -176,7 +174,8 @@ def _macs(module: nn.Module, inputs: tuple, kwargs: dict, output) -> tuple[int, 
 
 def _attention_macs(module: nn.MultiheadAttention, inputs: tuple, kwargs: dict) -> tuple[int, int]:
     """The four projections (weights) and the two attention products (activations only)."""
-    query, key = (list(inputs) + [kwargs.get("query"), kwargs.get("key")][len(inputs) :])[:2]
+    query = inputs[0] if inputs else kwargs["query"]
+    key = inputs[1] if len(inputs) > 1 else kwargs["key"]
 
     def length(x: torch.Tensor) -> int:  # (L, E) unbatched, (N, L, E) batch first, else (L, N, E)
         return x.shape[0] if x.dim() == 2 else x.shape[1 if module.batch_first else 0]
@@ -250,7 +249,7 @@ def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int
     costs = []
     for name, (dense, effective) in calls.items():
         module = model.get_submodule(name)
-        params = _layer_tensors(module)[1]
+        params = _layer_parameters(module)
         weight_bits, activation_bits = bits.get(name, (FLOAT_BITS, FLOAT_BITS))
         costs.append(
             LayerCost(

@@ -341,13 +341,15 @@ class _StraightThrough(nn.Module):
         return weight + (quantized - weight).detach()
 
 
-def _weight_tensors(model: nn.Module, layers: dict[str, int]) -> dict[str, tuple[nn.Module, str, int]]:
-    """(module, parameter name, bits) of every weight tensor of ``layers``, by state-dict name."""
+def _layer_params(model: nn.Module, layers: dict[str, int], kind: str) -> dict[str, tuple[nn.Module, str, int]]:
+    """(module, parameter name, bits) of every parameter of ``layers`` whose name holds ``kind``
+    (``weight``: a Linear's weight, an LSTM's weight_ih_l0, attention's in_proj_weight; ``bias``),
+    by state-dict name."""
     found = {}
     for layer, bits in layers.items():
         module = model.get_submodule(layer)
         for param, _ in module.named_parameters(recurse=False):
-            if "weight" in param:
+            if kind in param:
                 found[f"{layer}.{param}" if layer else param] = (module, param, bits)
     return found
 
@@ -382,7 +384,7 @@ def _fine_tune(model, tensors, kept, data: DataSplits, settings: QuantizeSetting
 
 def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSplits, device, on_epoch) -> Quantized:
     layers = _weight_bits(model, settings)
-    tensors = _weight_tensors(model, layers)
+    tensors = _layer_params(model, layers, "weight")
     kept = {name: kept_weights(getattr(module, param)) for name, (module, param, _) in tensors.items()}  # zeros stay
     seed_everything(settings.seed)
     if settings.epochs:
@@ -407,12 +409,7 @@ def _quantize_biases(model: nn.Module, layers: dict[str, int], data: DataSplits)
     x, y = (data.x_val, data.y_val) if len(data.x_val) else (data.x_train, data.y_train)
     cpu = torch.device("cpu")
     accuracy = score(model, x, y, cpu)["accuracy"]
-    biases = {
-        f"{layer}.{name}": bias
-        for layer in layers
-        for name, bias in model.get_submodule(layer).named_parameters(recurse=False)
-        if "bias" in name
-    }
+    biases = {name: getattr(module, param) for name, (module, param, _) in _layer_params(model, layers, "bias").items()}
     floats = {name: bias.detach().clone() for name, bias in biases.items()}
     encodings = {}
     for name, bias in biases.items():
