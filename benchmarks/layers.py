@@ -19,27 +19,23 @@ Results: benchmarks/results/layers.csv, summarized in the README.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
+from benchmarks._techniques import technique_row
 from shrinkflow import (
     FitSettings,
     PruneSettings,
     QuantizeSettings,
-    cost,
     load_dataset,
     new_artifact,
     prune,
     quantize,
-    score,
     train,
 )
-from shrinkflow.artifact import Artifact
-from shrinkflow.config import ShrinkflowWarning
 
 RESULTS = Path(__file__).resolve().parent / "results" / "layers.csv"
 CPU = torch.device("cpu")
@@ -60,32 +56,6 @@ def gru_classifier(input_shape, num_classes):
     return GRUClassifier(num_classes)
 
 
-def _row(name: str, artifact: Artifact, data, baseline: dict | None, folder: Path, warned: list[str]) -> dict:
-    reloaded = Artifact.load(artifact.save(folder / name))
-    costs = cost(reloaded)
-    accuracy = score(reloaded.model, data.x_test, data.y_test, CPU)["accuracy"]
-    share = next((line.split(", ")[1].split(" of")[0] for line in warned if " left " in line), "0%")
-    return {
-        "technique": name,
-        "test_accuracy": round(accuracy, 4),
-        "accuracy_delta_pp": round(100 * (accuracy - baseline["test_accuracy"]), 2) if baseline else 0.0,
-        "size_bytes": int(costs["cost_size_bytes"]),
-        "size_reduction": round(baseline["size_bytes"] / costs["cost_size_bytes"], 2) if baseline else 1.0,
-        "macs": int(costs["cost_macs"]),
-        "float_share": share,
-    }
-
-
-def _run(name: str, make, data, baseline, folder: Path) -> dict:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ShrinkflowWarning)
-        artifact = make()
-    warned = [str(w.message) for w in caught if issubclass(w.category, ShrinkflowWarning)]
-    row = _row(name, artifact, data, baseline, folder, warned)
-    print(row, flush=True)
-    return row
-
-
 def main() -> None:
     data = load_dataset("mnist1d")
     rows = []
@@ -93,7 +63,7 @@ def main() -> None:
         folder = Path(tmp)
         model = new_artifact("benchmarks.layers:gru_classifier", data, seed=0)
         trained = train(model, data, FitSettings(epochs=EPOCHS), CPU)
-        base = _run("float32", lambda: trained.artifact, data, None, folder)
+        base = technique_row("float32", lambda: trained.artifact, data, None, folder)[0]
         rows.append(base)
         techniques = {
             "dynamic-int8": lambda: quantize(trained.artifact, data, QuantizeSettings(method="dynamic-int8"), CPU),
@@ -106,7 +76,7 @@ def main() -> None:
             ),
         }
         for name, make in techniques.items():
-            rows.append(_run(name, lambda make=make: make().artifact, data, base, folder))
+            rows.append(technique_row(name, lambda make=make: make().artifact, data, base, folder)[0])
     RESULTS.parent.mkdir(exist_ok=True)
     pd.DataFrame(rows).to_csv(RESULTS, index=False)
     print(pd.DataFrame(rows).to_string(index=False))

@@ -10,6 +10,8 @@ products are not MACs):
 - MultiheadAttention (query length L, key length S, embedding E): the projections L·E·E (query),
   S·E·kdim and S·E·vdim (key, value), L·E·E (output), and the two attention products Q·Kᵀ and
   A·V, L·S·E each (summed over heads);
+- the zoo transformer's ``SelfAttention``: its four Linears as above, and Q·Kᵀ and A·V, L·L·D
+  each (D: the query projection's width, all heads), counted on the attention module itself;
 - Embedding, LayerNorm, BatchNorm, GroupNorm, RMSNorm, PReLU: parameters, no MACs (a lookup,
   element-wise work).
 A module with weights of any other kind is not counted: ``layer_costs`` names it in a
@@ -48,8 +50,10 @@ from shrinkflow.encoding import (
     is_dynamic_int8_rnn,
     is_int8_layer,
 )
+from shrinkflow.zoo import SelfAttention
 
 __all__ = [
+    "NORMALIZATION_LAYERS",
     "LayerCost",
     "before_after_metrics",
     "cost",
@@ -64,10 +68,11 @@ __all__ = [
 ]
 
 FLOAT_BITS = 32
-_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention)
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)  # scales, not weights to compress
+_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention, SelfAttention)
+# scales, not weights to compress (weight methods store them at 8 bits at most, as biases)
+NORMALIZATION_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
 # weights that take part in no matrix product: counted as parameters, with no MACs
-_NO_MACS = (nn.Embedding, nn.PReLU, *_NORMS)
+_NO_MACS = (nn.Embedding, nn.PReLU, *NORMALIZATION_LAYERS)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         f"{name}.{param}" if name else param: tensor
         for name, module in model.named_modules()
-        if not isinstance(module, _NORMS)
+        if not isinstance(module, NORMALIZATION_LAYERS)
         for param, tensor in module.named_parameters(recurse=False)
         if "weight" in param and tensor.is_floating_point()
     }
@@ -152,6 +157,10 @@ def _macs(module: nn.Module, inputs: tuple, kwargs: dict, output) -> tuple[int, 
     """(dense MACs, effective MACs) of one call with batch size 1."""
     if isinstance(module, nn.MultiheadAttention):
         return _attention_macs(module, inputs, kwargs)
+    if isinstance(module, SelfAttention):  # its Linears count themselves; Q·Kᵀ and A·V have no weights
+        tokens = inputs[0].shape[1]
+        products = 2 * tokens * tokens * module.query.out_features  # float or int8 Linear
+        return products, products
     weights = _own_tensors(module)[0]
     if hasattr(module, "out_features"):  # Linear, float or int8
         positions = output.numel() // module.out_features

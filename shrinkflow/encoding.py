@@ -270,7 +270,10 @@ def _qconfig_mapping(observer: str, qat: bool, weight_scales: str = "per-channel
             if weight_scales == "per-tensor"
             else tq.default_per_channel_weight_fake_quant,
         )
-        return tq.get_default_qat_qconfig_mapping(_BACKEND).set_global(qconfig)
+        # Embeddings stay float32, as static int8 leaves them: the global per-channel weight
+        # quantizer is refused for a lookup table, and the warning line names them.
+        mapping = tq.get_default_qat_qconfig_mapping(_BACKEND).set_global(qconfig)
+        return mapping.set_object_type(nn.Embedding, None).set_object_type(nn.EmbeddingBag, None)
     weight = tq.default_weight_observer if weight_scales == "per-tensor" else tq.default_per_channel_weight_observer
     qconfig = tq.QConfig(activation=activation, weight=weight)
     return tq.get_default_qconfig_mapping(_BACKEND).set_global(qconfig)

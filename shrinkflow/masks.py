@@ -176,13 +176,13 @@ def _prune_lstm_units(model: nn.Module, ratio: float, p: int) -> None:
     rows, and the matching inputs of the next layer and of ``model.fc``."""
     lstm, fc = model.lstm, model.fc
     hidden = lstm.hidden_size
-    keep_count = max(1, hidden - int(round(ratio * hidden)))
+    keep_count = max(1, hidden - int(round(ratio * hidden)))  # as many as _kept keeps
     new = nn.LSTM(lstm.input_size, keep_count, lstm.num_layers, bias=lstm.bias, batch_first=lstm.batch_first)
     previous_keep = torch.arange(lstm.input_size)
     for layer in range(lstm.num_layers):
         w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
         score = sum(_channel_norms(w.reshape(4, hidden, -1).transpose(0, 1), p, hidden) for w in (w_ih, w_hh))
-        keep = torch.sort(torch.argsort(score, descending=True)[:keep_count]).values
+        keep = _kept(score, ratio)
         rows = torch.cat([keep + gate * hidden for gate in range(4)])  # gates i, f, g, o
         getattr(new, f"weight_ih_l{layer}").copy_(w_ih[rows][:, previous_keep])
         getattr(new, f"weight_hh_l{layer}").copy_(w_hh[rows][:, keep])
@@ -190,11 +190,46 @@ def _prune_lstm_units(model: nn.Module, ratio: float, p: int) -> None:
             getattr(new, f"bias_ih_l{layer}").copy_(getattr(lstm, f"bias_ih_l{layer}")[rows])
             getattr(new, f"bias_hh_l{layer}").copy_(getattr(lstm, f"bias_hh_l{layer}")[rows])
         previous_keep = keep
-    new_fc = nn.Linear(keep_count, fc.out_features, bias=fc.bias is not None)
-    new_fc.weight.copy_(fc.weight[:, previous_keep])
-    if fc.bias is not None:
-        new_fc.bias.copy_(fc.bias)
-    model.lstm, model.fc = new, new_fc
+    model.lstm, model.fc = new, _narrowed(fc, columns=previous_keep)
+
+
+def _narrowed(linear: nn.Linear, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> nn.Linear:
+    """A copy of ``linear`` keeping only the output ``rows`` and input ``columns`` given."""
+    weight = linear.weight if rows is None else linear.weight[rows]
+    weight = weight if columns is None else weight[:, columns]
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
+    new.weight.copy_(weight)
+    if linear.bias is not None:
+        new.bias.copy_(linear.bias if rows is None else linear.bias[rows])
+    return new
+
+
+def _kept(score: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Indices (in order) of the highest-scoring ``1 - ratio`` of units, one at least."""
+    keep_count = max(1, len(score) - int(round(ratio * len(score))))
+    return torch.sort(torch.argsort(score, descending=True)[:keep_count]).values
+
+
+@torch.no_grad()
+def _prune_transformer(model: nn.Module, ratio: float, p: int) -> None:
+    """Remove ``ratio`` of the heads of every block's attention (by the p-norm of each head's
+    query, key and value rows and output columns: a head goes whole, so the head size stays) and
+    of its feed-forward units (by their input row and output column). The residual width, the
+    embedding and the classifier stay: every block adds into them."""
+    for block in model.blocks:
+        attention, ffn = block.attention, block.ffn
+        heads = attention.query.out_features // attention.head_size
+        projections = (attention.query, attention.key, attention.value)
+        score = sum(_channel_norms(linear.weight, p, heads) for linear in projections)
+        score = score + _channel_norms(attention.out.weight.t(), p, heads)
+        rows = (_kept(score, ratio)[:, None] * attention.head_size + torch.arange(attention.head_size)).flatten()
+        for name in ("query", "key", "value"):
+            setattr(attention, name, _narrowed(getattr(attention, name), rows=rows))
+        attention.out = _narrowed(attention.out, columns=rows)
+        units = ffn[0].out_features
+        score = _channel_norms(ffn[0].weight, p, units) + _channel_norms(ffn[2].weight.t(), p, units)
+        keep = _kept(score, ratio)
+        ffn[0], ffn[2] = _narrowed(ffn[0], rows=keep), _narrowed(ffn[2], columns=keep)
 
 
 def structured_prune(model: nn.Module, ratio: float, p: int, example: torch.Tensor) -> nn.Module:
@@ -204,11 +239,13 @@ def structured_prune(model: nn.Module, ratio: float, p: int, example: torch.Tens
     """
     import torch_pruning as tp
 
-    model.eval()
-    lstms = [m for m in model.modules() if isinstance(m, nn.LSTM)]
-    if lstms:
-        from shrinkflow.zoo import LSTMClassifier
+    from shrinkflow.zoo import LSTMClassifier, Transformer
 
+    model.eval()
+    if isinstance(model, Transformer):  # whole heads and feed-forward units, by hand
+        _prune_transformer(model, ratio, p)
+        return model
+    if any(isinstance(m, nn.LSTM) for m in model.modules()):
         if not isinstance(model, LSTMClassifier):
             raise ShrinkflowError("structured pruning of LSTM layers is supported for the zoo 'lstm' model only")
         _prune_lstm_units(model, ratio, p)

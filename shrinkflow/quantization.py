@@ -45,7 +45,7 @@ from torch.nn.utils import parametrize
 
 from shrinkflow.artifact import Artifact
 from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies
-from shrinkflow.cost import left_weights_line, storage_table, weight_tensors
+from shrinkflow.cost import NORMALIZATION_LAYERS, left_weights_line, storage_table, weight_tensors
 from shrinkflow.data import DataSplits
 from shrinkflow.encoding import (
     DYNAMIC_RECURRENT,
@@ -164,8 +164,8 @@ class QuantizeSettings(FitSettings):
     calibration_split: str = field(default="train", metadata={"help": "static-int8: split calibrated on (train, val)"})
     bias_bits: int = field(
         default=8,
-        metadata={"help": "kbit/binary/kmeans: biases at 8 bits (one scale a tensor) where validation accuracy "
-                  "is unchanged, else float32; 32 = always float32"},
+        metadata={"help": "kbit/binary/kmeans: biases, then normalization scales, at 8 bits (one scale a "
+                  "tensor) where validation accuracy is unchanged, else float32; 32 = always float32"},
     )  # fmt: skip
     epochs: int = field(default=0, metadata={"help": "fine-tuning epochs (STE; kmeans: centroid refits); 0 = none"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
@@ -397,27 +397,40 @@ def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSp
             encodings[name] = _encode(weight, bits, settings.method, kept[name])
             weight.copy_(decode(encodings[name]))
     if settings.bias_bits == 8:
-        encodings.update(_quantize_biases(model, layers, data))
+        biases = {name: getattr(module, p) for name, (module, p, _) in _layer_params(model, layers, "bias").items()}
+        encodings.update(_at_8_bits_if_harmless(model, biases, data))
+        encodings.update(_at_8_bits_if_harmless(model, _normalization_params(model), data))
     return Quantized(model, encodings, layers)
 
 
+def _normalization_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The scales and shifts of LayerNorm, BatchNorm, GroupNorm and RMSNorm layers, by state-dict name."""
+    return {
+        f"{name}.{param}" if name else param: tensor
+        for name, module in model.named_modules()
+        if isinstance(module, NORMALIZATION_LAYERS)
+        for param, tensor in module.named_parameters(recurse=False)
+    }
+
+
 @torch.no_grad()
-def _quantize_biases(model: nn.Module, layers: dict[str, int], data: DataSplits) -> dict[str, Encoded]:
-    """8-bit biases (every parameter of the layers named *bias*: a recurrent layer's bias_ih_l*,
-    attention's in_proj_bias), one scale a tensor — kept only if validation accuracy is unchanged.
-    On a model compressed 30x, float32 biases are a quarter of the bytes."""
+def _at_8_bits_if_harmless(model: nn.Module, tensors: dict[str, nn.Parameter], data: DataSplits) -> dict[str, Encoded]:
+    """``tensors`` (biases: a recurrent layer's bias_ih_l*, attention's in_proj_bias; or
+    normalization scales) at 8 bits, one scale a tensor — kept only if validation accuracy is
+    unchanged, else all left float32. On a model compressed 30x, float32 biases are a quarter of
+    the bytes; a transformer's LayerNorms, a fifth."""
+    tensors = {name: tensor for name, tensor in tensors.items() if tensor.any()}  # all zero: stored as pruned
     x, y = (data.x_val, data.y_val) if len(data.x_val) else (data.x_train, data.y_train)
     cpu = torch.device("cpu")
     accuracy = score(model, x, y, cpu)["accuracy"]
-    biases = {name: getattr(module, param) for name, (module, param, _) in _layer_params(model, layers, "bias").items()}
-    floats = {name: bias.detach().clone() for name, bias in biases.items()}
+    floats = {name: tensor.detach().clone() for name, tensor in tensors.items()}
     encodings = {}
-    for name, bias in biases.items():
-        encodings[name] = encode_symmetric(bias.reshape(1, -1), 8, kept_weights(bias))
-        bias.copy_(decode(encodings[name]).reshape(bias.shape))
-    if score(model, x, y, cpu)["accuracy"] < accuracy:
-        for name, bias in biases.items():
-            bias.copy_(floats[name])
+    for name, tensor in tensors.items():
+        encodings[name] = encode_symmetric(tensor.reshape(1, -1), 8, kept_weights(tensor))
+        tensor.copy_(decode(encodings[name]).reshape(tensor.shape))
+    if encodings and score(model, x, y, cpu)["accuracy"] < accuracy:
+        for name, tensor in tensors.items():
+            tensor.copy_(floats[name])
         return {}
     return encodings
 

@@ -13,6 +13,12 @@ Models (inputs are (B, *input_shape)):
 - ``lstm``: the article's RNN: a 2-layer LSTM of 128 units over the sequence (signals: L steps of
   C features; images: H rows of C·W features; tables: F steps of 1 feature), classifier on the
   last step.
+- ``transformer``: a small pre-norm ViT-style encoder: the input cut into patches (2×2 pixels of
+  an image, 4 steps of a signal; a convolution of that kernel and stride), each a token of 64
+  features with a learned position, 2 blocks of 4-head self-attention (head size 16) and a
+  128-unit GELU feed-forward layer, mean-pooled into the classifier. Each attention reads its
+  head count from its projections' width, so structured pruning removes whole heads and
+  feed-forward units and the description rebuilds the model.
 - ``package.module:factory``: a user model, called as ``factory(input_shape=..., num_classes=...)``.
 """
 
@@ -36,9 +42,12 @@ _BASE_WIDTHS = {
     "cnn": {"channels": [32, 64], "hidden_sizes": [128]},
     "cnn1d": {"channels": [25, 25, 25]},
     "lstm": {"hidden_size": 128, "num_layers": 2},
+    "transformer": {"heads": 4, "ffn_size": 128, "num_layers": 2},
 }
 # The list that ``depth`` lengthens or shortens.
-_DEPTH_KEY = {"mlp": "hidden_sizes", "cnn": "channels", "cnn1d": "channels", "lstm": "num_layers"}
+_DEPTH_KEY = {
+    "mlp": "hidden_sizes", "cnn": "channels", "cnn1d": "channels", "lstm": "num_layers", "transformer": "num_layers"
+}  # fmt: skip
 MODELS = tuple(_BASE_WIDTHS)
 
 
@@ -116,7 +125,85 @@ class LSTMClassifier(nn.Module):
         return self.fc(out[:, -1])
 
 
-_CLASSES = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1d, "lstm": LSTMClassifier}
+HEAD_SIZE = 16  # features per attention head; width scales the number of heads (and the FFN)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention from four Linears. The head count is the projections' width
+    over ``head_size``, so a model whose heads were pruned (narrower query/key/value, matching
+    output input) runs and rebuilds without any other record; the attention matmuls are plain
+    tensor ops, so export, int8 and the cost model see every piece."""
+
+    def __init__(self, dim: int, heads: int, head_size: int = HEAD_SIZE):
+        super().__init__()
+        self.head_size = head_size
+        self.query = nn.Linear(dim, heads * head_size)
+        self.key = nn.Linear(dim, heads * head_size)
+        self.value = nn.Linear(dim, heads * head_size)
+        self.out = nn.Linear(heads * head_size, dim)
+
+    def forward(self, x):
+        # (B, L, H·d) <-> (B, H, L, d) without reading x's shape (-1: the heads this layer has now),
+        # so torch.fx traces it and static int8 sees one graph
+        q, k, v = (linear(x).unflatten(-1, (-1, self.head_size)).transpose(1, 2) for linear in self.projections())
+        weights = torch.softmax(q @ k.transpose(-2, -1) * self.head_size**-0.5, dim=-1)
+        return self.out((weights @ v).transpose(1, 2).flatten(2))
+
+    def projections(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        return self.query, self.key, self.value
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn_size: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_size), nn.GELU(), nn.Linear(ffn_size, dim))
+
+    def forward(self, x):
+        x = x + self.attention(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+_PATCH = {2: 4, 3: 2}  # input rank -> patch side: 4 steps of a signal, 2x2 pixels of an image
+
+
+class Transformer(nn.Module):
+    """A pre-norm ViT-style encoder over patches of an image (C, H, W) or a signal (C, L)."""
+
+    def __init__(self, input_shape, num_classes, heads, ffn_size, num_layers):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        if len(self.input_shape) not in _PATCH:
+            raise ShrinkflowError(
+                f"model 'transformer' needs images (C, H, W) or signals (C, L); this dataset's samples have shape "
+                f"{self.input_shape} (use mlp or lstm for any shape)"
+            )
+        self.patch = _PATCH[len(self.input_shape)]
+        if any(side % self.patch for side in self.input_shape[1:]):
+            raise ShrinkflowError(
+                f"model 'transformer' cuts samples into patches of {self.patch}; shape {self.input_shape} "
+                "does not divide into them"
+            )
+        self.tokens = _numel(self.input_shape[1:]) // self.patch ** (len(self.input_shape) - 1)
+        dim = heads * HEAD_SIZE
+        conv = nn.Conv1d if len(self.input_shape) == 2 else nn.Conv2d  # a patch's features -> one token
+        self.embed = conv(self.input_shape[0], dim, self.patch, stride=self.patch)
+        self.position = nn.Embedding(self.tokens, dim)
+        self.blocks = nn.Sequential(*(EncoderBlock(dim, heads, ffn_size) for _ in range(num_layers)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        # The position table is looked up, not read as a bare weight: torch.fx (static int8) then
+        # keeps it an Embedding, a layer the cost model and the quantizers know.
+        positions = self.position(torch.arange(self.tokens, device=x.device))
+        tokens = self.embed(x).flatten(2).transpose(1, 2) + positions  # (B, patches, dim)
+        return self.head(self.norm(self.blocks(tokens)).mean(dim=1))
+
+
+_CLASSES = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1d, "lstm": LSTMClassifier, "transformer": Transformer}
 
 
 def describe(

@@ -35,7 +35,9 @@ __all__ = ["CONFIG", "TrainConfig", "main"]
 class TrainConfig(FitSettings):
     """Train a baseline model from the zoo on a built-in or user dataset."""
 
-    model: str = field(default="mlp", metadata={"help": "mlp, cnn, cnn1d, lstm, or package.module:factory"})
+    model: str = field(
+        default="mlp", metadata={"help": "mlp, cnn, cnn1d, lstm, transformer, or package.module:factory"}
+    )
     dataset: str = field(
         default="digits", metadata={"help": "digits, mnist1d, a .csv/.parquet file, or package.module:function"}
     )

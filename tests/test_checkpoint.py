@@ -9,7 +9,7 @@ from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_bytes, load_checkp
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.zoo import MODELS, build_model, describe
 
-SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}
+SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40), "transformer": (1, 8, 8)}
 
 
 def _saved(tmp_path, name="mlp"):

@@ -8,7 +8,7 @@ from steps import evaluate, train
 
 def test_unknown_model(fails_with_bad_input):
     line = fails_with_bad_input(train.main, ["--model", "resnet", "--epochs", "1"])
-    assert "unknown model 'resnet'" in line and "mlp, cnn, cnn1d, lstm, or package.module:factory" in line
+    assert "unknown model 'resnet'" in line and "mlp, cnn, cnn1d, lstm, transformer, or package.module:factory" in line
 
 
 def test_unknown_dataset(fails_with_bad_input):

@@ -1,6 +1,9 @@
 """The contract every registered pruning and quantization method keeps; a new method registered
 with ``@pruning_method`` or ``@quantization_method`` is tested here without a line of its own."""
 
+import re
+import warnings
+
 import pytest
 import torch
 
@@ -19,7 +22,8 @@ from shrinkflow import (
     quantize,
     train,
 )
-from shrinkflow.cost import model_parameters
+from shrinkflow.config import ShrinkflowWarning
+from shrinkflow.cost import model_parameters, weight_tensors
 from shrinkflow.encoding import is_dynamic_int8_linear, is_int8_layer
 
 CPU = torch.device("cpu")
@@ -166,3 +170,57 @@ def test_quantization_refuses_bad_input(method, trained, digits):
     quantized = quantize(trained, digits, _quantize_settings(method), CPU).artifact
     with pytest.raises(ShrinkflowError, match="already quantized"):
         quantize(quantized, digits, _quantize_settings(method), CPU)
+
+
+# --- every layer kind ------------------------------------------------------------------------
+# The zoo transformer (convolution stem, attention, LayerNorm, a position embedding) and a user's
+# GRU, through every method: each round-trips, or refuses the model in one line; whatever it
+# leaves float32 or dense is named in its one warning line, never silently.
+_LAYER_MODELS = {"transformer": "transformer", "gru": "tests.test_quantize:gru_classifier"}
+_REFUSALS = {("gru", "structured"): "structured pruning removes no channel of this model"}
+
+
+@pytest.fixture(scope="module")
+def layer_models(digits):
+    settings = FitSettings(epochs=2, patience=0)
+    return {
+        key: train(new_artifact(spec, digits), digits, settings, CPU).artifact for key, spec in _LAYER_MODELS.items()
+    }
+
+
+def _left_names(artifact: Artifact, method: str) -> set[str]:
+    """Weight tensors the method left float32 (quantization) or with no zero (pruning)."""
+    weights = weight_tensors(artifact.model)
+    if method in QUANTIZATION_METHODS:
+        return {name for name in weights if name not in artifact.encodings}
+    return {name for name, tensor in weights.items() if bool((tensor != 0).all())}
+
+
+@pytest.mark.parametrize("method", [*sorted(PRUNING_METHODS), *sorted(QUANTIZATION_METHODS)])
+@pytest.mark.parametrize("model", sorted(_LAYER_MODELS))
+def test_every_method_round_trips_a_transformer_and_a_gru_or_refuses_in_one_line(
+    model, method, layer_models, digits, tmp_path
+):
+    trained = layer_models[model]
+    if method in PRUNING_METHODS:
+        run, settings = prune, _prune_settings(method, epochs=1)
+    else:
+        brief = {"calibration_batches": 1} if method == "static-int8" else {}
+        run, settings = quantize, _quantize_settings(method, **brief)
+    if (model, method) in _REFUSALS:
+        with pytest.raises(ShrinkflowError, match=_REFUSALS[model, method]) as refused:
+            run(trained, digits, settings, CPU)
+        assert "\n" not in str(refused.value)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(trained, digits, settings, CPU).artifact
+    reloaded = _reloaded(result, tmp_path)
+    x = digits.x_test[:100]
+    assert torch.equal(_predictions(result, x), _predictions(reloaded, x))
+    assert cost(reloaded) == cost(result)
+    lines = [str(w.message) for w in caught if issubclass(w.category, ShrinkflowWarning)]
+    structural = method in PRUNING_METHODS and PRUNING_METHODS[method].structural
+    for name in set() if structural else _left_names(result, method):
+        pattern = re.sub(r"\.\d+\.", ".*.", name)
+        assert any(pattern in line for line in lines), f"{name} left as it was, and no warning says so: {lines}"

@@ -26,7 +26,7 @@ from steps import evaluate
 from steps import prune as prune_step
 
 CPU = torch.device("cpu")
-SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}
+SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40), "transformer": (1, 8, 8)}
 
 
 def _model(name="mlp", seed=0):
@@ -113,6 +113,29 @@ def test_structured_pruning_shrinks_and_reloads_every_zoo_model(name, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), reloaded(x))
     assert reloaded(x).shape == (4, 10)
+
+
+def test_structured_pruning_of_the_transformer_removes_its_weakest_heads_and_units_whole():
+    """Heads and feed-forward units whose weights are zero go first, and removing them changes
+    no prediction; the heads keep their size, so the attention still splits evenly."""
+    model, description = _model("transformer")
+    with torch.no_grad():
+        for block in model.blocks:
+            for projection in (block.attention.query, block.attention.key, block.attention.value):
+                projection.weight[32:48] = 0  # head 2 of 4 (16 dims each)
+            block.attention.out.weight[:, 32:48] = 0
+            block.ffn[0].weight[::4] = 0  # every 4th of the 128 feed-forward units
+            block.ffn[2].weight[:, ::4] = 0
+    x = torch.randn(8, *SHAPES["transformer"])
+    with torch.no_grad():
+        before = model.eval()(x)
+    structured_prune(model, 0.25, 1, x[:1])
+    for block in model.blocks:
+        assert block.attention.query.out_features == block.attention.out.in_features == 48  # 3 heads left
+        assert block.ffn[0].out_features == block.ffn[2].in_features == 96
+        assert bool((block.ffn[0].weight != 0).any(dim=1).all())  # every zeroed unit was the one removed
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-5)
 
 
 class ResidualCNN(nn.Module):

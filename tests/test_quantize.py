@@ -613,3 +613,18 @@ def test_weight_scales_per_tensor_export_as_one_scale_and_auto_picks_by_validati
     assert models["auto"][1] == expected
     with torch.no_grad():
         assert torch.equal(models["auto"][0](data.x_test), models[expected][0](data.x_test))
+
+
+def test_weight_methods_store_normalization_scales_at_8_bits_unless_validation_accuracy_drops(digits, tmp_path):
+    """A transformer's LayerNorm scales and shifts go to 8 bits after the biases, and reload
+    exactly; with bias_bits 32 they stay float32."""
+    artifact = train(new_artifact("transformer", digits, seed=0), digits, FitSettings(epochs=3, patience=0), CPU)
+    layers = ("blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "norm")
+    norms = {f"{layer}.{param}" for layer in layers for param in ("weight", "bias")}
+    model, encodings, _, description = _quantize(artifact.artifact, digits, method="kbit", bits="4")
+    assert norms <= encodings.keys() and encodings["norm.weight"].bits == 8
+    reloaded, _ = load_checkpoint(save_checkpoint(model, description, tmp_path / "kbit", encodings))
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), reloaded(digits.x_test))
+    _, floats, _, _ = _quantize(artifact.artifact, digits, method="kbit", bits="4", bias_bits=32)
+    assert not norms & floats.keys()

@@ -6,7 +6,7 @@ from shrinkflow.config import ShrinkflowError
 from shrinkflow.zoo import MODELS, build_model, describe
 
 # (model, input shape) pairs that every zoo model must handle
-SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40)}
+SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "cnn1d": (1, 40), "lstm": (1, 40), "transformer": (1, 8, 8)}
 
 
 def _params(model: nn.Module) -> int:
@@ -33,6 +33,11 @@ def test_default_parameter_counts_match_hand_computed():
     # lstm: two layers of 4 gates, each W_ih, W_hh and two biases; input size 1 then 128
     lstm = 4 * 128 * (1 + 128 + 2) + 4 * 128 * (128 + 128 + 2)
     assert _params(build_model(describe("lstm", (1, 40), 10))) == lstm + 128 * 10 + 10
+    # transformer: a 2x2 patch -> 64 convolution, 16 positions, 2 blocks (two LayerNorms, four
+    # 64x64 projections, feed-forward 64->128->64), a final LayerNorm and the head
+    block = 2 * 128 + 4 * (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
+    transformer = (4 * 64 + 64) + 16 * 64 + 2 * block + 128 + (64 * 10 + 10)
+    assert _params(build_model(describe("transformer", (1, 8, 8), 10))) == transformer == 69_066
 
 
 def test_width_and_depth_knobs():
@@ -40,6 +45,18 @@ def test_width_and_depth_knobs():
     assert narrow["params"] == {"hidden_sizes": [30, 10, 10]}
     assert describe("cnn", (1, 8, 8), 10, width=0.5, depth=1)["params"] == {"channels": [16], "hidden_sizes": [64]}
     assert describe("lstm", (1, 40), 10, width=0.25, depth=1)["params"] == {"hidden_size": 32, "num_layers": 1}
+    halved = {"heads": 2, "ffn_size": 64, "num_layers": 1}  # width scales heads (of 16), not the head size
+    assert describe("transformer", (1, 8, 8), 10, width=0.5, depth=1)["params"] == halved
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((1, 7, 7), r"cuts samples into patches of 2; shape \(1, 7, 7\) does not divide"),
+     ((64,), r"needs images \(C, H, W\) or signals \(C, L\).*\(64,\) \(use mlp or lstm")],
+)  # fmt: skip
+def test_transformer_refuses_shapes_it_cannot_cut_into_patches(shape, message):
+    with pytest.raises(ShrinkflowError, match=message):
+        build_model(describe("transformer", shape, 10))
 
 
 def test_lstm_reads_image_rows_and_table_columns():
