@@ -114,7 +114,9 @@ def _passing_signals_to(job: subprocess.Popen) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # an ignored signal (SIGHUP under nohup) stays ignored, as the workers inherit it
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    stops = [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, lambda signum, frame: job.send_signal(signum)) for sig in stops}
     try:
         yield

@@ -262,7 +262,9 @@ def _terminate_as_interrupt() -> Iterator[_Signals]:
     if threading.current_thread() is not threading.main_thread():
         yield signals
         return
-    previous = {sig: signal.signal(sig, signals.interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # a signal the user ignores stays ignored: under nohup, a closed terminal must not stop the step
+    stops = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, signals.interrupt) for sig in stops}
     try:
         yield signals
     finally:

@@ -49,15 +49,40 @@ def test_a_signal_inside_a_step_marks_its_run_killed_and_exits_by_it(sig, capsys
             time.sleep(5)  # the handler raises before this ends
         return run.info.run_id
 
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(step)
+    before = signal.signal(sig, signal.SIG_DFL)  # as in a terminal (under nohup SIGHUP is ignored)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(step)
+        after = signal.getsignal(sig)
+    finally:
+        signal.signal(sig, before)
     assert exit_info.value.code == 128 + sig.value
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
         == f"error: stopped by {sig.name}; the step's run is marked KILLED"
     )
     assert mlflow.get_run(opened[0]).info.status == "KILLED" and running_runs() == []
-    assert signal.getsignal(sig) is signal.SIG_DFL  # the step's handlers are gone again
+    assert after is signal.SIG_DFL  # the step's handlers are gone again
+
+
+def test_a_step_under_nohup_keeps_ignoring_sighup(capsys):
+    """nohup ignores SIGHUP so that closing the terminal does not stop the job: a step keeps it so."""
+    from shrinkflow.cli import run_main
+
+    def step() -> str:
+        with tracking.step_run("train", {}) as run:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the step goes on
+        return run.info.run_id
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        run_main(step)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    run_id = capsys.readouterr().out.strip().splitlines()[-1]
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
 
 
 @pytest.mark.slow  # a real step in its own process (the test above covers the same path in process)
