@@ -17,10 +17,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LONG_TRAIN = [sys.executable, "-m", "steps.train", "--epochs", "500", "--patience", "0", "--device", "cpu"]
 
 
+def _as_in_a_terminal() -> None:
+    """SIGHUP at its default in the child, as in a terminal: under nohup (a CI runner may use it)
+    the child inherits it ignored, and a step keeps an ignored signal ignored."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _start_long_train() -> tuple[subprocess.Popen, str]:
     """A train step that runs for minutes, once its run is RUNNING; return it and the run id."""
     before = {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
-    process = subprocess.Popen(LONG_TRAIN, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        LONG_TRAIN, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_as_in_a_terminal,
+    )  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline:
         runs = mlflow.search_runs(
