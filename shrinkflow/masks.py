@@ -176,7 +176,7 @@ def _prune_lstm_units(model: nn.Module, ratio: float, p: int) -> None:
     rows, and the matching inputs of the next layer and of ``model.fc``."""
     lstm, fc = model.lstm, model.fc
     hidden = lstm.hidden_size
-    keep_count = max(1, hidden - int(round(ratio * hidden)))  # as many as _kept keeps
+    keep_count = _keep_count(hidden, ratio)
     new = nn.LSTM(lstm.input_size, keep_count, lstm.num_layers, bias=lstm.bias, batch_first=lstm.batch_first)
     previous_keep = torch.arange(lstm.input_size)
     for layer in range(lstm.num_layers):
@@ -204,10 +204,14 @@ def _narrowed(linear: nn.Linear, rows: torch.Tensor | None = None, columns: torc
     return new
 
 
+def _keep_count(units: int, ratio: float) -> int:
+    """How many of ``units`` are left when ``ratio`` of them is removed: one at least."""
+    return max(1, units - int(round(ratio * units)))
+
+
 def _kept(score: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Indices (in order) of the highest-scoring ``1 - ratio`` of units, one at least."""
-    keep_count = max(1, len(score) - int(round(ratio * len(score))))
-    return torch.sort(torch.argsort(score, descending=True)[:keep_count]).values
+    """Indices (in order) of the highest-scoring ``_keep_count`` units."""
+    return torch.sort(torch.argsort(score, descending=True)[: _keep_count(len(score), ratio)]).values
 
 
 @torch.no_grad()
@@ -219,12 +223,12 @@ def _prune_transformer(model: nn.Module, ratio: float, p: int) -> None:
     for block in model.blocks:
         attention, ffn = block.attention, block.ffn
         heads = attention.query.out_features // attention.head_size
-        projections = (attention.query, attention.key, attention.value)
-        score = sum(_channel_norms(linear.weight, p, heads) for linear in projections)
+        score = sum(_channel_norms(linear.weight, p, heads) for linear in attention.projections())
         score = score + _channel_norms(attention.out.weight.t(), p, heads)
         rows = (_kept(score, ratio)[:, None] * attention.head_size + torch.arange(attention.head_size)).flatten()
-        for name in ("query", "key", "value"):
-            setattr(attention, name, _narrowed(getattr(attention, name), rows=rows))
+        attention.query, attention.key, attention.value = (
+            _narrowed(linear, rows=rows) for linear in attention.projections()
+        )
         attention.out = _narrowed(attention.out, columns=rows)
         units = ffn[0].out_features
         score = _channel_norms(ffn[0].weight, p, units) + _channel_norms(ffn[2].weight.t(), p, units)
