@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.recipe import MAKES_MODEL, Recipe, Stage, code_version, load_recipe, step_module
+from pipelines.recipe import Recipe, Stage, code_version, load_recipe, makes_model, step_module
 from shrinkflow.cli import run_main
 from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
 from shrinkflow.runtime import file_lock
@@ -69,7 +69,7 @@ def _cached(key: str, stage: Stage) -> str | None:
         filter_string=f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
     )  # fmt: skip
     for run in runs:
-        problem = checkpoint_problem(run.info.run_id) if stage.step in MAKES_MODEL else None
+        problem = checkpoint_problem(run.info.run_id) if makes_model(stage.step) else None
         if problem is None:
             return run.info.run_id
         print(f"pipeline: stage {stage.name} ({stage.step}): not reusing run {run.info.run_id}: {problem}",
@@ -136,7 +136,7 @@ def execute(cfg: PipelineConfig) -> str:
 def _model_of(stage: Stage, run_id: str, models: dict[str, str]) -> str:
     """The run whose model ``stage`` leaves for the next: its own (a step that makes one), else
     the one it was given (its last input, or the run id written in the recipe)."""
-    if stage.step in MAKES_MODEL:
+    if makes_model(stage.step):
         return run_id
     if stage.inputs:
         return models[stage.inputs[-1]]

@@ -32,14 +32,25 @@ from typing import Any
 import yaml
 
 from shrinkflow.config import ShrinkflowError, parse_bool, read_yaml
+from shrinkflow.techniques import TECHNIQUES
 
-__all__ = ["RECIPES_DIR", "STEPS", "Recipe", "Stage", "code_version", "load_recipe", "parse_overrides"]
+__all__ = [
+    "RECIPES_DIR", "Recipe", "Stage", "code_version", "known_steps", "load_recipe", "makes_model", "parse_overrides"
+]  # fmt: skip
 
 RECIPES_DIR = Path(__file__).resolve().parent
 _ROOT = RECIPES_DIR.parent
-STEPS = ("train", "evaluate", "prune", "quantize", "distill", "benchmark", "compare", "export", "search")
-MAKES_MODEL = ("train", "prune", "quantize", "distill", "search")
 PLACEHOLDER_RUN = "0" * 32  # stands in for an input's run id while a recipe is checked
+
+
+def known_steps() -> tuple[str, ...]:
+    """Every step a recipe may name: each registered technique has a step of its name."""
+    return ("train", "evaluate", *TECHNIQUES, "benchmark", "compare", "export", "search")
+
+
+def makes_model(step: str) -> bool:
+    """Whether ``step`` logs a model of its own (else it measures the model it was given)."""
+    return step in ("train", "search") or step in TECHNIQUES
 
 
 def step_module(step: str):
@@ -102,9 +113,9 @@ def _stage(entry: Any, index: int, path: Path) -> dict:
     unknown = sorted(set(entry) - {"name", "step", "params", "input", "inputs"})
     if unknown:
         raise ShrinkflowError(f"recipe {path}: stage {name!r}: unknown key(s) {unknown}: use name, step, params, input")
-    if entry.get("step") not in STEPS:
+    if entry.get("step") not in known_steps():
         raise ShrinkflowError(
-            f"recipe {path}: stage {name!r}: unknown step {entry.get('step')!r}: choose {', '.join(STEPS)}"
+            f"recipe {path}: stage {name!r}: unknown step {entry.get('step')!r}: choose {', '.join(known_steps())}"
         )
     params = entry.get("params") or {}
     if not isinstance(params, dict):
@@ -162,7 +173,7 @@ def _wired(stages: list[dict], path: Path) -> list[Stage]:
             )
         wired.append(Stage(name, stage["step"], stage["params"], tuple(inputs)))
         seen.append(name)
-        latest = name if stage["step"] in MAKES_MODEL or latest is None else latest
+        latest = name if makes_model(stage["step"]) or latest is None else latest
     return wired
 
 
@@ -204,15 +215,24 @@ def _typed(value: Any, kind: type, where: str) -> Any:
 
 
 def code_version(step: str) -> str:
-    """SHA-256 (first 16 hex digits) of the code a step runs: the library, the step's module
-    (the search: its package and spaces). Editing any of it changes the version."""
+    """SHA-256 (first 16 hex digits) of the code a step runs: the library, the step's module and
+    the steps' shared modules (the search: its package and spaces). Editing any of it changes the
+    version."""
     files = sorted((_ROOT / "shrinkflow").rglob("*.py"))
     files += (
         sorted((_ROOT / "search").glob("*.py")) + sorted((_ROOT / "search").glob("*.yaml"))
         if step == "search"
-        else [_ROOT / "steps" / f"{step}.py"]
+        else _step_files(step)
     )
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.relative_to(_ROOT).as_posix().encode() + b"\0" + file.read_bytes())
+        name = file.relative_to(_ROOT) if file.is_relative_to(_ROOT) else file
+        digest.update(name.as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _step_files(step: str) -> list[Path]:
+    own = _ROOT / "steps" / f"{step}.py"
+    if not own.is_file():  # the step of a technique registered from elsewhere
+        own = Path(step_module(step).__file__)
+    return [own, *sorted((_ROOT / "steps").glob("_*.py"))]

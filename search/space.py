@@ -1,20 +1,23 @@
 """The search space: which stages run and how each knob is chosen, read from YAML.
 
-A space maps the stages ``distill``, ``prune`` and ``quantize`` to their knobs. ``enabled`` is
-``true``, ``false`` or ``search``; every other key is a field of the stage's settings
-(``shrinkflow.DistillSettings``, ``PruneSettings``, ``QuantizeSettings``), given as
+A space maps stages — the registered techniques (``shrinkflow.techniques``: ``distill``,
+``prune``, ``quantize``) — to their knobs. ``enabled`` is ``true``, ``false`` or ``search``;
+every other key is a field of the technique's settings (``shrinkflow.DistillSettings``,
+``PruneSettings``, ``QuantizeSettings``), given as
 - a fixed value: ``sparsity: 0.9``;
 - a range: ``sparsity: {low: 0.5, high: 0.97}`` (ints stay ints; ``log: true``, ``step: 0.05``);
 - a choice: ``method: {choices: [global, gradual]}``;
-and ``per_layer: true`` on a range or choice of ``prune.thresholds`` or ``quantize.bits`` samples
-one value per layer of the model the stage receives. ``quantize.method`` may include ``none``.
+and ``per_layer: true`` on a range or choice of the technique's per-layer setting
+(``prune.thresholds``, ``quantize.bits``) samples one value per layer of the model the stage
+receives. A stage's ``method`` may include ``none`` (the stage is off).
 
 Every fixed value, range end and choice is checked against the settings class when the file is
 read, and every method with every end of the other knobs, so a knob outside its range, or values
 that cannot run together, fail before a study exists. Every knob is drawn in every trial; those
-that do not apply to the drawn method (``sparsity`` for ``threshold``, ``bits`` for the int8
-methods, ...) are left out of its settings and of its ``configuration``; a stage's fine-tuning
-``epochs`` are forced to 0 for methods that have none.
+that do not apply to the drawn method (the settings its registration does not list in
+``reads``: ``sparsity`` for ``threshold``, ``bits`` for the int8 methods, ...) are left out of its
+settings and of its ``configuration``; a stage's fine-tuning ``epochs`` are forced to 0 for
+methods that have none.
 """
 
 from __future__ import annotations
@@ -30,32 +33,18 @@ import optuna
 import yaml
 from torch import nn
 
-from shrinkflow import (
-    PRUNING_METHODS,
-    QUANTIZATION_METHODS,
-    DistillSettings,
-    PruneSettings,
-    QuantizeSettings,
-    ShrinkflowError,
-)
+from shrinkflow import ShrinkflowError
 from shrinkflow.config import read_yaml
-from shrinkflow.masks import prunable_layers
-from shrinkflow.pruning import APPLIES as PRUNE_APPLIES
-from shrinkflow.quantization import APPLIES as QUANTIZE_APPLIES
-from shrinkflow.quantization import quantizable_layers
+from shrinkflow.techniques import TECHNIQUES
 
-__all__ = ["BUILT_IN_SPACES", "DEFAULT_SPACE", "STAGES", "Knob", "Space", "load_space"]
+__all__ = ["BUILT_IN_SPACES", "DEFAULT_SPACE", "Knob", "Space", "load_space"]
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "default_space.yaml"
 # Spaces a search names instead of giving a path: ``--space latency``.
 BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "latency": Path(__file__).resolve().parent / "latency_space.yaml"}
-STAGES = {"distill": DistillSettings, "prune": PruneSettings, "quantize": QuantizeSettings}
-NO_QUANTIZATION = "none"
+NO_METHOD = "none"  # a stage's method that turns the stage off
 _ENABLED = (True, False, "search")
 MAX_COMBINATIONS = 4096  # of the knobs' ends, per method, checked when a space is read
-_PER_LAYER = {"prune": "thresholds", "quantize": "bits"}
-# knob -> the methods it applies to; knobs not listed apply to every method of their stage
-_APPLIES = {"prune": PRUNE_APPLIES, "quantize": QUANTIZE_APPLIES}
 
 
 @dataclass(frozen=True)
@@ -136,13 +125,13 @@ class Space:
         method = knobs["method"].suggest(trial, f"{stage}.method") if "method" in knobs else None
         drawn = {name: self._suggest(trial, stage, knob, model) for name, knob in knobs.items()
                  if name not in ("enabled", "method")}  # fmt: skip
-        if not enabled or method == NO_QUANTIZATION:
+        if not enabled or method == NO_METHOD:
             return None
         values = {name: value for name, value in drawn.items() if _reads(stage, name, method)}
         if method is not None:
             values["method"] = method
         _fit_epochs_to_method(stage, values)
-        return STAGES[stage](**values)
+        return TECHNIQUES[stage].settings(**values)
 
     @staticmethod
     def _suggest(trial: optuna.Trial, stage: str, knob: Knob, model: nn.Module):
@@ -160,7 +149,7 @@ class Space:
         for stage, knobs in self.stages.items():
             enabled = params.get(f"{stage}.enabled", knobs["enabled"].fixed)
             method = params.get(f"{stage}.method", knobs["method"].fixed if "method" in knobs else None)
-            if not enabled or method == NO_QUANTIZATION:
+            if not enabled or method == NO_METHOD:
                 kept[f"{stage}.enabled"] = False
                 continue
             for name, value in params.items():
@@ -177,31 +166,32 @@ def _reads(stage: str, knob: str, method: str | None) -> bool:
 
 def _as_field(stage: str, name: str, value: Any) -> Any:
     """YAML's 4 or 0.05 for a text setting (``bits``, ``thresholds``) becomes the JSON text it takes."""
-    text_field = STAGES[stage].__dataclass_fields__[name].type in ("str", str)
+    text_field = TECHNIQUES[stage].settings.__dataclass_fields__[name].type in ("str", str)
     return json.dumps(value) if text_field and not isinstance(value, str) else value
 
 
 def _applies(stage: str, knob: str, method: str | None) -> bool:
-    methods = _APPLIES.get(stage, {}).get(knob)
+    methods = TECHNIQUES[stage].applies.get(knob)
     return methods is None or method in methods
 
 
+def _fine_tuning(stage: str, method: str | None) -> str:
+    """ "none" (int8 post-training), "required" (qat) or "optional", as the method registers it."""
+    return getattr(TECHNIQUES[stage].methods.get(method), "fine_tuning", "optional")
+
+
 def _no_epochs(stage: str, knob: str, method: str | None) -> bool:
-    """int8 post-training methods take no fine-tuning: their epochs are not sampled."""
-    return stage == "quantize" and knob == "epochs" and QUANTIZATION_METHODS[method].fine_tuning == "none"
+    """Methods without fine-tuning (int8 post-training) take no epochs: they are not sampled."""
+    return knob == "epochs" and _fine_tuning(stage, method) == "none"
 
 
 def _layers(stage: str, model: nn.Module) -> list[str]:
-    if stage == "prune":
-        return prunable_layers(model)
-    return quantizable_layers(model)
+    return TECHNIQUES[stage].layers(model)
 
 
 def _fit_epochs_to_method(stage: str, values: dict) -> None:
-    """int8 post-training methods take no epochs; ``qat`` needs one at least."""
-    if stage != "quantize":
-        return
-    fine_tuning = QUANTIZATION_METHODS[values["method"]].fine_tuning
+    """Methods without fine-tuning (int8 post-training) take no epochs; ``qat`` needs one at least."""
+    fine_tuning = _fine_tuning(stage, values.get("method"))
     if fine_tuning == "none":
         values["epochs"] = 0
     elif fine_tuning == "required":
@@ -220,10 +210,10 @@ def load_space(path: str | Path | None = None) -> Space:
     except yaml.YAMLError as exc:
         raise ShrinkflowError(f"search space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(document, dict) or not document:
-        raise ShrinkflowError(f"search space file {path} is empty: give at least one of {', '.join(STAGES)}")
-    unknown = sorted(set(document) - set(STAGES))
+        raise ShrinkflowError(f"search space file {path} is empty: give at least one of {', '.join(TECHNIQUES)}")
+    unknown = sorted(set(document) - set(TECHNIQUES))
     if unknown:
-        raise ShrinkflowError(f"search space {path}: unknown stage(s) {unknown}: stages are {', '.join(STAGES)}")
+        raise ShrinkflowError(f"search space {path}: unknown stage(s) {unknown}: stages are {', '.join(TECHNIQUES)}")
     stages = {stage: _stage(stage, spec, path) for stage, spec in document.items()}
     for stage, knobs in stages.items():
         _check_combinations(stage, knobs, path)
@@ -235,7 +225,7 @@ def load_space(path: str | Path | None = None) -> Space:
 def _stage(stage: str, spec: Any, path: Path) -> dict[str, Knob]:
     if not isinstance(spec, dict):
         raise ShrinkflowError(f"search space {path}: stage {stage!r} must be a mapping of knobs, got {spec!r}")
-    fields = {f.name for f in dataclasses.fields(STAGES[stage])}
+    fields = {f.name for f in dataclasses.fields(TECHNIQUES[stage].settings)}
     unknown = sorted(set(spec) - fields - {"enabled"})
     if unknown:
         raise ShrinkflowError(
@@ -259,8 +249,9 @@ def _knob(stage: str, name: str, value: Any, path: Path) -> Knob:
     allowed = {"choices", "low", "high", "log", "step", "per_layer"}
     if set(value) - allowed or not ({"choices"} <= set(value) or {"low", "high"} <= set(value)):
         raise ShrinkflowError(f"{where} must be a value, {{low: .., high: ..}} or {{choices: [..]}}, got {value}")
-    if value.get("per_layer") and _PER_LAYER.get(stage) != name:
-        raise ShrinkflowError(f"{where}: per_layer applies to prune.thresholds and quantize.bits only")
+    if value.get("per_layer") and TECHNIQUES[stage].per_layer != name:
+        per_layer = [f"{t.name}.{t.per_layer}" for t in TECHNIQUES.values() if t.per_layer]
+        raise ShrinkflowError(f"{where}: per_layer applies to {' and '.join(per_layer)} only")
     if "choices" in value:
         choices = value["choices"]
         if not isinstance(choices, list) or not choices:
@@ -281,15 +272,15 @@ def _knob(stage: str, name: str, value: Any, path: Path) -> Knob:
 def _check_values(stage: str, knob: Knob, path: Path) -> None:
     """Build the stage's settings with each value the knob can take: its checks are the space's."""
     if knob.name == "method":
-        valid = {**PRUNING_METHODS} if stage == "prune" else {**QUANTIZATION_METHODS, NO_QUANTIZATION: None}
-        bad = [m for m in knob.values_to_check() if stage != "distill" and m not in valid]
+        valid = [*TECHNIQUES[stage].methods, NO_METHOD]
+        bad = [m for m in knob.values_to_check() if m not in valid]
         if bad:
             raise ShrinkflowError(f"search space {path}: unknown {stage} method(s) {bad}: choose {', '.join(valid)}")
         return
     for value in knob.values_to_check():
         setting = json.dumps({"*": value}) if knob.per_layer else _as_field(stage, knob.name, value)
         try:
-            STAGES[stage](**_probe(stage, knob.name, setting))
+            TECHNIQUES[stage].settings(**_probe(stage, knob.name, setting))
         except (ShrinkflowError, TypeError) as exc:
             raise ShrinkflowError(f"search space {path}: {stage}.{knob.name}={value!r} is invalid: {exc}") from None
 
@@ -301,7 +292,7 @@ def _check_combinations(stage: str, knobs: dict[str, Knob], path: Path) -> None:
     methods = knobs["method"].values_to_check() if "method" in knobs else [None]
     others = [knob for name, knob in knobs.items() if name not in ("enabled", "method")]
     for method in methods:
-        if method == NO_QUANTIZATION:
+        if method == NO_METHOD:
             continue
         used = [k for k in others if _reads(stage, k.name, method)]
         for values in itertools.islice(itertools.product(*(k.values_to_check() for k in used)), MAX_COMBINATIONS):
@@ -311,21 +302,19 @@ def _check_combinations(stage: str, knobs: dict[str, Knob], path: Path) -> None:
                 settings["method"] = method
                 _fit_epochs_to_method(stage, settings)
             try:
-                STAGES[stage](**settings)
+                TECHNIQUES[stage].settings(**settings)
             except (ShrinkflowError, TypeError) as exc:
                 shown = ", ".join(f"{name}={value}" for name, value in settings.items())
                 raise ShrinkflowError(f"search space {path}: {stage} cannot run with {shown}: {exc}") from None
 
 
 def _probe(stage: str, name: str, value: Any) -> dict:
-    """Settings that accept ``name=value`` on its own: a method the knob applies to, epochs when
-    the method needs them."""
+    """Settings that accept ``name=value`` on its own: a method the knob applies to, with what
+    that method needs to run at all (its registration's ``minimal``: thresholds, an epoch)."""
     probe = {name: value}
-    methods = _APPLIES.get(stage, {}).get(name)
-    if methods:
-        probe["method"] = methods[0]
-    if stage == "prune" and probe.get("method") == "threshold" and name != "thresholds":
-        probe["thresholds"] = "0"
-    if stage == "prune" and probe.get("method") == "gradual" and name != "epochs":
-        probe["epochs"] = 1
+    readers = TECHNIQUES[stage].applies.get(name)
+    if readers:
+        probe["method"] = readers[0]
+        for setting, needed in TECHNIQUES[stage].methods[readers[0]].minimal.items():
+            probe.setdefault(setting, needed)
     return probe

@@ -14,8 +14,7 @@ import optuna
 import torch
 
 from search.space import Space
-from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, distill, prune, quantize, score
-from shrinkflow.distillation import student_architecture
+from shrinkflow import Artifact, DataSplits, ShrinkflowError, cost, score
 from shrinkflow.latency import (
     TARGETS,
     common_form,
@@ -25,8 +24,8 @@ from shrinkflow.latency import (
     interleaved_rounds,
     torch_threads,
 )
+from shrinkflow.techniques import TECHNIQUES
 from shrinkflow.training import StopTraining
-from shrinkflow.zoo import build_model
 
 __all__ = [
     "COSTS",
@@ -50,7 +49,6 @@ COST_METRICS = {
     "latency": "cost_latency_ms_p50",
 }
 COSTS = tuple(COST_METRICS)
-TECHNIQUES = {"distill": distill, "prune": prune, "quantize": quantize}
 CPU = torch.device("cpu")
 REFERENCE_ROUNDS = 3
 
@@ -143,16 +141,16 @@ def objective_values(costs: dict[str, float], names) -> list[float]:
 def plan_trial(trial: optuna.Trial, baseline: Artifact, space: Space) -> dict:
     """Every stage's settings for this trial, sampled before any work: the whole configuration is
     in the study at once, so a repeat of an earlier trial is found before it costs anything. The
-    per-layer knobs of the stages after ``distill`` are named after the student's layers (an
-    untrained student of the sampled architecture: only its names count here)."""
+    per-layer knobs of the stages after one that reshapes the model (``distill``) are named after
+    its new model's layers (untrained, of the sampled architecture: only its names count here)."""
     planned, model = {}, baseline.model
-    for stage in TECHNIQUES:
+    for stage, technique in TECHNIQUES.items():
         settings = space.sample(trial, stage, model)
         if settings is None:
             continue
         planned[stage] = settings
-        if stage == "distill":
-            model = build_model(student_architecture(settings, baseline.description["architecture"]))
+        if technique.reshapes is not None:
+            model = technique.reshapes(settings, baseline.description)
     return planned
 
 
@@ -184,7 +182,7 @@ def run_trial(
             settings = _least_fine_tuning(settings)
             record[stage]["fine_tuning_skipped"] = True
         watch = None if stopped else _EarlyStop.make(stage, settings, accuracy_floor, early_stop_pp)
-        artifact = TECHNIQUES[stage](artifact, data, settings, device, on_epoch=watch).artifact
+        artifact = TECHNIQUES[stage].apply(artifact, data, settings, device, on_epoch=watch).artifact
         record[stage]["val_accuracy"] = score(artifact.model, *data.val, CPU)["accuracy"]
         if watch is not None and watch.reason:
             stopped = record[stage]["stopped"] = watch.reason
@@ -193,6 +191,8 @@ def run_trial(
 
 def _least_fine_tuning(settings):
     """``settings`` with no fine-tuning, or one epoch where the method needs some (gradual, qat)."""
+    if "epochs" not in {f.name for f in dataclasses.fields(settings)}:  # a technique that does not fine-tune
+        return settings
     try:
         return dataclasses.replace(settings, epochs=0)
     except ShrinkflowError:
@@ -209,7 +209,7 @@ class _EarlyStop:
 
     @classmethod
     def make(cls, stage: str, settings, floor: float, margin_pp: float) -> _EarlyStop | None:
-        epochs = settings.epochs
+        epochs = getattr(settings, "epochs", 0)
         if margin_pp <= 0 or epochs < 2:
             return None
         first = -(-epochs // 2)

@@ -19,7 +19,8 @@ Modules: ``config`` (errors, config dataclass → CLI), ``data`` (datasets and s
 ``train``), ``artifact``, ``checkpoint`` (safetensors + JSON on disk), ``encoding`` (weight codes,
 int8 conversion), ``cost`` (exact MACs, BOPs, sizes), ``latency`` (timing, peak memory),
 ``masks`` (pruning primitives), ``pruning``, ``quantization`` and ``distillation`` (the
-techniques and their method registries), ``tracking`` (the one module that talks to MLflow;
+techniques and their method registries), ``techniques`` (the registry of the techniques that
+steps, search and recipes read), ``tracking`` (the one module that talks to MLflow;
 not imported here) and ``cli`` (the steps' error handling).
 """
 
@@ -37,11 +38,13 @@ from shrinkflow.quantization import (
     quantize,
 )
 from shrinkflow.runtime import resolve_device, seed_everything
+from shrinkflow.techniques import TECHNIQUES, Technique, register_technique
 from shrinkflow.training import FitSettings, TrainResult, score, train
 
 __all__ = [
     "PRUNING_METHODS",
     "QUANTIZATION_METHODS",
+    "TECHNIQUES",
     "Artifact",
     "DataSplits",
     "DistillResult",
@@ -52,6 +55,7 @@ __all__ = [
     "QuantizeResult",
     "QuantizeSettings",
     "ShrinkflowError",
+    "Technique",
     "TrainResult",
     "cost",
     "distill",
@@ -61,6 +65,7 @@ __all__ = [
     "pruning_method",
     "quantization_method",
     "quantize",
+    "register_technique",
     "resolve_device",
     "score",
     "seed_everything",

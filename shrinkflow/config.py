@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, get_type_hints
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ShrinkflowWarning",
     "Terminated",
     "check_applies",
+    "method_applies",
     "build_parser",
     "check_run_id",
     "config_to_params",
@@ -71,15 +73,26 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=Bounded)  # noqa: S506 - a SafeLoader
 
 
-def check_applies(settings: Any, applies: dict[str, tuple[str, ...]]) -> None:
+def method_applies(methods: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Setting → the methods that read it, from each registered method's ``reads``; a setting
+    that no method names is read by every method."""
+    applies: dict[str, tuple[str, ...]] = {}
+    for method in methods.values():
+        for setting in method.reads:
+            applies[setting] = (*applies.get(setting, ()), method.name)
+    return applies
+
+
+def check_applies(settings: Any, methods: Mapping[str, Any]) -> None:
     """Refuse a setting changed from its default where ``settings.method`` does not read it
-    (``applies``: setting → the methods that read it): it would be logged but change nothing."""
+    (``methods``: the method registry, each method naming what it ``reads``): it would be logged
+    but change nothing."""
     defaults = {f.name: f.default for f in dataclasses.fields(settings)}
-    for name, methods in applies.items():
+    for name, readers in method_applies(methods).items():
         value = getattr(settings, name)
-        if settings.method not in methods and value != defaults[name]:
+        if settings.method not in readers and value != defaults[name]:
             raise ShrinkflowError(
-                f"{name} applies to method {', '.join(methods)} only; method {settings.method} would ignore "
+                f"{name} applies to method {', '.join(readers)} only; method {settings.method} would ignore "
                 f"{name}={value!r}: leave it at {defaults[name]!r}"
             )
 

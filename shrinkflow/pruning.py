@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -80,16 +80,27 @@ class PruningMethod:
     start: Callable[[nn.Module, PruneSettings, DataSplits], Pruning]
     structural: bool = False  # removes channels: the model changes shape instead of holding zeros
     needs_epochs: bool = False  # prunes while fine-tuning
+    reads: tuple[str, ...] = ()  # the method-specific settings it reads (the others stay at their defaults)
+    requires: Mapping[str, Any] = field(default_factory=dict)  # settings it cannot run without (an example)
+
+    @property
+    def minimal(self) -> dict[str, Any]:
+        """Settings with which it runs at all: what it requires, an epoch where it prunes while
+        fine-tuning."""
+        return {**self.requires, **({"epochs": 1} if self.needs_epochs else {})}
 
 
 PRUNING_METHODS: dict[str, PruningMethod] = {}
 
 
-def pruning_method(name: str, *, structural: bool = False, needs_epochs: bool = False):
-    """Register ``start(model, settings, data) -> Pruning`` as the pruning method ``name``."""
+def pruning_method(
+    name: str, *, reads: tuple[str, ...] = (), structural: bool = False, needs_epochs: bool = False, requires=None
+):
+    """Register ``start(model, settings, data) -> Pruning`` as the pruning method ``name``, which
+    reads the method-specific settings ``reads``."""
 
     def register(start):
-        PRUNING_METHODS[name] = PruningMethod(name, start, structural, needs_epochs)
+        PRUNING_METHODS[name] = PruningMethod(name, start, structural, needs_epochs, tuple(reads), requires or {})
         return start
 
     return register
@@ -99,17 +110,6 @@ def pruning_method(name: str, *, structural: bool = False, needs_epochs: bool = 
 # least. 2% never binds on the zoo mlp at 95% (its smallest layer keeps 3%; a floor that binds
 # there lowered validation accuracy) and still allows 98% sparsity: README, "prune".
 MIN_LAYER_DENSITY = 0.02
-# Which methods read each method-specific setting (the others must leave it at its default).
-APPLIES = {
-    "min_layer_density": ("global", "gradual"),
-    "layer_sparsity": ("layerwise",),
-    "sparsity": ("global", "layerwise", "gradual", "structured"),
-    "thresholds": ("threshold",),
-    "layers": ("threshold", "global", "layerwise", "gradual"),
-    "norm": ("structured",),
-    "initial_sparsity": ("gradual",),
-    "ramp_epochs": ("gradual",),
-}
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class PruneSettings(FitSettings):
             raise ShrinkflowError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}")
         if PRUNING_METHODS[self.method].needs_epochs and self.epochs < 1:
             raise ShrinkflowError(f"{self.method} pruning happens during fine-tuning: set epochs >= 1")
-        check_applies(self, APPLIES)
+        check_applies(self, PRUNING_METHODS)
 
     def threshold_map(self) -> dict[str, float]:
         text = self.thresholds.strip()
@@ -210,7 +210,7 @@ class PruneResult:
     sparsity: float  # share of zeros in the pruned tensors (structural: share of parameters removed)
 
 
-def check_pruning(artifact: Artifact, settings: PruneSettings) -> None:
+def check_pruning(artifact: Artifact, settings: PruneSettings, data: DataSplits | None = None) -> None:
     """Fail on what ``prune`` cannot do: a quantized model, layer names the model does not have."""
     artifact.require_float("prune")
     if PRUNING_METHODS[settings.method].structural:
@@ -305,25 +305,27 @@ def _masked(model: nn.Module, masks: Masks) -> Pruning:
     return Pruning(model, masks)
 
 
-@pruning_method("threshold")
+@pruning_method("threshold", reads=("thresholds", "layers"), requires={"thresholds": "0"})
 def _threshold(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
     return _masked(model, threshold_masks(prunable_weights(model, settings.layer_list()), settings.threshold_map()))
 
 
-@pruning_method("global")
+@pruning_method("global", reads=("sparsity", "min_layer_density", "layers"))
 def _global(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
     weights = prunable_weights(model, settings.layer_list())
     return _masked(model, global_masks(weights, settings.sparsity, settings.min_layer_density))
 
 
-@pruning_method("layerwise")
+@pruning_method("layerwise", reads=("sparsity", "layer_sparsity", "layers"))
 def _layerwise(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
     return _masked(
         model, layerwise_masks(prunable_weights(model, settings.layer_list()), settings.layer_sparsity_map())
     )
 
 
-@pruning_method("gradual", needs_epochs=True)
+@pruning_method(
+    "gradual", reads=("sparsity", "min_layer_density", "layers", "initial_sparsity", "ramp_epochs"), needs_epochs=True
+)
 def _gradual(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
     """Start at ``initial_sparsity``; every epoch of the ramp, re-rank globally at the cubic
     schedule's sparsity. The mask only grows (a pruned weight stays pruned), and only weights at
@@ -345,6 +347,6 @@ def _gradual(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pru
     return Pruning(model, masks, after_step, first_eligible_epoch=settings.ramp())
 
 
-@pruning_method("structured", structural=True)
+@pruning_method("structured", reads=("sparsity", "norm"), structural=True)
 def _structured(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
     return Pruning(structured_prune(model, settings.sparsity, NORMS[settings.norm], data.x_train[:1]), {})

@@ -36,7 +36,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -109,6 +109,12 @@ class QuantizationMethod:
     observers: tuple[str, ...] = ()  # activation observers it accepts; () = it has none
     default_observer: str = ""
     calibrates: bool = False  # observes batches of the calibration split
+    reads: tuple[str, ...] = ()  # the method-specific settings it reads (the others stay at their defaults)
+
+    @property
+    def minimal(self) -> dict[str, Any]:
+        """Settings with which it runs at all: an epoch where it must fine-tune."""
+        return {"epochs": 1} if self.fine_tuning == "required" else {}
 
     @property
     def activation_bits(self) -> int:
@@ -118,26 +124,15 @@ class QuantizationMethod:
 QUANTIZATION_METHODS: dict[str, QuantizationMethod] = {}
 
 
-def quantization_method(name: str, *, storage: str, fine_tuning: str, **options):
-    """Register ``run(model, settings, data, device, on_epoch) -> Quantized`` as method ``name``."""
+def quantization_method(name: str, *, storage: str, fine_tuning: str, reads: tuple[str, ...] = (), **options):
+    """Register ``run(model, settings, data, device, on_epoch) -> Quantized`` as method ``name``,
+    which reads the method-specific settings ``reads``."""
 
     def register(run):
-        QUANTIZATION_METHODS[name] = QuantizationMethod(name, run, storage, fine_tuning, **options)
+        QUANTIZATION_METHODS[name] = QuantizationMethod(name, run, storage, fine_tuning, reads=tuple(reads), **options)
         return run
 
     return register
-
-
-# Which methods read each method-specific setting (the others must leave it at its default).
-APPLIES = {
-    "bits": ("kbit", "kmeans"),
-    "keep_first_last": ("binary",),
-    "observer": ("static-int8", "qat"),
-    "weight_scales": ("dynamic-int8", "static-int8", "qat"),
-    "calibration_batches": ("static-int8",),
-    "calibration_split": ("static-int8",),
-    "bias_bits": ("kbit", "binary", "kmeans"),
-}
 
 
 @dataclass(frozen=True)
@@ -203,7 +198,7 @@ class QuantizeSettings(FitSettings):
             raise ShrinkflowError(
                 f"unknown calibration split {self.calibration_split!r}: choose {', '.join(CALIBRATION_SPLITS)}"
             )
-        check_applies(self, APPLIES)
+        check_applies(self, QUANTIZATION_METHODS)
 
     def observer_name(self) -> str:
         return QUANTIZATION_METHODS[self.method].default_observer if self.observer == "auto" else self.observer
@@ -435,14 +430,15 @@ def _at_8_bits_if_harmless(model: nn.Module, tensors: dict[str, nn.Parameter], d
     return encodings
 
 
-for _name in ("kbit", "binary", "kmeans"):
-    quantization_method(_name, storage="packed", fine_tuning="optional")(_quantize_weights)
+for _name, _reads in (("kbit", ("bits", "bias_bits")), ("binary", ("keep_first_last", "bias_bits")),
+                      ("kmeans", ("bits", "bias_bits"))):  # fmt: skip
+    quantization_method(_name, storage="packed", fine_tuning="optional", reads=_reads)(_quantize_weights)
 
 
 # --- int8 methods: dynamic-int8, static-int8, qat ----------------------------------------------
 
 
-@quantization_method("dynamic-int8", storage="int8-dynamic", fine_tuning="none")
+@quantization_method("dynamic-int8", storage="int8-dynamic", fine_tuning="none", reads=("weight_scales",))
 def _dynamic_int8(model: nn.Module, settings: QuantizeSettings, data: DataSplits, device, on_epoch) -> Quantized:
     layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.LSTM, nn.GRU))]
     if not layers:
@@ -533,9 +529,9 @@ def _holding_zeros(model: nn.Module) -> Callable[[int], None]:
 
 quantization_method(
     "static-int8", storage="int8-static", fine_tuning="none", observers=OBSERVERS, default_observer="histogram",
-    calibrates=True,
+    calibrates=True, reads=("observer", "weight_scales", "calibration_batches", "calibration_split"),
 )(_static_int8)  # fmt: skip
 quantization_method(
     "qat", storage="int8-static", fine_tuning="required", observers=("minmax", "moving-average"),
-    default_observer="moving-average",
+    default_observer="moving-average", reads=("observer", "weight_scales"),
 )(_static_int8)  # fmt: skip

@@ -414,14 +414,11 @@ _NEEDS = {"threshold": ["--thresholds", "0.05"], "gradual": ["--epochs", "1"], "
 
 
 def _not_applicable():
-    from shrinkflow.pruning import APPLIES as PRUNE_APPLIES
-    from shrinkflow.pruning import PRUNING_METHODS
-    from shrinkflow.quantization import APPLIES as QUANTIZE_APPLIES
-    from shrinkflow.quantization import QUANTIZATION_METHODS
+    from shrinkflow.techniques import technique
 
-    for step, applies, methods in (("prune", PRUNE_APPLIES, PRUNING_METHODS), ("quantize", QUANTIZE_APPLIES,
-                                                                                QUANTIZATION_METHODS)):  # fmt: skip
-        for knob, readers in applies.items():
+    for step in ("prune", "quantize"):
+        methods = technique(step).methods
+        for knob, readers in technique(step).applies.items():
             for method in sorted(set(methods) - set(readers)):
                 needs = [] if knob == "thresholds" else _NEEDS.get(method, [])
                 yield (
