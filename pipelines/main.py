@@ -33,8 +33,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.recipe import Recipe, Stage, code_version, load_recipe, makes_model, step_module
-from shrinkflow.cli import run_main
-from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
+from shrinkflow.cli import entry_point
+from shrinkflow.config import ShrinkflowError, config_to_params
 from shrinkflow.runtime import file_lock
 
 __all__ = ["CONFIG", "PipelineConfig", "execute", "main", "stage_table"]
@@ -60,16 +60,11 @@ def _cached(key: str, stage: Stage) -> str | None:
     """The newest FINISHED run with ``key`` whose model (for a step that makes one) is still in
     the artifact store as it was logged; a run whose checkpoint is missing or changed is passed
     over with a line saying why."""
-    import mlflow
+    from shrinkflow import tracking
 
-    from shrinkflow.tracking import checkpoint_problem
-
-    runs = mlflow.search_runs(
-        search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-    )  # fmt: skip
+    runs = tracking.find_runs(f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'")
     for run in runs:
-        problem = checkpoint_problem(run.info.run_id) if makes_model(stage.step) else None
+        problem = tracking.checkpoint_problem(run.info.run_id) if makes_model(stage.step) else None
         if problem is None:
             return run.info.run_id
         print(f"pipeline: stage {stage.name} ({stage.step}): not reusing run {run.info.run_id}: {problem}",
@@ -79,12 +74,12 @@ def _cached(key: str, stage: Stage) -> str | None:
 
 def _run_stage(stage: Stage, models: dict[str, str], force: bool) -> tuple[str, bool]:
     """(run id, reused?) of ``stage`` given the run ids of the earlier stages' models."""
-    import mlflow
+    from shrinkflow import tracking
 
     config = stage.config([models[name] for name in stage.inputs])
     key = cache_key(stage, config)
     # the same stage started by two recipes at once runs once: the second waits, then reuses it
-    with file_lock(_stage_lock(key, mlflow.get_tracking_uri())):
+    with file_lock(_stage_lock(key, tracking.tracking_uri())):
         return _run_or_reuse(stage, config, key, force)
 
 
@@ -94,7 +89,7 @@ def _stage_lock(key: str, tracking_uri: str) -> Path:
 
 
 def _run_or_reuse(stage: Stage, config, key: str, force: bool) -> tuple[str, bool]:
-    import mlflow
+    from shrinkflow import tracking
 
     if not force and (run_id := _cached(key, stage)):
         print(f"pipeline: stage {stage.name} ({stage.step}): reusing run {run_id}", file=sys.stderr)
@@ -104,14 +99,12 @@ def _run_or_reuse(stage: Stage, config, key: str, force: bool) -> tuple[str, boo
         run_id = step_module(stage.step).execute(config)
     except ShrinkflowError as exc:
         raise ShrinkflowError(f"stage {stage.name!r} ({stage.step}): {exc}") from None
-    mlflow.MlflowClient().set_tag(run_id, CACHE_TAG, key)  # only now: a failed stage has no key
-    mlflow.MlflowClient().set_tag(run_id, "shrinkflow.code_version", code_version(stage.step))
+    # only now: a failed stage has no key
+    tracking.tag_run(run_id, {CACHE_TAG: key, "shrinkflow.code_version": code_version(stage.step)})
     return run_id, False
 
 
 def execute(cfg: PipelineConfig) -> str:
-    import mlflow
-
     from shrinkflow import tracking
 
     recipe = load_recipe(cfg.recipe, cfg.set)  # the whole recipe is checked before any run
@@ -120,15 +113,15 @@ def execute(cfg: PipelineConfig) -> str:
         for stage in recipe.stages:
             runs[stage.name], reused[stage.name] = _run_stage(stage, models, cfg.force)
             models[stage.name] = _model_of(stage, runs[stage.name], models)
-            mlflow.set_tag(f"shrinkflow.stage.{stage.name}", runs[stage.name])
+            tracking.set_tags({f"shrinkflow.stage.{stage.name}": runs[stage.name]})
         table = stage_table(recipe, runs, models, reused)
         tracking.log_table(table, "stages")
         tracking.log_figure(_plot(table, recipe.name), "stages.png")
         first = table.iloc[0]
-        mlflow.log_metrics({"stages_run": int((~table["reused"]).sum()), "stages_reused": int(table["reused"].sum())})
+        tracking.log_metrics({"stages_run": int((~table["reused"]).sum()), "stages_reused": int(table["reused"].sum())})
         if pd.notna(first.get("test_accuracy")):
             last = table.dropna(subset=["test_accuracy"]).iloc[-1]
-            mlflow.log_metrics({"test_accuracy": last["test_accuracy"], "cost_size_bytes": last["cost_size_bytes"]})
+            tracking.log_metrics({"test_accuracy": last["test_accuracy"], "cost_size_bytes": last["cost_size_bytes"]})
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=sys.stderr)
         return run.info.run_id
 
@@ -151,12 +144,12 @@ _LATENCY_KEYS = ("latency_cpu_bs1_ms_p50", "latency_bs1_ms_after")
 def stage_table(recipe: Recipe, runs: dict, models: dict, reused: dict) -> pd.DataFrame:
     """One row per stage: its run, whether it was reused, the accuracy, bytes, MACs and CPU
     batch-1 latency of its model, and ratios to the first stage's model."""
-    import mlflow
+    from shrinkflow import tracking
 
     rows = []
     for stage in recipe.stages:
-        own = mlflow.get_run(runs[stage.name]).data.metrics
-        model = mlflow.get_run(models[stage.name]).data.metrics
+        own = tracking.run_metrics(runs[stage.name])
+        model = tracking.run_metrics(models[stage.name])
         metrics = {**model, **own}
         latency = next((metrics[k] for k in _LATENCY_KEYS if k in metrics), float("nan"))
         rows.append({
@@ -193,9 +186,7 @@ def _plot(table: pd.DataFrame, name: str):
 
 CONFIG = PipelineConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(PipelineConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ Modules: ``config`` (errors, config dataclass → CLI), ``data`` (datasets and s
 (models rebuilt from their description), ``runtime`` (devices, seeds), ``training`` (fit/score,
 ``train``), ``artifact``, ``checkpoint`` (safetensors + JSON on disk), ``encoding`` (weight codes,
 int8 conversion), ``cost`` (exact MACs, BOPs, sizes), ``latency`` (timing, peak memory),
+``evaluation`` (accuracy, per-class table, confusion matrix), ``benchmarking`` (latency,
+throughput, memory and price per device and batch size),
 ``masks`` (pruning primitives), ``pruning``, ``quantization`` and ``distillation`` (the
 techniques and their method registries), ``techniques`` (the registry of the techniques that
 steps, search and recipes read), ``tracking`` (the one module that talks to MLflow;

@@ -9,9 +9,10 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from shrinkflow import distributed
-from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, Terminated
+from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, Terminated, parse_config
 from shrinkflow.runtime import die_with_parent
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "NoResult",
     "Terminated",
     "about_run",
+    "entry_point",
     "failure_line",
     "one_line_warnings",
     "run_main",
@@ -37,6 +39,16 @@ JOINED_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the step it starts: 
 class NoResult(ShrinkflowError):
     """The step finished its work and logged it, but found nothing to hand on (a search whose
     front is empty): one line and exit ``EXIT_NO_RESULT``, its run FINISHED."""
+
+
+def entry_point(config: type, execute: Callable[[Any], str]) -> Callable[..., None]:
+    """A step's ``main(argv=None)``: its ``config`` read from the command line (``argv``, else
+    ``sys.argv``), then ``execute(config)`` under ``run_main``."""
+
+    def main(argv: list[str] | None = None) -> None:
+        run_main(lambda: execute(parse_config(config, argv)))
+
+    return main
 
 
 def run_main(step: Callable[[], str]) -> None:

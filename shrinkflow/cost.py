@@ -222,12 +222,9 @@ def uncounted_layers(model: nn.Module, counted: set[str]) -> list[tuple[str, str
     return found
 
 
-def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int]] | None = None) -> list[LayerCost]:
-    """Cost of every layer of ``model`` that does matrix products, for one sample of ``input_shape``.
-
-    ``bits`` maps layer names to (weight bits, activation bits); unlisted layers are float32.
-    """
-    bits = bits or {}
+def _macs_per_layer(model: nn.Module, input_shape) -> dict[str, tuple[int, int]]:
+    """Layer name → (dense, effective) MACs of one forward pass on a sample of zeros, counted by
+    forward hooks (a layer called twice costs twice)."""
     calls: dict[str, tuple[int, int]] = {}
     names = {module: name for name, module in model.named_modules()}
 
@@ -251,6 +248,16 @@ def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int
             handle.remove()
         torch.backends.mha.set_fastpath_enabled(fast_path)
         model.train(was_training)
+    return calls
+
+
+def layer_costs(model: nn.Module, input_shape, bits: Mapping[str, tuple[int, int]] | None = None) -> list[LayerCost]:
+    """Cost of every layer of ``model`` that does matrix products, for one sample of ``input_shape``.
+
+    ``bits`` maps layer names to (weight bits, activation bits); unlisted layers are float32.
+    """
+    bits = bits or {}
+    calls = _macs_per_layer(model, input_shape)
     if uncounted := uncounted_layers(model, set(calls)):
         listed = ", ".join(f"{name} ({kind}, {params} parameters)" for name, kind, params in uncounted)
         warnings.warn(f"the cost model counts no MACs for {listed}: MACs and BOPs leave them out", ShrinkflowWarning,

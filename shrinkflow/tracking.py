@@ -15,8 +15,9 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,20 @@ __all__ = [
     "DIGEST_TAG",
     "active_run_id",
     "check_dataset",
+    "end_run",
+    "epoch_logger",
+    "find_runs",
+    "log_metrics",
+    "log_run_batch",
+    "register_model",
+    "resumed_run",
+    "run_metrics",
+    "run_tags",
+    "set_tags",
+    "start_child_run",
+    "tag_run",
+    "tracking_uri",
+    "use_tracking_uri",
     "dataset_of_run",
     "checkpoint_files",
     "checkpoint_digest",
@@ -550,3 +565,99 @@ def log_table(table: pd.DataFrame, name: str) -> None:
         path = Path(tmp) / f"{name}.csv"
         table.to_csv(path, index=False)
         mlflow.log_artifact(str(path))
+
+
+# --- runs: what the steps, the search and the recipes write and read (none of them imports MLflow)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log ``metrics`` on the active run (at ``step``: an epoch)."""
+    mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
+
+
+def epoch_logger() -> Callable[[int, dict[str, float]], None]:
+    """An ``on_epoch(epoch, metrics)`` hook that logs each epoch's metrics on the active run."""
+    return lambda epoch, metrics: log_metrics(metrics, step=epoch)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    """Tag the active run."""
+    mlflow.set_tags(tags)
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def use_tracking_uri(uri: str) -> None:
+    """Point this process (a search worker) at the tracking store ``uri``."""
+    mlflow.set_tracking_uri(uri)
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(mlflow.get_run(run_id).data.tags)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    return dict(mlflow.get_run(run_id).data.metrics)
+
+
+def find_runs(where: str, every_experiment: bool = True) -> list:
+    """The runs that match MLflow's filter ``where``, newest first: of every experiment, or of the
+    active one."""
+    return mlflow.search_runs(
+        search_all_experiments=every_experiment, filter_string=where, output_format="list",
+        order_by=["attributes.start_time DESC"],
+    )  # fmt: skip
+
+
+def tag_run(run_id: str, tags: dict[str, str]) -> None:
+    """Tag the run ``run_id`` (not necessarily the active one)."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def end_run(run_id: str, status: str) -> None:
+    """Set the run ``run_id`` to ``status`` (FINISHED, FAILED, KILLED)."""
+    mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
+def start_child_run(experiment_id: str, parent_run_id: str, name: str, tags: dict[str, str]) -> str:
+    """Create a run nested under ``parent_run_id`` without making it active (a search trial:
+    the client API costs a fraction of a fluent ``start_run``); return its id."""
+    tags = {"mlflow.parentRunId": parent_run_id, **tags}
+    return mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def log_run_batch(
+    run_id: str, metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str], folder: Path | None = None
+) -> None:
+    """Metrics, params and tags of the run ``run_id`` in one call, then the files of ``folder``."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    client = mlflow.MlflowClient()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in params.items()],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+    if folder is not None:
+        client.log_artifacts(run_id, str(folder))
+
+
+@contextlib.contextmanager
+def resumed_run(run_id: str) -> Iterator[None]:
+    """Make the existing run ``run_id`` the active one (nested in the active run) for a while."""
+    with mlflow.start_run(run_id=run_id, nested=True):
+        yield
+
+
+def register_model(model_id: str, name: str, alias: str) -> str:
+    """Register the logged model ``model_id`` as a new version of ``name`` with ``alias``; return
+    the version."""
+    version = mlflow.register_model(f"models:/{model_id}", name)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return str(version.version)

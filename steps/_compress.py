@@ -90,8 +90,6 @@ def compress_step(
     run id. ``report(outcome)`` logs the step's own tables, prints its summary and returns its
     metrics; the before/after timing is added to them. ``splits``: the data splits logged as the
     run's inputs."""
-    import mlflow
-
     from shrinkflow import tracking
 
     device = resolve_device(cfg.device)
@@ -109,17 +107,17 @@ def compress_step(
         technique.apply(source, data, cfg, device)
         return ""
     with tracking.step_run(technique.name, config_to_params(cfg)) as run:
-        mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)
+        tracking.set_tags({"shrinkflow.source_run_id": cfg.run_id})
         for split in splits:
             tracking.log_dataset(data, split)
-        result = technique.apply(source, data, cfg, device, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e))
+        result = technique.apply(source, data, cfg, device, on_epoch=tracking.epoch_logger())
         made = result.artifact
-        mlflow.set_tag("shrinkflow.model_id", tracking.log_model(made, data, cfg.target))
+        tracking.set_tags({"shrinkflow.model_id": tracking.log_model(made, data, cfg.target)})
         test = score(made.model, data.x_test, data.y_test, CPU)
         check = before_after_latency(source.model, made.reloaded().model, data.x_test, cfg.target, technique.made)
-        mlflow.set_tag("shrinkflow.timed_form", check.form)
+        tracking.set_tags({"shrinkflow.timed_form": check.form})
         for warning in check.warnings:
             print(warning, file=sys.stderr)
         outcome = Outcome(cfg, source, source_costs, data, result, accuracy_before, test, cost(made))
-        mlflow.log_metrics({**report(outcome), **check.metrics})
+        tracking.log_metrics({**report(outcome), **check.metrics})
         return run.info.run_id

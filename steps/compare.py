@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shrinkflow.cli import run_main
-from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
+from shrinkflow.cli import entry_point
+from shrinkflow.config import ShrinkflowError, config_to_params
 from shrinkflow.data import SPLITS
 from shrinkflow.encoding import quantized_engine
 from shrinkflow.latency import (
@@ -41,6 +41,7 @@ from shrinkflow.latency import (
     deployed,
     fallback_forms,
     fallback_warning,
+    first_samples,
     hardware_tags,
     interleaved_rounds,
     noisy_warning,
@@ -48,7 +49,6 @@ from shrinkflow.latency import (
     torch_threads,
 )  # fmt: skip
 from shrinkflow.training import score
-from steps.benchmark import example_batch
 
 __all__ = ["CONFIG", "CompareConfig", "comparison_table", "main"]
 
@@ -147,7 +147,7 @@ def _measure(cfg: CompareConfig) -> tuple[list[dict], str]:
     loaded = [(run_id, *_loaded(run_id)) for run_id in cfg.ids()]  # a run may come twice
     _same_dataset([{"run_id": run_id, "dataset": artifact.description["dataset"]} for run_id, artifact, *_ in loaded])
     data = loaded[0][3]
-    example = example_batch(data, cfg.batch_size)
+    example = first_samples(data.x_test, cfg.batch_size)
     form, reason = common_form([artifact.model for _, artifact, _, _ in loaded], example, cfg.target)
     rows, runnables, engines = [], {}, {}
     with contextlib.ExitStack() as stack:
@@ -174,8 +174,6 @@ def _same_dataset(rows: list[dict]) -> None:
 
 
 def execute(cfg: CompareConfig) -> str:
-    import mlflow
-
     from shrinkflow import tracking
 
     with torch_threads(cfg.threads):
@@ -189,12 +187,12 @@ def execute(cfg: CompareConfig) -> str:
         if line := noisy_warning(f"the speed-up of run {row['run_id']}", measured):
             print(line, file=sys.stderr)
     with tracking.step_run("compare", config_to_params(cfg)) as run:
-        mlflow.set_tags(
+        tracking.set_tags(
             {"shrinkflow.baseline_run_id": cfg.ids()[0], "shrinkflow.timed_form": form, **hardware_tags(cfg.threads)}
         )
         last = table.iloc[-1]  # the last model against the first, as metrics (a recipe's verdict)
         verdict = ("accuracy_delta_pp", *_RATIO_COLUMNS.values(), "speedup", "speedup_low", "speedup_high")
-        mlflow.log_metrics({name: float(last[name]) for name in verdict})
+        tracking.log_metrics({name: float(last[name]) for name in verdict})
         tracking.log_table(table, "comparison")
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g"), file=sys.stderr)
@@ -203,9 +201,7 @@ def execute(cfg: CompareConfig) -> str:
 
 CONFIG = CompareConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(CompareConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

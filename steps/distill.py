@@ -24,8 +24,7 @@ from typing import ClassVar
 
 import pandas as pd
 
-from shrinkflow.cli import run_main
-from shrinkflow.config import parse_config
+from shrinkflow.cli import entry_point
 from shrinkflow.cost import cost
 from shrinkflow.distillation import DistillSettings
 from shrinkflow.techniques import technique
@@ -78,9 +77,7 @@ def _report(outcome: Outcome) -> dict[str, float]:
 
 CONFIG = DistillConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(DistillConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

@@ -18,20 +18,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
-import pandas as pd
 import torch
-from torch import nn
 
 from shrinkflow.checkpoint import runs_on_cpu_only
-from shrinkflow.cli import run_main
-from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
+from shrinkflow.cli import entry_point
+from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import SPLITS
+from shrinkflow.evaluation import evaluate, plot_confusion
 from shrinkflow.runtime import resolve_device
-from shrinkflow.training import predict_logits
 
-__all__ = ["CONFIG", "EvaluateConfig", "Evaluation", "evaluate", "main"]
+__all__ = ["CONFIG", "EvaluateConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -48,56 +45,7 @@ class EvaluateConfig:
             raise ShrinkflowError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    accuracy: float
-    loss: float
-    per_class: pd.DataFrame  # one row per class: precision, recall, f1, support
-    confusion: np.ndarray  # (classes, classes): rows true, columns predicted
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_names, device: torch.device) -> Evaluation:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    logits = predict_logits(model.to(device), x, device)
-    predicted = logits.argmax(1).numpy()
-    labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y.numpy(), predicted, labels=labels, zero_division=0
-    )
-    per_class = pd.DataFrame(
-        {"class": list(class_names), "precision": precision, "recall": recall, "f1": f1, "support": support}
-    )
-    return Evaluation(
-        accuracy=float((predicted == y.numpy()).mean()),
-        loss=nn.functional.cross_entropy(logits, y).item(),
-        per_class=per_class,
-        confusion=confusion_matrix(y.numpy(), predicted, labels=labels),
-    )
-
-
-def plot_confusion(confusion: np.ndarray, class_names, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = max(4.0, 0.45 * len(class_names) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
-    axes.imshow(confusion, cmap="Blues")
-    ticks = range(len(class_names))
-    axes.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names)
-    axes.set(xlabel="predicted", ylabel="true", title=title)
-    for (row, col), count in np.ndenumerate(confusion):
-        color = "white" if count > confusion.max() / 2 else "black"
-        axes.text(col, row, str(count), ha="center", va="center", color=color, fontsize=8)
-    figure.tight_layout()
-    return figure
-
-
 def execute(cfg: EvaluateConfig) -> str:
-    import mlflow
-
     from shrinkflow import tracking
 
     device = resolve_device(cfg.device)
@@ -109,10 +57,10 @@ def execute(cfg: EvaluateConfig) -> str:
     data = tracking.dataset_of_run(cfg.run_id, description)
     x, y = data.split(cfg.split)
     with tracking.step_run("evaluate", config_to_params(cfg)) as run:
-        mlflow.set_tag("shrinkflow.source_run_id", cfg.run_id)
+        tracking.set_tags({"shrinkflow.source_run_id": cfg.run_id})
         tracking.log_dataset(data, cfg.split)
         result = evaluate(model, x, y, description["class_names"], device)
-        mlflow.log_metrics({f"{cfg.split}_accuracy": result.accuracy, f"{cfg.split}_loss": result.loss, **costs})
+        tracking.log_metrics({f"{cfg.split}_accuracy": result.accuracy, f"{cfg.split}_loss": result.loss, **costs})
         tracking.log_table(result.per_class, f"per_class_{cfg.split}")
         tracking.log_table(layers, "layers")
         title = f"{description['architecture']['name']} on {data.name} ({cfg.split})"
@@ -129,9 +77,7 @@ def execute(cfg: EvaluateConfig) -> str:
 
 CONFIG = EvaluateConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(EvaluateConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from shrinkflow.cli import run_main
-from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params, parse_config
+from shrinkflow.cli import entry_point
+from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params
 from shrinkflow.onnx_export import FLOAT_TOLERANCE, INT8_TOLERANCE, check_onnx, default_tolerance, export_onnx
 
 __all__ = ["CONFIG", "ExportConfig", "main"]
@@ -54,8 +54,6 @@ class ExportConfig:
 
 
 def execute(cfg: ExportConfig) -> str:
-    import mlflow
-
     from shrinkflow import tracking
 
     artifact, _ = tracking.load_model(cfg.run_id)
@@ -71,7 +69,7 @@ def execute(cfg: ExportConfig) -> str:
     if problem:
         raise ShrinkflowError(f"run {cfg.run_id!r}: the ONNX export is not faithful: {problem}")
     with tracking.step_run("export", config_to_params(cfg)) as run:
-        mlflow.set_tags({"shrinkflow.source_run_id": cfg.run_id, "shrinkflow.exported_as": exported_as})
+        tracking.set_tags({"shrinkflow.source_run_id": cfg.run_id, "shrinkflow.exported_as": exported_as})
         tracking.log_dataset(data, "test")
         example = data.x_test[:2]
         model_id = tracking.log_onnx_model(onnx_model, example.numpy(), artifact.model.eval()(example).detach().numpy())
@@ -83,7 +81,7 @@ def execute(cfg: ExportConfig) -> str:
             "onnx_tolerance": tolerance,
             "onnx_size_bytes": len(onnx_model),
         }
-        mlflow.log_metrics(metrics)
+        tracking.log_metrics(metrics)
         print(
             f"ONNX (exported as {exported_as}, {len(onnx_model)} bytes): same class as PyTorch on "
             f"{round(check.argmax_agreement * check.samples)}/{check.samples} test samples"
@@ -97,9 +95,7 @@ def execute(cfg: ExportConfig) -> str:
 
 CONFIG = ExportConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(ExportConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

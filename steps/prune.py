@@ -23,8 +23,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from shrinkflow.cli import run_main
-from shrinkflow.config import parse_config
+from shrinkflow.cli import entry_point
 from shrinkflow.cost import layer_costs, layer_table, storage_table
 from shrinkflow.pruning import PruneSettings
 from shrinkflow.techniques import technique
@@ -66,9 +65,7 @@ def _report(outcome: Outcome) -> dict[str, float]:
 
 CONFIG = PruneConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(PruneConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from shrinkflow.cli import run_main
-from shrinkflow.config import parse_config
+from shrinkflow.cli import entry_point
 from shrinkflow.quantization import QuantizeSettings, quantization_table
 from shrinkflow.techniques import technique
 from steps._compress import Outcome, SourceOptions, compress_step
@@ -55,9 +54,7 @@ def _report(outcome: Outcome) -> dict[str, float]:
 
 CONFIG = QuantizeConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(QuantizeConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import torch
 
 from shrinkflow import distributed
 from shrinkflow.artifact import new_artifact
-from shrinkflow.cli import run_main
-from shrinkflow.config import ShrinkflowError, config_to_params, parse_config
+from shrinkflow.cli import entry_point
+from shrinkflow.config import ShrinkflowError, config_to_params
 from shrinkflow.cost import cost
 from shrinkflow.data import load_dataset
 from shrinkflow.runtime import resolve_device
@@ -74,8 +74,6 @@ class TrainConfig(FitSettings):
 
 def execute(cfg: TrainConfig) -> str:
     """Run the step end to end under MLflow; return the run id."""
-    import mlflow
-
     from shrinkflow import tracking
 
     device = resolve_device(cfg.device)
@@ -92,11 +90,10 @@ def execute(cfg: TrainConfig) -> str:
     with tracking.step_run("train", config_to_params(cfg)) as run:
         for split in ("train", "val", "test"):
             tracking.log_dataset(data, split)
-        mlflow.set_tag("shrinkflow.device", str(device))
+        tracking.set_tags({"shrinkflow.device": str(device)})
         if distributed.launched():
-            mlflow.set_tag("shrinkflow.parallel", cfg.parallel)
-        log_epoch = lambda epoch, m: mlflow.log_metrics(m, step=epoch)  # noqa: E731
-        result = train(initial, data, cfg, device, on_epoch=log_epoch, execution=cfg.execution())
+            tracking.set_tags({"shrinkflow.parallel": cfg.parallel})
+        result = train(initial, data, cfg, device, on_epoch=tracking.epoch_logger(), execution=cfg.execution())
         trained = result.artifact
         test = score(trained.model, data.x_test, data.y_test, torch.device("cpu"))
         model_id = tracking.log_model(trained, data)
@@ -110,8 +107,8 @@ def execute(cfg: TrainConfig) -> str:
             "params_per_process": result.params_per_process,
             **costs,
         }
-        mlflow.log_metrics(metrics)
-        mlflow.set_tag("shrinkflow.model_id", model_id)
+        tracking.log_metrics(metrics)
+        tracking.set_tags({"shrinkflow.model_id": model_id})
         print(
             f"{cfg.model} on {data.name}: test_accuracy={test['accuracy']:.4f} "
             f"val_accuracy={result.fit.best_val_accuracy:.4f} "
@@ -124,9 +121,7 @@ def execute(cfg: TrainConfig) -> str:
 
 CONFIG = TrainConfig  # the entry point's config, read by tests/test_project_spec.py
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_main(lambda: execute(parse_config(TrainConfig, argv)))
+main = entry_point(CONFIG, execute)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
+from shrinkflow import benchmarking
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import load_dataset
-from shrinkflow.latency import LatencyResult, measure_latency, peak_memory_bytes
+from shrinkflow.latency import LatencyResult, first_samples, measure_latency, peak_memory_bytes
 from shrinkflow.zoo import build_model, describe
 from steps import benchmark, compare, train
 
@@ -44,25 +45,25 @@ def test_cost_per_million_inferences():
 
 
 def test_prices_per_device_give_cost_per_million_side_by_side():
-    assert benchmark.parse_prices("0") == {} and benchmark.parse_prices("") == {}
-    assert benchmark.parse_prices("0.36") == {"*": 0.36}
-    prices = benchmark.parse_prices("cpu:0.36, cuda:3.6")
+    assert benchmarking.parse_prices("0") == {} and benchmarking.parse_prices("") == {}
+    assert benchmarking.parse_prices("0.36") == {"*": 0.36}
+    prices = benchmarking.parse_prices("cpu:0.36, cuda:3.6")
     assert prices == {"cpu": 0.36, "cuda": 3.6}
     results = [
         LatencyResult("cpu", 64, 1, 1.0, 1.0, 1.0, 1.0, throughput_sps=5000.0, peak_memory_bytes=0),
         LatencyResult("cuda", 64, 1, 1.0, 1.0, 1.0, 1.0, throughput_sps=100000.0, peak_memory_bytes=0),
     ]
-    table = benchmark.latency_table(results, prices)
+    table = benchmarking.latency_table(results, prices)
     # 1e6 at 5,000/s = 200 s at 0.36 USD/h; 1e6 at 100,000/s = 10 s at 3.6 USD/h
     assert table["cost_per_million_usd"].tolist() == pytest.approx([0.02, 0.01])
-    metrics = benchmark.latency_metrics(results, {"cpu": 0.36})
+    metrics = benchmarking.latency_metrics(results, {"cpu": 0.36})
     assert metrics["cost_per_million_cpu_bs64_usd"] == pytest.approx(0.02)
     assert "cost_per_million_cuda_bs64_usd" not in metrics  # no price given for it
 
 
 def test_latency_metric_names_carry_device_batch_and_unit():
     result = LatencyResult("cpu", 1, 1, 1.0, 2.0, 3.0, 1.5, 1000.0, 10)
-    metrics = benchmark.latency_metrics([result], {"cpu": 1.0})
+    metrics = benchmarking.latency_metrics([result], {"cpu": 1.0})
     assert metrics["latency_cpu_bs1_ms_p99"] == 3.0
     assert metrics["throughput_cpu_bs1_sps"] == 1000.0
     assert metrics["peak_memory_cpu_bs1_bytes"] == 10
@@ -73,12 +74,12 @@ def test_latency_metric_names_carry_device_batch_and_unit():
 @pytest.mark.parametrize("text", ["0", "1,-2", "one", ""])
 def test_bad_batch_sizes(text):
     with pytest.raises(ShrinkflowError, match="batch"):
-        benchmark.parse_batch_sizes(text)
+        benchmarking.parse_batch_sizes(text)
 
 
 def test_example_batch_repeats_a_small_test_split():
     data = load_dataset("digits")
-    batch = benchmark.example_batch(data, 1000)
+    batch = first_samples(data.x_test, 1000)
     assert batch.shape == (1000, 1, 8, 8)
     assert torch.equal(batch[360], data.x_test[0])
 
@@ -105,7 +106,7 @@ def test_benchmark_restores_thread_count(trained_run_id):
     before = torch.get_num_threads()
     data = load_dataset("digits")
     cfg = benchmark.BenchmarkConfig(run_id=trained_run_id, batch_sizes="1", warmup=0, repetitions=2, devices="cpu")
-    benchmark.benchmark(_mlp(), data, cfg)
+    benchmarking.benchmark(_mlp(), data, cfg)
     assert torch.get_num_threads() == before
 
 

@@ -18,6 +18,7 @@ import torch
 from serving import invoke, serving
 
 from search import main as search
+from search import workers
 from search.space import load_space
 from search.study import hypervolume, ranked_accuracy
 from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
@@ -372,7 +373,7 @@ def test_the_champion_answers_rest_requests_like_the_local_model(trained_run_id,
 
 
 def test_a_trial_whose_model_cannot_run_in_the_target_is_infeasible(trained_run_id, tmp_path, small_space, monkeypatch):
-    monkeypatch.setattr(search, "deployable", lambda artifact, data, target: (False, "no ONNX operator for it"))
+    monkeypatch.setattr(workers, "deployable", lambda artifact, data, target: (False, "no ONNX operator for it"))
     cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=2, study_name="undeployable")
     with pytest.raises(NoResult, match="no trial of study 'undeployable' kept validation accuracy"):
         search.execute(cfg)  # no champion: exit 3 (run_main), the search's run FINISHED
@@ -387,7 +388,7 @@ def test_an_unforeseen_error_inside_a_trial_fails_that_trial_not_the_study(
     trained_run_id, tmp_path, small_space, monkeypatch
 ):
     """Say a technique meets a layer it cannot handle: the trial fails with one line, the rest run."""
-    real = search.run_trial
+    real = workers.run_trial
 
     def broken_first(planned, baseline, *args):
         if not getattr(broken_first, "done", False):
@@ -395,7 +396,7 @@ def test_an_unforeseen_error_inside_a_trial_fails_that_trial_not_the_study(
             raise AttributeError("'function' object has no attribute 'device'")
         return real(planned, baseline, *args)
 
-    monkeypatch.setattr(search, "run_trial", broken_first)
+    monkeypatch.setattr(workers, "run_trial", broken_first)
     cfg = _config(tmp_path, small_space, run_id=trained_run_id, trials=3, study_name="unforeseen")
     search.execute(cfg)
     trials = _study(cfg).trials

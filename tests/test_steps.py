@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shrinkflow import tracking
+from shrinkflow import evaluation, tracking
 from shrinkflow.data import load_dataset
 from steps import evaluate, train
 
@@ -102,7 +102,7 @@ def test_evaluate_confusion_matrix_matches_accuracy():
     data = load_dataset("digits")
     seed_everything(0)
     model = build_model(describe("mlp", data.input_shape, data.num_classes))
-    result = evaluate.evaluate(model, data.x_test, data.y_test, data.class_names, torch.device("cpu"))
+    result = evaluation.evaluate(model, data.x_test, data.y_test, data.class_names, torch.device("cpu"))
     assert result.confusion.sum() == 360
     assert np.trace(result.confusion) / 360 == pytest.approx(result.accuracy)
 

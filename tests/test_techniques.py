@@ -23,8 +23,7 @@ from pipelines.recipe import known_steps, load_recipe, makes_model
 from search.space import load_space
 from search.trial import plan_trial, run_trial
 from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
-from shrinkflow.cli import run_main
-from shrinkflow.config import parse_config
+from shrinkflow.cli import entry_point
 from shrinkflow.techniques import TECHNIQUES, Technique, register_technique, technique
 from steps import Outcome, SourceOptions, compress_step
 
@@ -75,7 +74,7 @@ def _step_module() -> types.ModuleType:
     module.__file__ = __file__
     module.CONFIG = RoundConfig
     module.execute = lambda cfg: compress_step(cfg, technique("round"), report)
-    module.main = lambda argv=None: run_main(lambda: module.execute(parse_config(RoundConfig, argv)))
+    module.main = entry_point(RoundConfig, module.execute)
     return module
 
 
