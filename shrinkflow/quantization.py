@@ -64,6 +64,7 @@ from shrinkflow.encoding import (
     prepare_static_int8,
     refit_codebook,
 )
+from shrinkflow.mixed_precision import AUTO_BITS, allocate_bits
 from shrinkflow.runtime import seed_everything
 from shrinkflow.training import FitSettings, fit, score
 
@@ -88,6 +89,7 @@ CALIBRATION_SPLITS = ("train", "val")  # never test: the test split only scores
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.MultiheadAttention, nn.Embedding)
 _SUPPORTED_NAMES = "Linear, Conv1d, Conv2d, LSTM, GRU, RNN, MultiheadAttention and Embedding"
 _EDGE_BITS = 8  # binary: precision of the first and last layers when they are kept
+AUTO_BITS_BUDGET = 0.1  # bits auto: validation loss may exceed the float model's by 10%
 
 
 @dataclass
@@ -142,7 +144,11 @@ class QuantizeSettings(FitSettings):
     MIN_EPOCHS: ClassVar[int] = 0
 
     method: str = field(default="kbit", metadata={"help": "kbit, binary, kmeans, dynamic-int8, static-int8 or qat"})
-    bits: str = field(default="4", metadata={"help": 'bits 1-8: one value, or JSON {"layer": bits, "*": bits}'})
+    bits: str = field(
+        default="4",
+        metadata={"help": 'bits 1-8: one value, JSON {"layer": bits, "*": bits}, or auto: each layer the fewest '
+                  "bits (2-8) that keep validation loss within 10% of the float model's (auto:0.3: 30%)"},
+    )  # fmt: skip
     keep_first_last: bool = field(default=True, metadata={"help": "binary: first and last layers at 8 bits"})
     observer: str = field(
         default="auto",
@@ -203,11 +209,30 @@ class QuantizeSettings(FitSettings):
     def observer_name(self) -> str:
         return QUANTIZATION_METHODS[self.method].default_observer if self.observer == "auto" else self.observer
 
+    @property
+    def auto_bits(self) -> bool:
+        return self.bits.strip().split(":")[0] == "auto"
+
+    def bits_budget(self) -> float:
+        """bits auto[:share]: how much validation loss may exceed the float model's, as a share."""
+        _, _, share = self.bits.strip().partition(":")
+        try:
+            budget = float(share) if share else AUTO_BITS_BUDGET
+        except ValueError:
+            budget = -1.0
+        if not 0 <= budget < float("inf"):
+            raise ShrinkflowError(f"bits auto:<share> takes a share >= 0 such as auto:0.3, got {self.bits!r}")
+        return budget
+
     def bits_map(self) -> dict[str, int]:
+        """Bits by layer name, ``"*"`` for the others (bits auto: 8 for every layer, the start)."""
+        if self.auto_bits:
+            self.bits_budget()  # validates
+            return {"*": AUTO_BITS[0]}
         try:
             parsed = json.loads(self.bits)
         except json.JSONDecodeError:
-            raise ShrinkflowError(f"bits must be an integer 1-8 or a JSON object, got {self.bits!r}") from None
+            raise ShrinkflowError(f"bits must be an integer 1-8, a JSON object or auto, got {self.bits!r}") from None
         mapping = {"*": parsed} if not isinstance(parsed, dict) else parsed
         for layer, value in mapping.items():
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
@@ -262,6 +287,8 @@ def _quantized_description(description: dict, quantized: Quantized, method, sett
         record["weight_scales"] = quantized.weight_scales
     if method.storage == "int8-dynamic":  # rebuilding the int8 model on load needs it
         record["int8_recurrent"] = list(DYNAMIC_RECURRENT)
+    if settings.auto_bits and "bits" in method.reads:  # how the per-layer bits below were chosen
+        record["bits_budget"] = settings.bits_budget()
     encodings = quantized.encodings
     return {
         **description,
@@ -381,6 +408,9 @@ def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSp
     layers = _weight_bits(model, settings)
     tensors = _layer_params(model, layers, "weight")
     kept = {name: kept_weights(getattr(module, param)) for name, (module, param, _) in tensors.items()}  # zeros stay
+    if settings.auto_bits:
+        layers = _allocated_bits(model, layers, kept, settings, data)
+        tensors = _layer_params(model, layers, "weight")
     seed_everything(settings.seed)
     if settings.epochs:
         _fine_tune(model, tensors, kept, data, settings, device, on_epoch)
@@ -396,6 +426,18 @@ def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSp
         encodings.update(_at_8_bits_if_harmless(model, biases, data))
         encodings.update(_at_8_bits_if_harmless(model, _normalization_params(model), data))
     return Quantized(model, encodings, layers)
+
+
+def _allocated_bits(model: nn.Module, layers: dict[str, int], kept, settings: QuantizeSettings, data: DataSplits):
+    """bits auto: each layer's bits by its measured sensitivity (``shrinkflow.mixed_precision``)."""
+    model.cpu()
+    weights = {name: (layer, getattr(module, param)) for layer in layers
+               for name, (module, param, _) in _layer_params(model, {layer: 0}, "weight").items()}  # fmt: skip
+
+    def quantized(name: str, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        return decode(_encode(weight, bits, settings.method, kept[name]))
+
+    return allocate_bits(model, weights, quantized, data.x_val, data.y_val, settings.bits_budget())
 
 
 def _normalization_params(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -201,7 +201,7 @@ QUANTIZE = [
     (["--method", "int3"], "unknown quantization method 'int3'"),
     (["--bits", "9"], "bits must be integers in 1-8 (the supported set), got 9"),
     (["--bits", "0"], "bits must be integers in 1-8 (the supported set), got 0"),
-    (["--bits", "abc"], "bits must be an integer 1-8 or a JSON object, got 'abc'"),
+    (["--bits", "abc"], "bits must be an integer 1-8, a JSON object or auto, got 'abc'"),
     (["--bits", '{"nosuch": 4}'], "unknown layer 'nosuch': quantizable layers are"),
     (["--method", "static-int8", "--observer", "foo"], "unknown observer 'foo': choose auto, histogram"),
     (["--method", "static-int8", "--calibration-split", "dev"], "unknown calibration split 'dev'"),

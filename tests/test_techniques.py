@@ -22,7 +22,7 @@ from pipelines import main as pipeline
 from pipelines.recipe import known_steps, load_recipe, makes_model
 from search.space import load_space
 from search.trial import plan_trial, run_trial
-from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
+from shrinkflow import FitSettings, ShrinkflowError, load_dataset, new_artifact, tracking, train
 from shrinkflow.cli import entry_point
 from shrinkflow.techniques import TECHNIQUES, Technique, register_technique, technique
 from steps import Outcome, SourceOptions, compress_step
@@ -152,3 +152,27 @@ def test_a_registered_technique_is_a_step_of_recipes(round_step, tmp_path):
     recipe.write_text("stages:\n  - {name: r, step: round, params: {run_id: x, digits: 1}}\n")
     with pytest.raises(ShrinkflowError, match="unknown parameter 'digits': round takes decimals, device, nproc"):
         load_recipe(str(recipe))
+
+
+@pytest.fixture(scope="module")
+def small_trained():
+    data = load_dataset("digits")
+    return train(new_artifact("mlp", data), data, FitSettings(epochs=3), CPU).artifact, data
+
+
+@pytest.mark.parametrize("name", list(TECHNIQUES))
+def test_every_registered_technique_keeps_the_contract(name, small_trained):
+    """Its source untouched, its model saved and reloaded predicting exactly as made, bad input
+    refused by its settings in one line (a ShrinkflowError), for each technique of the registry."""
+    source, data = small_trained
+    registered = technique(name)
+    before = {key: value.clone() for key, value in source.model.state_dict().items()}
+    settings = registered.settings(epochs=1)
+    registered.check(source, settings, data)
+    made = registered.apply(source, data, settings, CPU).artifact
+    assert all(torch.equal(before[key], value) for key, value in source.model.state_dict().items())
+    reloaded = made.reloaded()
+    with torch.no_grad():
+        assert torch.equal(reloaded.model.eval()(data.x_test), made.model.eval()(data.x_test))
+    with pytest.raises(ShrinkflowError):
+        registered.settings(epochs=-1)
