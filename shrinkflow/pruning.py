@@ -14,6 +14,9 @@ Methods:
 - ``layerwise``: the same ``sparsity`` in every prunable layer;
 - ``gradual``: Zhu & Gupta's cubic schedule from ``initial_sparsity`` to ``sparsity`` over the
   first ``ramp_epochs`` epochs of fine-tuning (global ranking, updated every epoch);
+- ``variational``: sparse variational dropout (Molchanov et al. 2017): a dropout rate learned per
+  weight while fine-tuning (``kl_weight``: the prior's pull), the noisiest weights removed; the
+  sparsity is learned, not set;
 - ``structured``: physically remove ``sparsity`` of the channels/neurons of every layer but the
   output, ranked by their weights' ``norm`` (Torch-Pruning's dependency graph).
 """
@@ -46,7 +49,8 @@ from shrinkflow.masks import (
     threshold_masks,
 )
 from shrinkflow.runtime import seed_everything
-from shrinkflow.training import FitResult, FitSettings, fit, steps_per_epoch
+from shrinkflow.training import FitResult, FitSettings, LossFn, fit, steps_per_epoch
+from shrinkflow.variational import VariationalWeights
 from shrinkflow.zoo import RESIZABLE, build_model, module_shapes
 
 __all__ = [
@@ -72,6 +76,8 @@ class Pruning:
     masks: Masks  # weights that must stay zero; empty when channels were removed
     after_step: Callable[[int], None] | None = None  # None: re-apply the masks after every step
     first_eligible_epoch: int = 1  # epochs before it are never kept as the best
+    loss_fn: LossFn | None = None  # fine-tuning's loss, when not the label-smoothed cross-entropy
+    finish: Callable[[], None] | None = None  # after fine-tuning: fills ``masks`` (a method that learns them)
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ def pruning_method(
 # least. 2% never binds on the zoo mlp at 95% (its smallest layer keeps 3%; a floor that binds
 # there lowered validation accuracy) and still allows 98% sparsity: README, "prune".
 MIN_LAYER_DENSITY = 0.02
+# variational: the prior's weight. 1 is the evidence lower bound; on a few thousand samples the
+# prior outweighs the data and prunes what accuracy needs (README, "prune").
+KL_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,9 @@ class PruneSettings(FitSettings):
 
     MIN_EPOCHS: ClassVar[int] = 0
 
-    method: str = field(default="global", metadata={"help": "threshold, global, layerwise, gradual or structured"})
+    method: str = field(
+        default="global", metadata={"help": "threshold, global, layerwise, gradual, variational or structured"}
+    )
     sparsity: float = field(
         default=0.9, metadata={"help": "target share of zero weights in [0, 1); structured: share of channels removed"}
     )
@@ -134,7 +145,16 @@ class PruneSettings(FitSettings):
     layers: str = field(default="", metadata={"help": "comma-separated layers to prune (unstructured); empty = all"})
     norm: str = field(default="l1", metadata={"help": "structured: channel importance norm, l1 or l2"})
     initial_sparsity: float = field(default=0.0, metadata={"help": "gradual: sparsity at the start of the ramp"})
-    ramp_epochs: int = field(default=0, metadata={"help": "gradual: epochs to reach the target; 0 = 2/3 of epochs"})
+    ramp_epochs: int = field(
+        default=0,
+        metadata={"help": "gradual: epochs to reach the target; variational: to reach the full KL weight; 0 = 2/3 "
+                  "of epochs"},
+    )  # fmt: skip
+    kl_weight: float = field(
+        default=KL_WEIGHT,
+        metadata={"help": "variational: weight of the prior's KL term per training sample (1 = the evidence lower "
+                  "bound); larger prunes more"},
+    )  # fmt: skip
     epochs: int = field(default=60, metadata={"help": "fine-tuning epochs after pruning (0 = none)"})
     # Fine-tuning starts from trained weights: under a third of the training learning rate.
     lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
@@ -156,6 +176,8 @@ class PruneSettings(FitSettings):
         self.layer_sparsity_map()  # validates
         if self.norm not in NORMS:
             raise ShrinkflowError(f"unknown norm {self.norm!r}: choose {', '.join(NORMS)}")
+        if not 0 <= self.kl_weight < float("inf"):
+            raise ShrinkflowError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if self.ramp_epochs < 0:
             raise ShrinkflowError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}")
         if PRUNING_METHODS[self.method].needs_epochs and self.epochs < 1:
@@ -256,8 +278,10 @@ def prune(
         first_eligible = plan.first_eligible_epoch
         result = fit(
             model, data.train, data.val, settings, device,
-            on_epoch=report, after_step=after_step, first_eligible_epoch=first_eligible,
+            on_epoch=report, after_step=after_step, first_eligible_epoch=first_eligible, loss_fn=plan.loss_fn,
         )  # fmt: skip
+    if plan.finish is not None:
+        plan.finish()
     model.cpu()
     sparsity = masks_sparsity(masks) if masks else 1.0 - sum(p.numel() for p in model.parameters()) / before
     description = _pruned_description(artifact.description, model, method, sparsity)
@@ -350,3 +374,26 @@ def _gradual(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pru
 @pruning_method("structured", reads=("sparsity", "norm"), structural=True)
 def _structured(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
     return Pruning(structured_prune(model, settings.sparsity, NORMS[settings.norm], data.x_train[:1]), {})
+
+
+@pruning_method("variational", reads=("layers", "kl_weight", "ramp_epochs"), needs_epochs=True)
+def _variational(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
+    """Sparse variational dropout: fine-tune with weight noise and the prior's KL term (its weight
+    ramping up over ``ramp_epochs``), then remove the weights the noise drowned
+    (``shrinkflow.variational``). The sparsity is learned, not set; only epochs after the ramp
+    may be kept as the best."""
+    variational = VariationalWeights(model, prunable_weights(model, settings.layer_list()))
+    samples, masks = len(data.x_train), {}
+    ramp_steps, steps = settings.ramp() * steps_per_epoch(samples, settings.batch_size), [0]
+
+    def loss_fn(logits, targets, inputs):
+        fit_loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
+        return fit_loss + settings.kl_weight * min(1.0, steps[0] / ramp_steps) * variational.kl() / samples
+
+    def after_step(step: int) -> None:
+        steps[0] = step
+
+    def finish() -> None:
+        masks.update({name: mask.cpu() for name, mask in variational.remove().items()})
+
+    return Pruning(model, masks, after_step, settings.ramp(), loss_fn, finish)

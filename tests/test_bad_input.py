@@ -408,9 +408,10 @@ _NON_DEFAULT = {
     "sparsity": "0.5", "thresholds": "0.05", "layers": "layers.1", "norm": "l2", "initial_sparsity": "0.1",
     "ramp_epochs": "3", "bits": "8", "keep_first_last": "false", "observer": "minmax", "calibration_batches": "3",
     "calibration_split": "val", "bias_bits": "32", "min_layer_density": "0.2", "layer_sparsity": '{"layers.1": 0.5}',
-    "weight_scales": "per-tensor",
+    "weight_scales": "per-tensor", "kl_weight": "0.5",
 }  # fmt: skip
-_NEEDS = {"threshold": ["--thresholds", "0.05"], "gradual": ["--epochs", "1"], "qat": ["--epochs", "1"]}
+_NEEDS = {"threshold": ["--thresholds", "0.05"], "gradual": ["--epochs", "1"], "qat": ["--epochs", "1"],
+          "variational": ["--epochs", "1"]}  # fmt: skip
 
 
 def _not_applicable():

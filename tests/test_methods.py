@@ -28,7 +28,8 @@ from shrinkflow.encoding import is_dynamic_int8_linear, is_int8_layer
 
 CPU = torch.device("cpu")
 # What a method needs beyond the defaults to run at all (and briefly).
-_PRUNE_NEEDS = {"threshold": {"thresholds": "0.05", "sparsity": 0.9}}  # threshold reads no sparsity
+# threshold and variational read no sparsity (0.9 is its default)
+_PRUNE_NEEDS = {"threshold": {"thresholds": "0.05", "sparsity": 0.9}, "variational": {"sparsity": 0.9}}
 _QUANTIZE_NEEDS = {"qat": {"epochs": 1}}
 # Quantizing a pruned model keeps its zero set exactly, with and without fine-tuning: every
 # (method, epochs) pair the method accepts
