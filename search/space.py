@@ -41,7 +41,11 @@ __all__ = ["BUILT_IN_SPACES", "DEFAULT_SPACE", "Knob", "Space", "load_space"]
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "default_space.yaml"
 # Spaces a search names instead of giving a path: ``--space latency``.
-BUILT_IN_SPACES = {"default": DEFAULT_SPACE, "latency": Path(__file__).resolve().parent / "latency_space.yaml"}
+BUILT_IN_SPACES = {
+    "default": DEFAULT_SPACE,
+    "latency": Path(__file__).resolve().parent / "latency_space.yaml",
+    "auto_bits": Path(__file__).resolve().parent / "auto_bits_space.yaml",
+}
 NO_METHOD = "none"  # a stage's method that turns the stage off
 _ENABLED = (True, False, "search")
 MAX_COMBINATIONS = 4096  # of the knobs' ends, per method, checked when a space is read

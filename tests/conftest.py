@@ -41,6 +41,18 @@ def quick_train_config():
 
 
 @pytest.fixture(scope="session")
+def digits_mlp():
+    """(an mlp trained 5 epochs on digits, the digits splits): shared by the tests that only need
+    a trained model in memory."""
+    import torch
+
+    from shrinkflow import FitSettings, load_dataset, new_artifact, train
+
+    data = load_dataset("digits")
+    return train(new_artifact("mlp", data), data, FitSettings(epochs=5, patience=0), torch.device("cpu")).artifact, data
+
+
+@pytest.fixture(scope="session")
 def trained_run_id(tracking_store) -> str:
     """A digits MLP trained for a few epochs through the real train step."""
     from steps import train

@@ -273,7 +273,7 @@ SEARCH = [
     (["--target", "fast"], "unknown target 'fast'"),
     (["--latency-batch-size", "0"], "latency needs batch_size, threads and repetitions >= 1"),
     (["--latency-threads", "0"], "latency needs batch_size, threads and repetitions >= 1"),
-    (["--space", "fastest"], "does not exist (built-in spaces: default, latency)"),
+    (["--space", "fastest"], "does not exist (built-in spaces: default, latency, auto_bits)"),
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--dataset", f"{HERE}:one_class_val"], "the val split holds 1 class ('0': 10 samples)"),
     (["--space", "{dir}/gradual0.yaml"], "prune cannot run with sparsity=0.8, epochs=0, method=gradual"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from search.space import load_space
-from shrinkflow import FitSettings, QuantizeSettings, ShrinkflowError, load_dataset, new_artifact, quantize, train
+from shrinkflow import QuantizeSettings, ShrinkflowError, quantize
 from shrinkflow.checkpoint import load_checkpoint
 from shrinkflow.quantization import quantization_table
 from shrinkflow.training import score
@@ -16,14 +16,14 @@ from shrinkflow.training import score
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+@pytest.fixture
+def digits(digits_mlp):
+    return digits_mlp[1]
 
 
-@pytest.fixture(scope="module")
-def trained(digits):
-    return train(new_artifact("mlp", digits), digits, FitSettings(epochs=10), CPU).artifact
+@pytest.fixture
+def trained(digits_mlp):
+    return digits_mlp[0]
 
 
 def _val_loss(artifact, digits, method: str, bits: dict[str, int]) -> float:

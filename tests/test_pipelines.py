@@ -131,7 +131,14 @@ def test_the_code_version_follows_the_files(tmp_path, monkeypatch):
 
 def test_every_shipped_recipe_loads():
     shipped = sorted(p.stem for p in recipes.RECIPES_DIR.glob("*.yaml"))
-    assert shipped == ["baseline", "deep_compression", "distill_quantize", "int8_deploy", "search_then_deploy"]
+    assert shipped == [
+        "baseline",
+        "deep_compression",
+        "distill_quantize",
+        "int8_deploy",
+        "learned_compression",
+        "search_then_deploy",
+    ]
     for name in shipped:
         assert recipes.load_recipe(name).stages
 

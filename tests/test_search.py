@@ -432,8 +432,10 @@ def test_the_built_in_latency_space_searches_only_what_changes_dense_kernels():
     assert space.stages["distill"]["control"].fixed is False
     assert space.stages["quantize"]["enabled"].fixed is False
     assert load_space("default").stages == load_space("").stages
-    with pytest.raises(ShrinkflowError, match="built-in spaces: default, latency"):
+    with pytest.raises(ShrinkflowError, match="built-in spaces: default, latency, auto_bits"):
         load_space("fastest")
+    auto_bits = load_space("auto_bits").stages["quantize"]["bits"]
+    assert "auto" in auto_bits.choices and not auto_bits.per_layer
 
 
 def test_a_repeated_relative_proposal_becomes_an_independent_draw():

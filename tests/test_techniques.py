@@ -22,7 +22,7 @@ from pipelines import main as pipeline
 from pipelines.recipe import known_steps, load_recipe, makes_model
 from search.space import load_space
 from search.trial import plan_trial, run_trial
-from shrinkflow import FitSettings, ShrinkflowError, load_dataset, new_artifact, tracking, train
+from shrinkflow import ShrinkflowError, load_dataset, new_artifact, tracking
 from shrinkflow.cli import entry_point
 from shrinkflow.techniques import TECHNIQUES, Technique, register_technique, technique
 from steps import Outcome, SourceOptions, compress_step
@@ -154,17 +154,11 @@ def test_a_registered_technique_is_a_step_of_recipes(round_step, tmp_path):
         load_recipe(str(recipe))
 
 
-@pytest.fixture(scope="module")
-def small_trained():
-    data = load_dataset("digits")
-    return train(new_artifact("mlp", data), data, FitSettings(epochs=3), CPU).artifact, data
-
-
 @pytest.mark.parametrize("name", list(TECHNIQUES))
-def test_every_registered_technique_keeps_the_contract(name, small_trained):
+def test_every_registered_technique_keeps_the_contract(name, digits_mlp):
     """Its source untouched, its model saved and reloaded predicting exactly as made, bad input
     refused by its settings in one line (a ShrinkflowError), for each technique of the registry."""
-    source, data = small_trained
+    source, data = digits_mlp
     registered = technique(name)
     before = {key: value.clone() for key, value in source.model.state_dict().items()}
     settings = registered.settings(epochs=1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from shrinkflow import FitSettings, PruneSettings, ShrinkflowError, load_dataset, new_artifact, prune, train
+from shrinkflow import PruneSettings, ShrinkflowError, prune
 from shrinkflow.variational import LOG_ALPHA_THRESHOLD, VariationalWeights
 
 CPU = torch.device("cpu")
@@ -44,14 +44,8 @@ def test_weights_above_the_threshold_are_zero_in_eval_and_removed():
     assert torch.equal(layer.weight != 0, expected) and not hasattr(layer, "parametrizations")
 
 
-@pytest.fixture(scope="module")
-def trained_and_data():
-    data = load_dataset("digits")
-    return train(new_artifact("mlp", data), data, FitSettings(epochs=5, patience=0), CPU).artifact, data
-
-
-def test_a_heavier_prior_learns_more_sparsity(trained_and_data):
-    trained, data = trained_and_data
+def test_a_heavier_prior_learns_more_sparsity(digits_mlp):
+    trained, data = digits_mlp
     light = prune(trained, data, PruneSettings(method="variational", kl_weight=0.01, epochs=8), CPU)
     heavy = prune(trained, data, PruneSettings(method="variational", kl_weight=3.0, epochs=8), CPU)
     assert 0 < light.sparsity < heavy.sparsity < 1
