@@ -26,7 +26,6 @@ import sys
 from dataclasses import dataclass, field
 
 import optuna
-import torch
 
 from search.report import report
 from search.space import load_space
@@ -44,7 +43,6 @@ from steps import train as train_step
 
 __all__ = ["CONFIG", "SearchConfig", "main"]
 
-CPU = torch.device("cpu")
 ENGINES = ("processes", "dask")
 
 

@@ -384,14 +384,15 @@ def _variational(model: nn.Module, settings: PruneSettings, data: DataSplits) ->
     may be kept as the best."""
     variational = VariationalWeights(model, prunable_weights(model, settings.layer_list()))
     samples, masks = len(data.x_train), {}
-    ramp_steps, steps = settings.ramp() * steps_per_epoch(samples, settings.batch_size), [0]
+    ramp_steps, steps_done = settings.ramp() * steps_per_epoch(samples, settings.batch_size), 0
 
     def loss_fn(logits, targets, inputs):
         fit_loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
-        return fit_loss + settings.kl_weight * min(1.0, steps[0] / ramp_steps) * variational.kl() / samples
+        return fit_loss + settings.kl_weight * min(1.0, steps_done / ramp_steps) * variational.kl() / samples
 
     def after_step(step: int) -> None:
-        steps[0] = step
+        nonlocal steps_done
+        steps_done = step
 
     def finish() -> None:
         masks.update({name: mask.cpu() for name, mask in variational.remove().items()})

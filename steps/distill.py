@@ -53,8 +53,11 @@ def _report(outcome: Outcome) -> dict[str, float]:
     accuracy = {"teacher": outcome.accuracy_before, "student": outcome.test["accuracy"]}
     if control is not None:
         accuracy["control"] = score(control.model, data.x_test, data.y_test, CPU)["accuracy"]
-    # cost_params counts an int8 model's packed weights too (its .parameters() are empty)
-    params = {name: cost(a)["cost_params"] for name, a in rows.items()}
+    # cost_params counts an int8 model's packed weights too (its .parameters() are empty); the
+    # teacher's and the student's are measured already
+    params = {"teacher": outcome.source_costs["cost_params"], "student": outcome.costs["cost_params"]}
+    if control is not None:
+        params["control"] = cost(control)["cost_params"]
     metrics = {
         "test_accuracy": accuracy["student"],
         "teacher_test_accuracy": accuracy["teacher"],
