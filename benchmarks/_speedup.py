@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: time a baseline and a candidate model interleaved in one process; write a results table."""
+"""Shared by the benchmarks: untrained digits models saved and reloaded as checkpoints; time a
+baseline and a candidate model interleaved in one process; write a results table."""
 
 from __future__ import annotations
 
@@ -9,9 +10,27 @@ import numpy as np
 import pandas as pd
 import torch
 
+from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
 from shrinkflow.latency import deployed, interleaved_rounds, speedup
+from shrinkflow.zoo import build_model, describe
 
 ROUNDS = 20  # alternating rounds per measurement (the one timer: shrinkflow.latency.interleaved_rounds)
+
+
+def untrained_digits_model(name: str) -> tuple[torch.nn.Module, dict]:
+    """A zoo model for the 8x8 digits, seeded but untrained (weights do not change the speed of
+    dense kernels), and its description."""
+    torch.manual_seed(0)
+    description = {"architecture": describe(name, (1, 8, 8), 10), "class_names": [str(i) for i in range(10)]}
+    return build_model(description["architecture"]).eval(), description
+
+
+def reloaded(models: dict[str, tuple[torch.nn.Module, dict]], folder: Path) -> dict[str, torch.nn.Module]:
+    """Each (model, description) saved as a checkpoint under ``folder`` and loaded back: the form
+    that is timed is the one users deploy."""
+    for name, (model, description) in models.items():
+        save_checkpoint(model, description, folder / name)
+    return {name: load_checkpoint(folder / name)[0] for name in models}
 
 
 def speedup_table(

@@ -17,21 +17,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._speedup import speedup_table, write_results
-from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
-from shrinkflow.encoding import dynamic_int8, int8_engines
-from shrinkflow.zoo import build_model, describe
+from benchmarks._speedup import reloaded, speedup_table, untrained_digits_model, write_results
+from shrinkflow._encoding import dynamic_int8, int8_engines
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8_speedup.csv"
 
 
 def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    description = {"architecture": describe("mlp", (1, 8, 8), 10), "class_names": [str(i) for i in range(10)]}
-    fp32 = build_model(description["architecture"]).eval()
-    save_checkpoint(fp32, description, folder / "fp32")
-    save_checkpoint(dynamic_int8(fp32), {**description, "storage": "int8-dynamic"}, folder / "int8")
-    return {name: load_checkpoint(folder / name)[0] for name in ("fp32", "int8")}
+    fp32, description = untrained_digits_model("mlp")
+    int8 = (dynamic_int8(fp32), {**description, "storage": "int8-dynamic"})
+    return reloaded({"fp32": (fp32, description), "int8": int8}, folder)
 
 
 def main() -> None:

@@ -25,17 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+import shrinkflow as sf
 from benchmarks._techniques import technique_row
-from shrinkflow import (
-    FitSettings,
-    PruneSettings,
-    QuantizeSettings,
-    load_dataset,
-    new_artifact,
-    prune,
-    quantize,
-    train,
-)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "layers.csv"
 CPU = torch.device("cpu")
@@ -57,22 +48,24 @@ def gru_classifier(input_shape, num_classes):
 
 
 def main() -> None:
-    data = load_dataset("mnist1d")
+    data = sf.load_dataset("mnist1d")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = new_artifact("benchmarks.layers:gru_classifier", data, seed=0)
-        trained = train(model, data, FitSettings(epochs=EPOCHS), CPU)
+        model = sf.new_artifact("benchmarks.layers:gru_classifier", data, seed=0)
+        trained = sf.train(model, data, sf.FitSettings(epochs=EPOCHS), CPU)
         base = technique_row("float32", lambda: trained.artifact, data, None, folder)[0]
         rows.append(base)
         techniques = {
-            "dynamic-int8": lambda: quantize(trained.artifact, data, QuantizeSettings(method="dynamic-int8"), CPU),
-            "kbit 4": lambda: quantize(trained.artifact, data, QuantizeSettings(method="kbit", bits="4"), CPU),
-            "kbit 4, 5 epochs": lambda: quantize(
-                trained.artifact, data, QuantizeSettings(method="kbit", bits="4", epochs=5), CPU
+            "dynamic-int8": lambda: sf.quantize(
+                trained.artifact, data, sf.QuantizeSettings(method="dynamic-int8"), CPU
             ),
-            "global 80%, 10 epochs": lambda: prune(
-                trained.artifact, data, PruneSettings(method="global", sparsity=0.8, epochs=10), CPU
+            "kbit 4": lambda: sf.quantize(trained.artifact, data, sf.QuantizeSettings(method="kbit", bits="4"), CPU),
+            "kbit 4, 5 epochs": lambda: sf.quantize(
+                trained.artifact, data, sf.QuantizeSettings(method="kbit", bits="4", epochs=5), CPU
+            ),
+            "global 80%, 10 epochs": lambda: sf.prune(
+                trained.artifact, data, sf.PruneSettings(method="global", sparsity=0.8, epochs=10), CPU
             ),
         }
         for name, make in techniques.items():

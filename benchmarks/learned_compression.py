@@ -21,19 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from shrinkflow import (
-    Artifact,
-    FitSettings,
-    PruneSettings,
-    QuantizeSettings,
-    cost,
-    load_dataset,
-    new_artifact,
-    prune,
-    quantize,
-    score,
-    train,
-)
+import shrinkflow as sf
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learned_compression.csv"
 CPU = torch.device("cpu")
@@ -44,42 +32,42 @@ KL_WEIGHTS = (0.1, 0.3, 1.0)
 
 def _pruned(trained, data, seed: int):
     """(name, pruned artifact, seconds an epoch) for gradual 92% and each variational weight."""
-    settings = {"gradual 92%": PruneSettings(method="gradual", sparsity=0.92, epochs=EPOCHS, seed=seed)}
+    settings = {"gradual 92%": sf.PruneSettings(method="gradual", sparsity=0.92, epochs=EPOCHS, seed=seed)}
     for weight in KL_WEIGHTS:
-        settings[f"variational {weight}"] = PruneSettings(method="variational", kl_weight=weight, epochs=EPOCHS,
+        settings[f"variational {weight}"] = sf.PruneSettings(method="variational", kl_weight=weight, epochs=EPOCHS,
                                                           seed=seed)  # fmt: skip
     for name, chosen in settings.items():
         began = time.perf_counter()
-        artifact = prune(trained, data, chosen, CPU).artifact
+        artifact = sf.prune(trained, data, chosen, CPU).artifact
         yield name, artifact, (time.perf_counter() - began) / EPOCHS
 
 
 def _row(case, seed, pruning, bits, artifact, data, float_bytes, epoch_s, folder) -> dict:
-    reloaded = Artifact.load(artifact.save(folder / f"{case[1]}-{seed}-{pruning}-{bits}".replace(" ", "_")))
-    costs = cost(reloaded)
+    reloaded = sf.Artifact.load(artifact.save(folder / f"{case[1]}-{seed}-{pruning}-{bits}".replace(" ", "_")))
+    costs = sf.cost(reloaded)
     return {
         "dataset": case[0], "model": case[1], "seed": seed, "pruning": pruning, "bits": bits,
         "size_bytes": int(costs["cost_size_bytes"]), "reduction": round(float_bytes / costs["cost_size_bytes"], 2),
         "entropy_bound_ratio": round(costs["cost_size_bytes"] / costs["cost_size_entropy_bytes"], 3),
         "sparsity": round(costs["cost_sparsity"], 4),
-        "val_accuracy": round(score(reloaded.model, *data.val, CPU)["accuracy"], 4),
-        "test_accuracy": round(score(reloaded.model, data.x_test, data.y_test, CPU)["accuracy"], 4),
+        "val_accuracy": round(sf.score(reloaded.model, *data.val, CPU)["accuracy"], 4),
+        "test_accuracy": round(sf.score(reloaded.model, data.x_test, data.y_test, CPU)["accuracy"], 4),
         "prune_epoch_s": round(epoch_s, 3),
     }  # fmt: skip
 
 
 def _rows(case: tuple[str, str], seed: int, folder: Path) -> list[dict]:
-    data = load_dataset(case[0])
+    data = sf.load_dataset(case[0])
     began = time.perf_counter()
-    result = train(new_artifact(case[1], data, seed=seed), data, FitSettings(seed=seed), CPU)
+    result = sf.train(sf.new_artifact(case[1], data, seed=seed), data, sf.FitSettings(seed=seed), CPU)
     trained, train_epoch_s = result.artifact, (time.perf_counter() - began) / result.fit.epochs_run
-    float_bytes = cost(trained)["cost_size_bytes"]
+    float_bytes = sf.cost(trained)["cost_size_bytes"]
     rows = [_row(case, seed, "none", "float32", trained, data, float_bytes, train_epoch_s, folder)]
     for pruning, pruned, epoch_s in _pruned(trained, data, seed):
         for bits in ("4", "auto"):
             if pruning.startswith("gradual") and bits == "auto":
                 continue
-            quantized = quantize(pruned, data, QuantizeSettings(method="kmeans", bits=bits), CPU).artifact
+            quantized = sf.quantize(pruned, data, sf.QuantizeSettings(method="kmeans", bits=bits), CPU).artifact
             rows.append(_row(case, seed, pruning, bits, quantized, data, float_bytes, epoch_s, folder))
             print(rows[-1], file=sys.stderr, flush=True)
     return rows

@@ -20,19 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from shrinkflow import (
-    Artifact,
-    FitSettings,
-    PruneSettings,
-    QuantizeSettings,
-    cost,
-    load_dataset,
-    new_artifact,
-    prune,
-    quantize,
-    score,
-    train,
-)
+import shrinkflow as sf
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mixed_precision.csv"
 CPU = torch.device("cpu")
@@ -40,27 +28,29 @@ BITS = ("3", "4", "auto:0.05", "auto:0.1", "auto:0.2", "auto:0.3")
 
 
 def _rows(model: str, seed: int, data, folder: Path) -> list[dict]:
-    trained = train(new_artifact(model, data, seed=seed), data, FitSettings(seed=seed), CPU).artifact
-    pruned = prune(trained, data, PruneSettings(method="gradual", sparsity=0.92, epochs=60, seed=seed), CPU).artifact
-    rows, float_bytes = [], cost(trained)["cost_size_bytes"]
+    trained = sf.train(sf.new_artifact(model, data, seed=seed), data, sf.FitSettings(seed=seed), CPU).artifact
+    pruned = sf.prune(
+        trained, data, sf.PruneSettings(method="gradual", sparsity=0.92, epochs=60, seed=seed), CPU
+    ).artifact
+    rows, float_bytes = [], sf.cost(trained)["cost_size_bytes"]
     for start_name, start in (("dense", trained), ("gradual 92%", pruned)):
-        base = cost(start)["cost_size_bytes"]
+        base = sf.cost(start)["cost_size_bytes"]
         for method in ("kbit", "kmeans"):
             for bits in BITS:
                 began = time.perf_counter()
-                result = quantize(start, data, QuantizeSettings(method=method, bits=bits), CPU)
+                result = sf.quantize(start, data, sf.QuantizeSettings(method=method, bits=bits), CPU)
                 seconds = time.perf_counter() - began
-                reloaded = Artifact.load(result.artifact.save(folder / f"{model}-{seed}-{method}-{bits}"))
+                reloaded = sf.Artifact.load(result.artifact.save(folder / f"{model}-{seed}-{method}-{bits}"))
                 rows.append({
                     "model": model, "seed": seed, "start": start_name, "method": method, "bits": bits,
                     "bits_by_layer": ",".join(str(b) for b in result.layers.values()),
-                    "size_bytes": int(size := cost(reloaded)["cost_size_bytes"]),
+                    "size_bytes": int(size := sf.cost(reloaded)["cost_size_bytes"]),
                     "reduction_vs_float": round(float_bytes / size, 2),
                     "start_bytes": int(base),
-                    "val_accuracy": round(score(reloaded.model, *data.val, CPU)["accuracy"], 4),
-                    "test_accuracy": round(score(reloaded.model, data.x_test, data.y_test, CPU)["accuracy"], 4),
-                    "start_val_accuracy": round(score(start.model, *data.val, CPU)["accuracy"], 4),
-                    "start_test_accuracy": round(score(start.model, data.x_test, data.y_test, CPU)["accuracy"], 4),
+                    "val_accuracy": round(sf.score(reloaded.model, *data.val, CPU)["accuracy"], 4),
+                    "test_accuracy": round(sf.score(reloaded.model, data.x_test, data.y_test, CPU)["accuracy"], 4),
+                    "start_val_accuracy": round(sf.score(start.model, *data.val, CPU)["accuracy"], 4),
+                    "start_test_accuracy": round(sf.score(start.model, data.x_test, data.y_test, CPU)["accuracy"], 4),
                     "quantize_s": round(seconds, 2),
                 })  # fmt: skip
                 print(rows[-1], file=sys.stderr, flush=True)
@@ -68,7 +58,7 @@ def _rows(model: str, seed: int, data, folder: Path) -> list[dict]:
 
 
 def main() -> None:
-    data = load_dataset("digits")
+    data = sf.load_dataset("digits")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in ("mlp", "cnn"):

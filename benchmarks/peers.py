@@ -28,19 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+import shrinkflow as sf
 from benchmarks._speedup import write_results
-from shrinkflow import (
-    FitSettings,
-    PruneSettings,
-    QuantizeSettings,
-    cost,
-    load_dataset,
-    new_artifact,
-    prune,
-    quantize,
-    seed_everything,
-    train,
-)
 from shrinkflow.latency import OnnxRuntimeModel, first_samples, interleaved_rounds, speedup, torch_threads
 from shrinkflow.onnx_export import export_onnx
 
@@ -90,32 +79,36 @@ def _ort_peer(fp32_onnx: bytes, folder: Path, calibration: list[torch.Tensor] | 
 
 def build_models(name: str, data, seed: int, folder: Path) -> dict[str, tuple[object, int, int | None]]:
     """{label: (runnable, ONNX bytes or 0, checkpoint bytes or None)}, all trained with ``seed``."""
-    seed_everything(seed)
-    fp32 = train(new_artifact(name, data, seed=seed), data, FitSettings(seed=seed), CPU).artifact.reloaded()
+    sf.seed_everything(seed)
+    fp32 = sf.train(sf.new_artifact(name, data, seed=seed), data, sf.FitSettings(seed=seed), CPU).artifact.reloaded()
     fp32_onnx = export_onnx(fp32.model, data.x_test[:2])
     ours = {}
     if name == "cnn":
-        settings = QuantizeSettings(method="static-int8", seed=seed)
-        ours["shrinkflow static-int8"] = quantize(fp32, data, settings, CPU).artifact.reloaded()
-        structured = PruneSettings(method="structured", sparsity=0.5, epochs=60, seed=seed)
-        pruned = prune(fp32, data, structured, CPU).artifact
-        ours["shrinkflow int8_deploy"] = quantize(pruned, data, settings, CPU).artifact.reloaded()
+        settings = sf.QuantizeSettings(method="static-int8", seed=seed)
+        ours["shrinkflow static-int8"] = sf.quantize(fp32, data, settings, CPU).artifact.reloaded()
+        structured = sf.PruneSettings(method="structured", sparsity=0.5, epochs=60, seed=seed)
+        pruned = sf.prune(fp32, data, structured, CPU).artifact
+        ours["shrinkflow int8_deploy"] = sf.quantize(pruned, data, settings, CPU).artifact.reloaded()
         # the samples Shrinkflow's static int8 calibrates on: its first batches of the train split
         calibration = list(data.split("train")[0].split(settings.batch_size))[: settings.calibration_batches]
         peer = {"ort quantize_static": _ort_peer(fp32_onnx, folder, calibration)}
     else:
-        settings = QuantizeSettings(method="dynamic-int8", seed=seed)
-        ours["shrinkflow dynamic-int8"] = quantize(fp32, data, settings, CPU).artifact.reloaded()
+        settings = sf.QuantizeSettings(method="dynamic-int8", seed=seed)
+        ours["shrinkflow dynamic-int8"] = sf.quantize(fp32, data, settings, CPU).artifact.reloaded()
         peer = {"ort quantize_dynamic": _ort_peer(fp32_onnx, folder, None)}
     models = {
-        "fp32 eager": (fp32.model.eval(), 0, cost(fp32)["cost_size_bytes"]),
-        "fp32 onnxruntime": (OnnxRuntimeModel.from_onnx(fp32_onnx, 1), len(fp32_onnx), cost(fp32)["cost_size_bytes"]),
+        "fp32 eager": (fp32.model.eval(), 0, sf.cost(fp32)["cost_size_bytes"]),
+        "fp32 onnxruntime": (
+            OnnxRuntimeModel.from_onnx(fp32_onnx, 1),
+            len(fp32_onnx),
+            sf.cost(fp32)["cost_size_bytes"],
+        ),
     }
     for label, onnx_model in peer.items():
         models[label] = (OnnxRuntimeModel.from_onnx(onnx_model, 1), len(onnx_model), None)
     for label, artifact in ours.items():
         runner = OnnxRuntimeModel(artifact.model, data.x_test[:2], 1)  # Shrinkflow's export, as deployed
-        models[label] = (runner, len(runner.onnx_model), cost(artifact)["cost_size_bytes"])
+        models[label] = (runner, len(runner.onnx_model), sf.cost(artifact)["cost_size_bytes"])
     return models
 
 
@@ -126,7 +119,7 @@ def _accuracy(runnable, data) -> float:
 
 
 def measure(name: str, rounds: int, calls: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    data = load_dataset("digits")
+    data = sf.load_dataset("digits")
     with tempfile.TemporaryDirectory() as tmp, torch_threads(1):
         models = build_models(name, data, seed, Path(tmp))
         accuracy = {label: _accuracy(runnable, data) for label, (runnable, _, _) in models.items()}

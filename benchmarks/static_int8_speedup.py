@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from benchmarks._speedup import speedup_table, write_results
+from shrinkflow._encoding import INT8_GRAPH, convert_int8, int8_engines, prepare_static_int8
 from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
-from shrinkflow.encoding import INT8_GRAPH, convert_int8, int8_engines, prepare_static_int8
 from shrinkflow.zoo import build_model, describe
 
 RESULTS = Path(__file__).resolve().parent / "results" / "static_int8_speedup.csv"

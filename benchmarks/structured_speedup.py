@@ -12,30 +12,26 @@ Results: benchmarks/results/structured_speedup.csv, summarized in the README.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks._speedup import speedup_table, write_results
-from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from benchmarks._speedup import reloaded, speedup_table, untrained_digits_model, write_results
+from shrinkflow._masks import structured_prune
 from shrinkflow.cost import cost_summary
 from shrinkflow.latency import FORMS
-from shrinkflow.masks import structured_prune
-from shrinkflow.zoo import build_model, describe, module_shapes
+from shrinkflow.zoo import module_shapes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "structured_speedup.csv"
 
 
 def _artifacts(folder: Path) -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    description = {"architecture": describe("cnn", (1, 8, 8), 10), "class_names": [str(i) for i in range(10)]}
-    baseline = build_model(description["architecture"]).eval()
-    save_checkpoint(baseline, description, folder / "baseline")
-    pruned = structured_prune(baseline, 0.5, 1, torch.zeros(1, 1, 8, 8))
-    description["architecture"]["resized"] = module_shapes(pruned)
-    save_checkpoint(pruned, description, folder / "pruned")
-    return {name: load_checkpoint(folder / name)[0] for name in ("baseline", "pruned")}
+    baseline, description = untrained_digits_model("cnn")
+    pruned = structured_prune(copy.deepcopy(baseline), 0.5, 1, torch.zeros(1, 1, 8, 8))  # prunes in place
+    resized = {**description, "architecture": {**description["architecture"], "resized": module_shapes(pruned)}}
+    return reloaded({"baseline": (baseline, description), "pruned": (pruned, resized)}, folder)
 
 
 def main() -> None:

@@ -26,18 +26,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+import shrinkflow as sf
 from benchmarks._speedup import speedup_table, write_results
 from benchmarks._techniques import technique_row
-from shrinkflow import (
-    FitSettings,
-    PruneSettings,
-    QuantizeSettings,
-    load_dataset,
-    new_artifact,
-    prune,
-    quantize,
-    train,
-)
 from shrinkflow.onnx_export import check_onnx, default_tolerance, export_onnx
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transformer.csv"
@@ -53,24 +44,27 @@ def _onnx_check(model: torch.nn.Module, data) -> str:
 
 
 def main() -> None:
-    data = load_dataset("digits")
+    data = sf.load_dataset("digits")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        trained = train(new_artifact("transformer", data, seed=0), data, FitSettings(patience=0), CPU).artifact
+        trained = sf.train(sf.new_artifact("transformer", data, seed=0), data, sf.FitSettings(patience=0), CPU).artifact
         base, base_model = technique_row("float32", lambda: trained, data, None, folder)
         rows.append(base)
-        gradual = PruneSettings(method="gradual", sparsity=0.9)
+        gradual = sf.PruneSettings(method="gradual", sparsity=0.9)
         techniques = {
-            "kbit 4": lambda: quantize(trained, data, QuantizeSettings(method="kbit", bits="4"), CPU),
-            "kbit 4, 5 epochs": lambda: quantize(
-                trained, data, QuantizeSettings(method="kbit", bits="4", epochs=5), CPU
+            "kbit 4": lambda: sf.quantize(trained, data, sf.QuantizeSettings(method="kbit", bits="4"), CPU),
+            "kbit 4, 5 epochs": lambda: sf.quantize(
+                trained, data, sf.QuantizeSettings(method="kbit", bits="4", epochs=5), CPU
             ),
-            "gradual 90% + kmeans 4": lambda: quantize(
-                prune(trained, data, gradual, CPU).artifact, data, QuantizeSettings(method="kmeans", bits="4"), CPU
+            "gradual 90% + kmeans 4": lambda: sf.quantize(
+                sf.prune(trained, data, gradual, CPU).artifact,
+                data,
+                sf.QuantizeSettings(method="kmeans", bits="4"),
+                CPU,
             ),
-            "structured 50%": lambda: prune(trained, data, PruneSettings(method="structured", sparsity=0.5), CPU),
-            "dynamic-int8": lambda: quantize(trained, data, QuantizeSettings(method="dynamic-int8"), CPU),
+            "structured 50%": lambda: sf.prune(trained, data, sf.PruneSettings(method="structured", sparsity=0.5), CPU),
+            "dynamic-int8": lambda: sf.quantize(trained, data, sf.QuantizeSettings(method="dynamic-int8"), CPU),
         }
         reloaded = {}
         for name, make in techniques.items():

@@ -37,7 +37,7 @@ from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, config_to_params
 from shrinkflow.runtime import file_lock
 
-__all__ = ["CONFIG", "PipelineConfig", "execute", "main", "stage_table"]
+__all__ = ["PipelineConfig", "execute", "main", "stage_table"]
 
 CACHE_TAG = "shrinkflow.cache_key"
 
@@ -184,10 +184,4 @@ def _plot(table: pd.DataFrame, name: str):
     return figure
 
 
-CONFIG = PipelineConfig  # the entry point's config, read by tests/test_project_spec.py
-
-main = entry_point(CONFIG, execute)
-
-
-if __name__ == "__main__":
-    main()
+main = entry_point(PipelineConfig, execute, __name__)

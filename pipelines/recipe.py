@@ -73,7 +73,7 @@ class Stage:
             values["run_ids"] = ",".join(run_ids)
         elif run_ids:
             values["run_id"] = run_ids[0]
-        return step_module(self.step).CONFIG(**values)
+        return step_module(self.step).main.config(**values)
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def _wired(stages: list[dict], path: Path) -> list[Stage]:
 
 def _check(stage: Stage, path: Path) -> None:
     """The stage's parameters against its step's config: names, types, values."""
-    config = step_module(stage.step).CONFIG
+    config = step_module(stage.step).main.config
     fields = {f.name: f for f in dataclasses.fields(config)}
     hints = typing.get_type_hints(config)
     for name, value in stage.params.items():

@@ -36,12 +36,12 @@ from shrinkflow import ShrinkflowError, new_artifact
 from shrinkflow.cli import NoResult, entry_point
 from shrinkflow.config import config_to_params
 from shrinkflow.data import load_dataset
-from shrinkflow.imports import trusted_here
 from shrinkflow.latency import TARGETS
 from shrinkflow.runtime import resolve_device
+from shrinkflow.zoo import trusted_here
 from steps import train as train_step
 
-__all__ = ["CONFIG", "SearchConfig", "main"]
+__all__ = ["SearchConfig", "main"]
 
 ENGINES = ("processes", "dask")
 
@@ -194,10 +194,4 @@ def _baseline_run(cfg: SearchConfig) -> str:
     return train_step.execute(cfg.train_config())
 
 
-CONFIG = SearchConfig  # the entry point's config, read by tests/test_project_spec.py
-
-main = entry_point(CONFIG, execute)
-
-
-if __name__ == "__main__":
-    main()
+main = entry_point(SearchConfig, execute, __name__)

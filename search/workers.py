@@ -36,9 +36,9 @@ from shrinkflow import Artifact, DataSplits, ShrinkflowError, score
 from shrinkflow.cli import EXIT_FAILURE, failure_line, one_line_warnings
 from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of
-from shrinkflow.imports import trust
 from shrinkflow.latency import hardware_tags
 from shrinkflow.runtime import die_with_parent, resolve_device
+from shrinkflow.zoo import trust
 
 if TYPE_CHECKING:
     from search.main import SearchConfig
@@ -60,7 +60,7 @@ class Job:
     floor: float  # lowest validation accuracy within the budget
     threads: int  # torch CPU threads of each worker
     baseline_latency_ms: float | None  # with a latency cost: the baseline's, measured at the start
-    trusted_code: frozenset[str] = frozenset()  # user code this command trusts (shrinkflow.imports)
+    trusted_code: frozenset[str] = frozenset()  # user code this command trusts (shrinkflow._imports)
 
 
 def measure(artifact: Artifact, data: DataSplits, cfg: SearchConfig, reference=None) -> dict[str, float]:

@@ -14,16 +14,18 @@ one, so techniques chain in memory exactly as the MLflow steps (``steps/``) chai
     small = quantize(pruned, data, QuantizeSettings(method="kbit", bits="4"), cpu).artifact
     print(cost(small))  # MACs, BOPs, parameters, bytes of the checkpoint it saves
 
-Modules: ``config`` (errors, config dataclass → CLI), ``data`` (datasets and splits), ``zoo``
-(models rebuilt from their description), ``runtime`` (devices, seeds), ``training`` (fit/score,
-``train``), ``artifact``, ``checkpoint`` (safetensors + JSON on disk), ``encoding`` (weight codes,
-int8 conversion), ``cost`` (exact MACs, BOPs, sizes), ``latency`` (timing, peak memory),
-``evaluation`` (accuracy, per-class table, confusion matrix), ``benchmarking`` (latency,
-throughput, memory and price per device and batch size),
-``masks`` (pruning primitives), ``pruning``, ``quantization`` and ``distillation`` (the
+What users call is exported here. The public modules below hold the rest that steps, search and
+recipes use: ``config`` (errors, config dataclass -> CLI), ``data`` (datasets and splits), ``zoo``
+(models rebuilt from their description; trust of user code), ``runtime`` (devices, seeds),
+``training`` (fit/score, ``train``), ``artifact``, ``checkpoint`` (safetensors + JSON on disk),
+``cost`` (exact MACs, BOPs, sizes), ``latency`` (timing, peak memory), ``evaluation`` (accuracy,
+per-class table, confusion matrix), ``benchmarking`` (latency, throughput, memory and price per
+device and batch size), ``onnx_export``, ``pruning``, ``quantization`` and ``distillation`` (the
 techniques and their method registries), ``techniques`` (the registry of the techniques that
-steps, search and recipes read), ``tracking`` (the one module that talks to MLflow;
-not imported here) and ``cli`` (the steps' error handling).
+steps, search and recipes read), ``distributed`` (torchrun), ``tracking`` (the one module that
+talks to MLflow; not imported here) and ``cli`` (the steps' error handling). Modules whose name
+starts with ``_`` (``_storage``, ``_entropy``, ``_encoding``, ``_masks``, ``_variational``,
+``_mixed_precision``, ``_imports``) are the implementation: no stable interface.
 """
 
 from shrinkflow.artifact import Artifact, new_artifact

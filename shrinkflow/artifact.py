@@ -20,10 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from shrinkflow._encoding import Encoded
 from shrinkflow.checkpoint import is_quantized, read_checkpoint, save_checkpoint
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import DataSplits
-from shrinkflow.encoding import Encoded
 from shrinkflow.runtime import seed_everything
 from shrinkflow.zoo import build_model, check_model, describe
 

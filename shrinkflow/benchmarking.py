@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from shrinkflow._encoding import has_int8_layers
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import DataSplits
-from shrinkflow.encoding import has_int8_layers
 from shrinkflow.latency import (
     ENGINE_CHOICES,
     TARGET_HELP,

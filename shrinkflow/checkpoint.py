@@ -6,7 +6,7 @@
   dataset, storage, what each technique recorded; ``shrinkflow.zoo.describe``) and one entry per
   tensor — name, dtype, shape, format, section lengths, byte count and CRC-32;
 - the tensors' bytes, one after another, each in the smallest of the formats of
-  ``shrinkflow.storage`` (raw; bitmap or entropy-coded positions plus non-zero values; packed or
+  ``shrinkflow._storage`` (raw; bitmap or entropy-coded positions plus non-zero values; packed or
   entropy-coded quantization codes plus scales or codebook).
 Compressing the header matters on small models: a 5 KB compressed network would otherwise spend a
 third of its bytes on names and shapes. The CRCs make a truncated or flipped file one clear error
@@ -16,7 +16,7 @@ instead of wrong weights. Reading it runs no code the file names: the architectu
 Storage (``description["storage"]``) says what the tensors are:
 - ``dense-fp32`` and ``sparse`` (pruned): the state dict as floats — zeros stored by position;
 - ``packed``: quantized weights (``description["quantization"]`` names them) as their integer
-  codes plus float32 scales or codebook (``shrinkflow.encoding``); other tensors as floats.
+  codes plus float32 scales or codebook (``shrinkflow._encoding``); other tensors as floats.
   Reloading decodes them to the very floats the model ran with;
 - ``int8-dynamic``: Linear layers as int8 weights with float32 scales and int8 zero points per
   output channel, LSTM and GRU layers as int8 weights with one float32 scale and int8 zero point
@@ -48,8 +48,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from shrinkflow.config import ShrinkflowError
-from shrinkflow.encoding import (
+from shrinkflow._encoding import (
     INT8_STORAGES,
     Encoded,
     decode,
@@ -58,8 +57,9 @@ from shrinkflow.encoding import (
     load_int8_state,
     unpack_codes,
 )
-from shrinkflow.entropy import CodingError
-from shrinkflow.storage import StoredTensor, load_tensor, store_tensor
+from shrinkflow._entropy import CodingError
+from shrinkflow._storage import StoredTensor, load_tensor, store_tensor
+from shrinkflow.config import ShrinkflowError
 from shrinkflow.zoo import build_model
 
 __all__ = [
@@ -132,7 +132,7 @@ def stored_tensors(model: nn.Module, description: dict[str, Any], encodings=None
 def save_checkpoint(model: nn.Module, description: dict[str, Any], folder: Path, encodings=None) -> Path:
     """Write ``model``'s tensors and ``description`` to ``folder``; return the folder.
 
-    ``encodings`` (``packed`` storage): the ``shrinkflow.encoding.Encoded`` of each quantized
+    ``encodings`` (``packed`` storage): the ``shrinkflow._encoding.Encoded`` of each quantized
     weight, whose decoded values the model holds.
     """
     folder = Path(folder)

@@ -41,13 +41,18 @@ class NoResult(ShrinkflowError):
     front is empty): one line and exit ``EXIT_NO_RESULT``, its run FINISHED."""
 
 
-def entry_point(config: type, execute: Callable[[Any], str]) -> Callable[..., None]:
+def entry_point(config: type, execute: Callable[[Any], str], module: str = "") -> Callable[..., None]:
     """A step's ``main(argv=None)``: its ``config`` read from the command line (``argv``, else
-    ``sys.argv``), then ``execute(config)`` under ``run_main``."""
+    ``sys.argv``), then ``execute(config)`` under ``run_main``. ``main.config`` is ``config``.
+    Given its module's ``__name__``, it runs ``main()`` at once when that module is the program
+    (``python -m steps.train``): the last line of every step is its entry point."""
 
     def main(argv: list[str] | None = None) -> None:
         run_main(lambda: execute(parse_config(config, argv)))
 
+    main.config = config
+    if module == "__main__":
+        main()
     return main
 
 

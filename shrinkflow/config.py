@@ -18,6 +18,7 @@ __all__ = [
     "ShrinkflowWarning",
     "Terminated",
     "check_applies",
+    "check_method",
     "method_applies",
     "build_parser",
     "check_run_id",
@@ -81,6 +82,12 @@ def method_applies(methods: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
         for setting in method.reads:
             applies[setting] = (*applies.get(setting, ()), method.name)
     return applies
+
+
+def check_method(settings: Any, methods: Mapping[str, Any], kind: str) -> None:
+    """Refuse a ``settings.method`` that is not in ``methods`` (the ``kind`` method registry)."""
+    if settings.method not in methods:
+        raise ShrinkflowError(f"unknown {kind} method {settings.method!r}: choose {', '.join(methods)}")
 
 
 def check_applies(settings: Any, methods: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ weight is used once per output position or step): removed channels are gone from
 shapes already. BOPs = MACs × weight bits × activation bits (32 × 32 for float32).
 
 Size: ``cost_size_bytes`` is measured on the saved checkpoint folder; ``cost_size_entropy_bytes``
-is the information bound of its tensors (``shrinkflow.storage``: the empirical entropy of the
+is the information bound of its tensors (``shrinkflow._storage``: the empirical entropy of the
 positions of non-zeros and of the quantization codes, plus 4 bytes a float value, scale or codebook
 entry kept), which no coder of these symbols beats; ``storage_table`` gives both per tensor.
 """
@@ -42,14 +42,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from shrinkflow.artifact import Artifact
-from shrinkflow.checkpoint import checkpoint_bytes, stored_tensors
-from shrinkflow.config import ShrinkflowWarning
-from shrinkflow.encoding import (
+from shrinkflow._encoding import (
     int8_rnn_tensors,
     is_dynamic_int8_rnn,
     is_int8_layer,
 )
+from shrinkflow.artifact import Artifact
+from shrinkflow.checkpoint import checkpoint_bytes, stored_tensors
+from shrinkflow.config import ShrinkflowWarning
 from shrinkflow.zoo import SelfAttention
 
 __all__ = [

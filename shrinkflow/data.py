@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shrinkflow._imports import is_import_spec, load_callable, trust
 from shrinkflow.config import ShrinkflowError
-from shrinkflow.imports import is_import_spec, load_callable, trust
 
 __all__ = [
     "BUILTIN_DATASETS", "DataSplits", "SPLITS", "SPLIT_SEED", "apply_preprocessing", "class_names_of", "dataset_of",
@@ -178,7 +178,7 @@ def _canonical(keywords: dict) -> str:
 
 def dataset_of(description: dict) -> DataSplits:
     """The dataset (and fixed split) a saved model was trained on, from its description. A dataset
-    function it names runs only if trusted (``shrinkflow.imports``)."""
+    function it names runs only if trusted (``shrinkflow._imports``)."""
     spec = description["dataset"]["spec"]
     if is_import_spec(spec):
         load_callable(spec, "dataset function", from_artifact=True)  # refuses an untrusted spec

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from shrinkflow._encoding import has_int8_layers, int8_engines, quantized_engine, repacked_int8
 from shrinkflow.config import ShrinkflowError
-from shrinkflow.encoding import has_int8_layers, int8_engines, quantized_engine, repacked_int8
 from shrinkflow.onnx_export import export_onnx, onnx_session
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "hardware_tags",
     "measure_latency",
     "peak_memory_bytes",
+    "quantized_engine",
     "torch_threads",
 ]
 

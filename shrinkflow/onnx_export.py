@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shrinkflow.config import ShrinkflowError
-from shrinkflow.encoding import (
+from shrinkflow._encoding import (
     has_int8_layers,
     int8_engines,
     is_dynamic_int8_linear,
@@ -30,6 +29,7 @@ from shrinkflow.encoding import (
     quantized_engine,
     repacked_int8,
 )
+from shrinkflow.config import ShrinkflowError
 from shrinkflow.training import predict_logits
 
 __all__ = [

@@ -27,16 +27,12 @@ import json
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from shrinkflow.artifact import Artifact
-from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies
-from shrinkflow.cost import left_weights_line, weight_tensors
-from shrinkflow.data import DataSplits
-from shrinkflow.masks import (
+from shrinkflow._masks import (
     Masks,
     apply_masks,
     cubic_sparsity,
@@ -48,9 +44,13 @@ from shrinkflow.masks import (
     structured_prune,
     threshold_masks,
 )
+from shrinkflow._variational import VariationalWeights
+from shrinkflow.artifact import Artifact
+from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies, check_method
+from shrinkflow.cost import left_weights_line, weight_tensors
+from shrinkflow.data import DataSplits
 from shrinkflow.runtime import seed_everything
-from shrinkflow.training import FitResult, FitSettings, LossFn, fit, steps_per_epoch
-from shrinkflow.variational import VariationalWeights
+from shrinkflow.training import FineTuneSettings, FitResult, LossFn, fit, steps_per_epoch
 from shrinkflow.zoo import RESIZABLE, build_model, module_shapes
 
 __all__ = [
@@ -122,11 +122,12 @@ KL_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
-class PruneSettings(FitSettings):
+class PruneSettings(FineTuneSettings):
     """How to prune and fine-tune (the defaults fine-tune a trained model for 60 epochs)."""
 
-    MIN_EPOCHS: ClassVar[int] = 0
-
+    epochs: int = field(default=60, metadata={"help": "fine-tuning epochs after pruning (0 = none)"})
+    # Fine-tuning starts from trained weights: under a third of the training learning rate.
+    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
     method: str = field(
         default="global", metadata={"help": "threshold, global, layerwise, gradual, variational or structured"}
     )
@@ -155,17 +156,10 @@ class PruneSettings(FitSettings):
         metadata={"help": "variational: weight of the prior's KL term per training sample (1 = the evidence lower "
                   "bound); larger prunes more"},
     )  # fmt: skip
-    epochs: int = field(default=60, metadata={"help": "fine-tuning epochs after pruning (0 = none)"})
-    # Fine-tuning starts from trained weights: under a third of the training learning rate.
-    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
-    patience: int = field(default=0, metadata={"help": "early stopping patience in epochs; 0 = never"})
-    seed: int = field(default=0, metadata={"help": "seed for fine-tuning batch order"})
 
     def __post_init__(self):
         super().__post_init__()
-        if self.method not in PRUNING_METHODS:
-            raise ShrinkflowError(f"unknown pruning method {self.method!r}: choose {', '.join(PRUNING_METHODS)}")
+        check_method(self, PRUNING_METHODS, "pruning")
         for name in ("sparsity", "initial_sparsity"):
             if message := sparsity_error(getattr(self, name), name):
                 raise ShrinkflowError(message)
@@ -380,7 +374,7 @@ def _structured(model: nn.Module, settings: PruneSettings, data: DataSplits) -> 
 def _variational(model: nn.Module, settings: PruneSettings, data: DataSplits) -> Pruning:
     """Sparse variational dropout: fine-tune with weight noise and the prior's KL term (its weight
     ramping up over ``ramp_epochs``), then remove the weights the noise drowned
-    (``shrinkflow.variational``). The sparsity is learned, not set; only epochs after the ramp
+    (``shrinkflow._variational``). The sparsity is learned, not set; only epochs after the ramp
     may be kept as the best."""
     variational = VariationalWeights(model, prunable_weights(model, settings.layer_list()))
     samples, masks = len(data.x_train), {}

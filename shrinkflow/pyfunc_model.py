@@ -22,10 +22,10 @@ import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
+from shrinkflow._imports import trust
 from shrinkflow.checkpoint import checkpoint_digest, file_digest, load_checkpoint
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import apply_preprocessing, class_names_of
-from shrinkflow.imports import trust
 from shrinkflow.onnx_export import onnx_logits, onnx_session
 
 OUTPUTS = ("labels", "probabilities", "logits")

@@ -36,18 +36,14 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from shrinkflow.artifact import Artifact
-from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies
-from shrinkflow.cost import NORMALIZATION_LAYERS, left_weights_line, storage_table, weight_tensors
-from shrinkflow.data import DataSplits
-from shrinkflow.encoding import (
+from shrinkflow._encoding import (
     DYNAMIC_RECURRENT,
     INT8_GRAPH,
     OBSERVERS,
@@ -64,9 +60,13 @@ from shrinkflow.encoding import (
     prepare_static_int8,
     refit_codebook,
 )
-from shrinkflow.mixed_precision import AUTO_BITS, allocate_bits
+from shrinkflow._mixed_precision import AUTO_BITS, allocate_bits
+from shrinkflow.artifact import Artifact
+from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies, check_method
+from shrinkflow.cost import NORMALIZATION_LAYERS, left_weights_line, storage_table, weight_tensors
+from shrinkflow.data import DataSplits
 from shrinkflow.runtime import seed_everything
-from shrinkflow.training import FitSettings, fit, score
+from shrinkflow.training import FineTuneSettings, fit, score
 
 __all__ = [
     "CALIBRATION_SPLITS",
@@ -138,11 +138,11 @@ def quantization_method(name: str, *, storage: str, fine_tuning: str, reads: tup
 
 
 @dataclass(frozen=True)
-class QuantizeSettings(FitSettings):
+class QuantizeSettings(FineTuneSettings):
     """How to quantize, and whether to fine-tune first (by default not)."""
 
-    MIN_EPOCHS: ClassVar[int] = 0
-
+    epochs: int = field(default=0, metadata={"help": "fine-tuning epochs (STE; kmeans: centroid refits); 0 = none"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
     method: str = field(default="kbit", metadata={"help": "kbit, binary, kmeans, dynamic-int8, static-int8 or qat"})
     bits: str = field(
         default="4",
@@ -161,25 +161,17 @@ class QuantizeSettings(FitSettings):
                   "Runtime's fastest kernels) or auto: per-tensor where validation accuracy is not lower "
                   "(qat: per-channel)"},
     )  # fmt: skip
-    calibration_batches: int = field(default=10, metadata={"help": "static-int8: batches of batch_size observed"})
-    calibration_split: str = field(default="train", metadata={"help": "static-int8: split calibrated on (train, val)"})
     bias_bits: int = field(
         default=8,
         metadata={"help": "kbit/binary/kmeans: biases, then normalization scales, at 8 bits (one scale a "
                   "tensor) where validation accuracy is unchanged, else float32; 32 = always float32"},
     )  # fmt: skip
-    epochs: int = field(default=0, metadata={"help": "fine-tuning epochs (STE; kmeans: centroid refits); 0 = none"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
-    patience: int = field(default=0, metadata={"help": "early stopping patience in epochs; 0 = never"})
-    seed: int = field(default=0, metadata={"help": "seed for fine-tuning batch order"})
+    calibration_batches: int = field(default=10, metadata={"help": "static-int8: batches of batch_size observed"})
+    calibration_split: str = field(default="train", metadata={"help": "static-int8: split calibrated on (train, val)"})
 
     def __post_init__(self):
         super().__post_init__()
-        if self.method not in QUANTIZATION_METHODS:
-            raise ShrinkflowError(
-                f"unknown quantization method {self.method!r}: choose {', '.join(QUANTIZATION_METHODS)}"
-            )
+        check_method(self, QUANTIZATION_METHODS, "quantization")
         self.bits_map()  # validates
         method = QUANTIZATION_METHODS[self.method]
         if method.fine_tuning == "none" and self.epochs:
@@ -429,7 +421,7 @@ def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSp
 
 
 def _allocated_bits(model: nn.Module, layers: dict[str, int], kept, settings: QuantizeSettings, data: DataSplits):
-    """bits auto: each layer's bits by its measured sensitivity (``shrinkflow.mixed_precision``)."""
+    """bits auto: each layer's bits by its measured sensitivity (``shrinkflow._mixed_precision``)."""
     model.cpu()
     weights = {name: (layer, getattr(module, param)) for layer in layers
                for name, (module, param, _) in _layer_params(model, {layer: 0}, "weight").items()}  # fmt: skip

@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
+from shrinkflow._masks import prunable_layers
 from shrinkflow.config import ShrinkflowError, method_applies
 from shrinkflow.distillation import DistillSettings, check_distilling, distill, student_architecture
-from shrinkflow.masks import prunable_layers
 from shrinkflow.pruning import PRUNING_METHODS, PruneSettings, check_pruning, prune
 from shrinkflow.quantization import (
     QUANTIZATION_METHODS,

@@ -32,12 +32,12 @@ from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from shrinkflow import distributed
+from shrinkflow._imports import is_import_spec, user_code
 from shrinkflow.artifact import Artifact
 from shrinkflow.checkpoint import CHECKPOINT_FILE, checkpoint_digest, file_digest, holds_checkpoint
 from shrinkflow.config import ShrinkflowError, Terminated
 from shrinkflow.cost import cost_summary
 from shrinkflow.data import SPLITS, TABLE_SUFFIXES, DataSplits, class_names_of, dataset_of, raw_inputs
-from shrinkflow.imports import is_import_spec, user_code
 from shrinkflow.latency import hardware_tags
 from shrinkflow.onnx_export import check_onnx, default_tolerance, export_onnx
 from shrinkflow.runtime import sqlite_lock

@@ -21,6 +21,7 @@ from shrinkflow.data import DataSplits
 __all__ = [
     "PARALLEL",
     "Execution",
+    "FineTuneSettings",
     "StopTraining",
     "FitResult",
     "FitSettings",
@@ -99,6 +100,18 @@ class FitSettings:
             )
         if not 0 <= self.label_smoothing < 1:
             raise ShrinkflowError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class FineTuneSettings(FitSettings):
+    """``FitSettings`` for retraining a trained model (pruning, quantization): no weight decay
+    and no early stop by default, and training may be skipped (``epochs`` 0)."""
+
+    MIN_EPOCHS: ClassVar[int] = 0
+
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    patience: int = field(default=0, metadata={"help": "early stopping patience in epochs; 0 = never"})
+    seed: int = field(default=0, metadata={"help": "seed for fine-tuning batch order"})
 
 
 PARALLEL = ("ddp", "fsdp")

@@ -31,10 +31,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from shrinkflow._imports import TRUST_ENV, is_import_spec, load_callable, trust, trusted_here
 from shrinkflow.config import ShrinkflowError
-from shrinkflow.imports import is_import_spec, load_callable, trust
 
-__all__ = ["MODELS", "RESIZABLE", "build_model", "describe", "model_choices", "module_shapes"]
+# the trust of user code (``package.module:factory`` models) is re-exported: _imports is private
+__all__ = [
+    "MODELS",
+    "RESIZABLE",
+    "TRUST_ENV",
+    "build_model",
+    "describe",
+    "model_choices",
+    "module_shapes",
+    "trust",
+    "trusted_here",
+]
 
 # Base layer widths at width=1; depth repeats the last one or truncates.
 _BASE_WIDTHS = {
@@ -294,7 +305,7 @@ def check_model(model: nn.Module, example: torch.Tensor, num_classes: int, name:
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """Rebuild a model (fresh weights) from its architecture description. A user factory runs
-    only if trusted (``shrinkflow.imports``): named by the user in this process (``describe``)
+    only if trusted (``shrinkflow._imports``): named by the user in this process (``describe``)
     or listed in ``SHRINKFLOW_TRUST_CODE`` — a description read from a file cannot choose code.
 
     ``arch["resized"]`` (written by structured pruning) maps module names to the widths they

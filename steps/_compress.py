@@ -65,6 +65,7 @@ class Outcome:
     accuracy_before: float  # the source's test accuracy
     test: dict[str, float]  # the new model's test accuracy and loss
     costs: dict[str, float]  # the new model's cost_* (size on its saved checkpoint)
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> DataFrame: the report's, logged after it
 
     @property
     def artifact(self) -> Artifact:
@@ -87,9 +88,9 @@ def compress_step(
     cfg, technique: Technique, report: Callable[[Outcome], dict[str, float]], splits: tuple[str, ...] = ("train",)
 ) -> str:
     """Run ``technique`` with ``cfg`` on the model of ``cfg.run_id`` as an MLflow step; return its
-    run id. ``report(outcome)`` logs the step's own tables, prints its summary and returns its
-    metrics; the before/after timing is added to them. ``splits``: the data splits logged as the
-    run's inputs."""
+    run id. ``report(outcome)`` puts the step's own tables in ``outcome.tables``, prints its
+    summary and returns its metrics; the shell logs them, with the before/after timing added.
+    ``splits``: the data splits logged as the run's inputs."""
     from shrinkflow import tracking
 
     device = resolve_device(cfg.device)
@@ -120,4 +121,6 @@ def compress_step(
             print(warning, file=sys.stderr)
         outcome = Outcome(cfg, source, source_costs, data, result, accuracy_before, test, cost(made))
         tracking.log_metrics({**report(outcome), **check.metrics})
+        for name, table in outcome.tables.items():
+            tracking.log_table(table, name)
         return run.info.run_id

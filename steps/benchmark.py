@@ -37,7 +37,7 @@ from shrinkflow.cost import layer_costs, layer_table
 from shrinkflow.data import dataset_of
 from shrinkflow.latency import fallback_warning, hardware_tags
 
-__all__ = ["CONFIG", "BenchmarkConfig", "main"]
+__all__ = ["BenchmarkConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,4 @@ def execute(cfg: BenchmarkConfig) -> str:
         return run.info.run_id
 
 
-CONFIG = BenchmarkConfig  # the entry point's config, read by tests/test_project_spec.py
-
-main = entry_point(CONFIG, execute)
-
-
-if __name__ == "__main__":
-    main()
+main = entry_point(BenchmarkConfig, execute, __name__)

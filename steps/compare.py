@@ -31,7 +31,6 @@ import torch
 from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, config_to_params
 from shrinkflow.data import SPLITS
-from shrinkflow.encoding import quantized_engine
 from shrinkflow.latency import (
     ENGINE_CHOICES,
     TARGET_HELP,
@@ -45,12 +44,13 @@ from shrinkflow.latency import (
     hardware_tags,
     interleaved_rounds,
     noisy_warning,
+    quantized_engine,
     speedup,
     torch_threads,
 )  # fmt: skip
 from shrinkflow.training import score
 
-__all__ = ["CONFIG", "CompareConfig", "comparison_table", "main"]
+__all__ = ["CompareConfig", "comparison_table", "main"]
 
 # Columns of the comparison table that get a ratio to the baseline (baseline / model: > 1 is better)
 _RATIO_COLUMNS = {"size_bytes": "size_reduction", "macs_effective": "macs_reduction"}
@@ -199,10 +199,4 @@ def execute(cfg: CompareConfig) -> str:
         return run.info.run_id
 
 
-CONFIG = CompareConfig  # the entry point's config, read by tests/test_project_spec.py
-
-main = entry_point(CONFIG, execute)
-
-
-if __name__ == "__main__":
-    main()
+main = entry_point(CompareConfig, execute, __name__)

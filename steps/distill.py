@@ -31,7 +31,7 @@ from shrinkflow.techniques import technique
 from shrinkflow.training import score
 from steps._compress import CPU, Outcome, SourceOptions, compress_step
 
-__all__ = ["CONFIG", "DistillConfig", "main"]
+__all__ = ["DistillConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,7 @@ class DistillConfig(SourceOptions, DistillSettings):
     SOURCE: ClassVar[str] = "the teacher's train step"
 
 
-def execute(cfg: DistillConfig) -> str:
-    return compress_step(cfg, technique("distill"), _report, splits=("train", "val", "test"))
-
-
 def _report(outcome: Outcome) -> dict[str, float]:
-    from shrinkflow import tracking
-
     data, control = outcome.data, outcome.result.control
     rows = {"teacher": outcome.source, "student": outcome.artifact, **({"control": control} if control else {})}
     accuracy = {"teacher": outcome.accuracy_before, "student": outcome.test["accuracy"]}
@@ -73,15 +67,13 @@ def _report(outcome: Outcome) -> dict[str, float]:
         {"model": list(rows), "architecture": [a.description["architecture"]["name"] for a in rows.values()],
          "params": [params[n] for n in rows], "test_accuracy": [accuracy[n] for n in rows]}
     )  # fmt: skip
-    tracking.log_table(table, "distillation")
+    outcome.tables["distillation"] = table
     print(table.to_string(index=False, float_format="%.4f"), file=sys.stderr)
     return metrics
 
 
-CONFIG = DistillConfig  # the entry point's config, read by tests/test_project_spec.py
+def execute(cfg: DistillConfig) -> str:
+    return compress_step(cfg, technique("distill"), _report, splits=("train", "val", "test"))
 
-main = entry_point(CONFIG, execute)
 
-
-if __name__ == "__main__":
-    main()
+main = entry_point(DistillConfig, execute, __name__)

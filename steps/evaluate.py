@@ -28,7 +28,7 @@ from shrinkflow.data import SPLITS
 from shrinkflow.evaluation import evaluate, plot_confusion
 from shrinkflow.runtime import resolve_device
 
-__all__ = ["CONFIG", "EvaluateConfig", "main"]
+__all__ = ["EvaluateConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,4 @@ def execute(cfg: EvaluateConfig) -> str:
         return run.info.run_id
 
 
-CONFIG = EvaluateConfig  # the entry point's config, read by tests/test_project_spec.py
-
-main = entry_point(CONFIG, execute)
-
-
-if __name__ == "__main__":
-    main()
+main = entry_point(EvaluateConfig, execute, __name__)

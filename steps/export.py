@@ -31,7 +31,7 @@ from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params
 from shrinkflow.onnx_export import FLOAT_TOLERANCE, INT8_TOLERANCE, check_onnx, default_tolerance, export_onnx
 
-__all__ = ["CONFIG", "ExportConfig", "main"]
+__all__ = ["ExportConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,4 @@ def execute(cfg: ExportConfig) -> str:
         return run.info.run_id
 
 
-CONFIG = ExportConfig  # the entry point's config, read by tests/test_project_spec.py
-
-main = entry_point(CONFIG, execute)
-
-
-if __name__ == "__main__":
-    main()
+main = entry_point(ExportConfig, execute, __name__)

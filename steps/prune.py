@@ -29,7 +29,7 @@ from shrinkflow.pruning import PruneSettings
 from shrinkflow.techniques import technique
 from steps._compress import Outcome, SourceOptions, compress_step
 
-__all__ = ["CONFIG", "PruneConfig", "main"]
+__all__ = ["PruneConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,15 @@ class PruneConfig(SourceOptions, PruneSettings):
     """Prune a logged model and fine-tune it; log the smaller model and its cost before/after."""
 
 
-def execute(cfg: PruneConfig) -> str:
-    return compress_step(cfg, technique("prune"), _report)
-
-
 def _report(outcome: Outcome) -> dict[str, float]:
-    from shrinkflow import tracking
-
     cfg, result, before, after = outcome.cfg, outcome.result, outcome.source, outcome.artifact
     metrics = outcome.before_after_metrics()
     metrics["prune_sparsity"] = result.sparsity
     if result.fit is not None:
         metrics["val_accuracy"] = result.fit.best_val_accuracy
-    tracking.log_table(layer_table(layer_costs(before.model, before.input_shape)), "layers_before")
-    tracking.log_table(layer_table(layer_costs(after.model, after.input_shape)), "layers")
-    tracking.log_table(storage_table(after.model, after.description), "storage")
+    outcome.tables["layers_before"] = layer_table(layer_costs(before.model, before.input_shape))
+    outcome.tables["layers"] = layer_table(layer_costs(after.model, after.input_shape))
+    outcome.tables["storage"] = storage_table(after.model, after.description)
     if cfg.method in ("global", "gradual") and result.sparsity < cfg.sparsity - 5e-4:  # the floor stopped it
         print(
             f"warning: min_layer_density {cfg.min_layer_density} keeps every layer at least that dense, so "
@@ -63,10 +57,8 @@ def _report(outcome: Outcome) -> dict[str, float]:
     return metrics
 
 
-CONFIG = PruneConfig  # the entry point's config, read by tests/test_project_spec.py
+def execute(cfg: PruneConfig) -> str:
+    return compress_step(cfg, technique("prune"), _report)
 
-main = entry_point(CONFIG, execute)
 
-
-if __name__ == "__main__":
-    main()
+main = entry_point(PruneConfig, execute, __name__)

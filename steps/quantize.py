@@ -28,7 +28,7 @@ from shrinkflow.quantization import QuantizeSettings, quantization_table
 from shrinkflow.techniques import technique
 from steps._compress import Outcome, SourceOptions, compress_step
 
-__all__ = ["CONFIG", "QuantizeConfig", "main"]
+__all__ = ["QuantizeConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -36,26 +36,18 @@ class QuantizeConfig(SourceOptions, QuantizeSettings):
     """Quantize a logged model's weights, optionally fine-tune, and log the packed model."""
 
 
-def execute(cfg: QuantizeConfig) -> str:
-    return compress_step(cfg, technique("quantize"), _report)
-
-
 def _report(outcome: Outcome) -> dict[str, float]:
-    from shrinkflow import tracking
-
     metrics = outcome.before_after_metrics()
     table = quantization_table(outcome.artifact)
-    tracking.log_table(table, "quantization")
+    outcome.tables["quantization"] = table
     print(table.to_string(index=False), file=sys.stderr)
     bound = f"entropy bound {metrics['cost_size_entropy_bytes']:.0f} bytes"
     print(outcome.summary(f"{outcome.cfg.method} quantization", bound), file=sys.stderr)
     return metrics
 
 
-CONFIG = QuantizeConfig  # the entry point's config, read by tests/test_project_spec.py
+def execute(cfg: QuantizeConfig) -> str:
+    return compress_step(cfg, technique("quantize"), _report)
 
-main = entry_point(CONFIG, execute)
 
-
-if __name__ == "__main__":
-    main()
+main = entry_point(QuantizeConfig, execute, __name__)

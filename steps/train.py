@@ -28,7 +28,7 @@ from shrinkflow.data import load_dataset
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import Execution, FitSettings, score, train
 
-__all__ = ["CONFIG", "TrainConfig", "main"]
+__all__ = ["TrainConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,6 @@ def execute(cfg: TrainConfig) -> str:
             **costs,
         }
         tracking.log_metrics(metrics)
-        tracking.set_tags({"shrinkflow.model_id": model_id})
         print(
             f"{cfg.model} on {data.name}: test_accuracy={test['accuracy']:.4f} "
             f"val_accuracy={result.fit.best_val_accuracy:.4f} "
@@ -116,13 +115,8 @@ def execute(cfg: TrainConfig) -> str:
             f"{costs['cost_size_bytes']} bytes, model {model_id}",
             file=sys.stderr,
         )
+        tracking.set_tags({"shrinkflow.model_id": model_id})
         return run.info.run_id
 
 
-CONFIG = TrainConfig  # the entry point's config, read by tests/test_project_spec.py
-
-main = entry_point(CONFIG, execute)
-
-
-if __name__ == "__main__":
-    main()
+main = entry_point(TrainConfig, execute, __name__)

@@ -244,7 +244,7 @@ def test_compare_times_every_model_in_the_target_with_an_interval(trained_run_id
 
 
 def _int8_cnn():
-    from shrinkflow.encoding import convert_int8, prepare_static_int8
+    from shrinkflow._encoding import convert_int8, prepare_static_int8
 
     torch.manual_seed(0)
     model = build_model(describe("cnn", (1, 8, 8), 10)).eval()
@@ -255,7 +255,7 @@ def _int8_cnn():
 
 
 def test_an_int8_model_runs_with_the_engine_asked_for_and_the_setting_is_restored():
-    from shrinkflow.encoding import int8_engines
+    from shrinkflow._encoding import int8_engines
     from shrinkflow.latency import deployed
 
     model, example, default = _int8_cnn(), torch.rand(4, 1, 8, 8), torch.backends.quantized.engine
@@ -273,7 +273,7 @@ def test_an_int8_model_runs_with_the_engine_asked_for_and_the_setting_is_restore
 
 def test_auto_takes_the_engine_with_the_smallest_median(monkeypatch):
     from shrinkflow import latency
-    from shrinkflow.encoding import int8_engines
+    from shrinkflow._encoding import int8_engines
 
     # fake timings by engine, with one slow outlier for the fastest: the median decides
     fake = {engine: 1.0 + i for i, engine in enumerate(int8_engines())}
@@ -302,7 +302,7 @@ def test_float_models_and_the_onnxruntime_form_have_no_int8_engine():
 
 
 def test_benchmark_and_compare_name_the_int8_engine_they_timed(trained_run_id):
-    from shrinkflow.encoding import int8_engines
+    from shrinkflow._encoding import int8_engines
     from steps import quantize
 
     int8_id = quantize.execute(quantize.QuantizeConfig(run_id=trained_run_id, method="dynamic-int8", device="cpu"))

@@ -22,7 +22,7 @@ from shrinkflow.config import ShrinkflowError, flag_name
 from steps import distill, prune, quantize, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STEPS = {step.CONFIG: step for step in (train, prune, quantize, distill)}
+STEPS = {step.main.config: step for step in (train, prune, quantize, distill)}
 
 
 def _run_ids() -> set[str]:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from shrinkflow import tracking
+from shrinkflow._encoding import quantized_engine, repacked_int8
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.data import dataset_of
-from shrinkflow.encoding import quantized_engine, repacked_int8
 from shrinkflow.onnx_export import INT8_TOLERANCE, ExportCheck, check_onnx, export_onnx, onnx_logits, onnx_session
 from steps import export, prune, quantize
 
@@ -75,7 +75,7 @@ def test_export_step_logs_an_onnx_model_that_predicts_like_pytorch(cnn_run_id, k
 def test_dynamic_int8_exports_its_own_int8_codes_in_onnx_runtimes_dynamic_form(trained_mlp_and_dynamic):
     from onnx import numpy_helper
 
-    from shrinkflow.encoding import is_dynamic_int8_linear
+    from shrinkflow._encoding import is_dynamic_int8_linear
 
     model, data = trained_mlp_and_dynamic
     graph = onnx.load_from_string(export_onnx(model, data.x_test[:2])).graph

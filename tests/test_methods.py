@@ -22,9 +22,9 @@ from shrinkflow import (
     quantize,
     train,
 )
+from shrinkflow._encoding import is_dynamic_int8_linear, is_int8_layer
 from shrinkflow.config import ShrinkflowWarning
 from shrinkflow.cost import model_parameters, weight_tensors
-from shrinkflow.encoding import is_dynamic_int8_linear, is_int8_layer
 
 CPU = torch.device("cpu")
 # What a method needs beyond the defaults to run at all (and briefly).

@@ -1,6 +1,7 @@
 """MLproject, CLI parsers and config dataclasses must agree; so must requirements and conda.yaml."""
 
 import dataclasses
+import functools
 import importlib
 import re
 import typing
@@ -15,13 +16,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _YAML_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
 
 
+@functools.cache  # read once: the YAML parser takes ~0.1 s a read
 def _entry_points():
     return yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"]
 
 
 def _config_of(command: str):
     module = re.match(r"python -m ([\w.]+)", command).group(1)
-    return importlib.import_module(module).CONFIG
+    return importlib.import_module(module).main.config
 
 
 @pytest.mark.parametrize("entry", sorted(_entry_points()))

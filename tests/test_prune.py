@@ -6,11 +6,7 @@ import torch
 from torch import nn
 
 from shrinkflow import FitSettings, PruneSettings, new_artifact, prune, train
-from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
-from shrinkflow.config import ShrinkflowError
-from shrinkflow.cost import cost_summary
-from shrinkflow.data import load_dataset
-from shrinkflow.masks import (
+from shrinkflow._masks import (
     apply_masks,
     cubic_sparsity,
     global_masks,
@@ -19,6 +15,10 @@ from shrinkflow.masks import (
     structured_prune,
     threshold_masks,
 )
+from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.cost import cost_summary
+from shrinkflow.data import load_dataset
 from shrinkflow.runtime import seed_everything
 from shrinkflow.training import score
 from shrinkflow.zoo import build_model, describe, module_shapes
@@ -279,7 +279,7 @@ class TestBadInput:
 def test_structured_sparsity_near_one_removes_more_not_nothing(name):
     """Torch-Pruning skips a layer whose share would remove every channel; 0.999 removed nothing."""
     from shrinkflow import load_dataset, new_artifact
-    from shrinkflow.masks import structured_prune
+    from shrinkflow._masks import structured_prune
 
     data = load_dataset("digits")
     sizes = []

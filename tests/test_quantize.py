@@ -5,11 +5,7 @@ import pytest
 import torch
 
 from shrinkflow import FitSettings, QuantizeSettings, new_artifact, quantize, train
-from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
-from shrinkflow.config import ShrinkflowError
-from shrinkflow.cost import cost_summary
-from shrinkflow.data import load_dataset
-from shrinkflow.encoding import (
+from shrinkflow._encoding import (
     decode,
     dynamic_int8,
     encode_binary,
@@ -18,6 +14,10 @@ from shrinkflow.encoding import (
     pack_codes,
     unpack_codes,
 )
+from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from shrinkflow.config import ShrinkflowError
+from shrinkflow.cost import cost_summary
+from shrinkflow.data import load_dataset
 from shrinkflow.quantization import quantization_table
 from shrinkflow.training import score
 from steps import evaluate
@@ -130,7 +130,7 @@ def test_four_bit_mlp_within_one_point_and_seven_times_smaller(trained_mlp, digi
 
 
 def test_pruned_then_quantized_stores_bitmap_and_nonzero_codes(trained_mlp, digits, tmp_path):
-    from shrinkflow.masks import apply_masks, global_masks, prunable_weights
+    from shrinkflow._masks import apply_masks, global_masks, prunable_weights
 
     pruned = trained_mlp.copy()
     apply_masks(pruned.model, global_masks(prunable_weights(pruned.model), 0.9))
@@ -197,7 +197,7 @@ def trained_cnn(digits):
 
 def _raw_bytes(int8_model) -> int:
     """Bytes of the plain tensors an int8 model is stored as, before entropy coding."""
-    from shrinkflow.encoding import int8_state
+    from shrinkflow._encoding import int8_state
 
     return sum(t.numel() * t.element_size() for t in int8_state(int8_model).values())
 
@@ -209,7 +209,7 @@ def _graph_quantizer_bytes(model) -> int:
 
 @pytest.mark.parametrize("observer", ["histogram", "minmax"])
 def test_static_int8_cnn_runs_int8_layers_and_round_trips_exactly(trained_cnn, digits, tmp_path, observer):
-    from shrinkflow.encoding import is_int8_layer
+    from shrinkflow._encoding import is_int8_layer
 
     baseline = score(trained_cnn.model, digits.x_test, digits.y_test, CPU)["accuracy"]
     model, encodings, layers, int8 = _quantize(trained_cnn, digits, method="static-int8", observer=observer)
@@ -254,7 +254,7 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_every_int8_engine_runs_the_quantized_model_as_loading_under_it_would(
     trained_cnn, trained_mlp, digits, method, model
 ):
-    from shrinkflow.encoding import int8_engines, quantized_engine, repacked_int8
+    from shrinkflow._encoding import int8_engines, quantized_engine, repacked_int8
 
     trained = {"cnn": trained_cnn, "mlp": trained_mlp}[model]
     quantized, *_ = _quantize(trained, digits, method=method)
@@ -285,7 +285,7 @@ def test_more_calibration_batches_observe_more_of_the_range(trained_cnn, digits)
 
 
 def test_qat_fine_tunes_with_fake_quantization_and_converts_to_int8(trained_mlp, digits, tmp_path):
-    from shrinkflow.encoding import is_int8_layer
+    from shrinkflow._encoding import is_int8_layer
 
     epochs = []
     model, encodings, layers, int8 = _quantize(
@@ -372,7 +372,7 @@ class TestBadInput:
 
 
 def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, digits, tmp_path):
-    from shrinkflow.encoding import is_dynamic_int8_linear
+    from shrinkflow._encoding import is_dynamic_int8_linear
 
     baseline = score(trained_mlp.model, digits.x_test, digits.y_test, CPU)["accuracy"]
     model, encodings, layers, int8 = _quantize(trained_mlp, digits, method="dynamic-int8")
@@ -392,7 +392,7 @@ def test_dynamic_int8_runs_int8_kernels_and_round_trips_exactly(trained_mlp, dig
 
 
 def test_dynamic_int8_lstm_runs_int8_and_round_trips_exactly(digits, tmp_path):
-    from shrinkflow.encoding import is_dynamic_int8_rnn
+    from shrinkflow._encoding import is_dynamic_int8_rnn
     from shrinkflow.latency import state_tensors
 
     trained = train(new_artifact("lstm", digits), digits, FitSettings(epochs=6, patience=0), CPU).artifact
@@ -433,7 +433,7 @@ def gru_classifier(input_shape, num_classes):
 
 
 def test_dynamic_int8_gru_runs_int8_round_trips_and_is_counted(digits, tmp_path):
-    from shrinkflow.encoding import is_dynamic_int8_rnn
+    from shrinkflow._encoding import is_dynamic_int8_rnn
     from shrinkflow.onnx_export import export_onnx
 
     model = new_artifact("tests.test_quantize:gru_classifier", digits)
@@ -561,7 +561,7 @@ def _flatten_keeps_scale(model) -> bool:
 def test_flatten_passes_int8_through_and_older_checkpoints_keep_their_graph(trained_cnn_and_data, tmp_path):
     """int8 graph 2: nn.Flatten keeps its input's int8 scale (graph 1 requantized the flattened
     features to a scale of their own); a checkpoint saved without a graph version is rebuilt as 1."""
-    from shrinkflow.encoding import convert_int8, prepare_static_int8
+    from shrinkflow._encoding import convert_int8, prepare_static_int8
 
     trained, data = trained_cnn_and_data
     model, _, _, description = _quantize(trained, data, method="static-int8")
@@ -597,7 +597,7 @@ def _onnx_weight_axes(model, example) -> list[bool]:
 
 
 def test_weight_scales_per_tensor_export_as_one_scale_and_auto_picks_by_validation(trained_cnn_and_data):
-    from shrinkflow.encoding import is_int8_layer
+    from shrinkflow._encoding import is_int8_layer
 
     trained, data = trained_cnn_and_data
     models = {}

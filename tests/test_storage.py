@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from shrinkflow import FitSettings, PruneSettings, QuantizeSettings, load_dataset, prune, quantize
+from shrinkflow._encoding import decode, encode_binary, encode_codebook, encode_symmetric, kept_weights
+from shrinkflow._entropy import CodingError, decode_symbols, encode_symbols, entropy_bits
+from shrinkflow._storage import load_tensor, store_tensor
 from shrinkflow.artifact import new_artifact
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost
-from shrinkflow.encoding import decode, encode_binary, encode_codebook, encode_symmetric, kept_weights
-from shrinkflow.entropy import CodingError, decode_symbols, encode_symbols, entropy_bits
-from shrinkflow.storage import load_tensor, store_tensor
 from shrinkflow.zoo import MODELS
 
 CPU = torch.device("cpu")

@@ -72,7 +72,6 @@ def _step_module() -> types.ModuleType:
 
     module = types.ModuleType("steps.round")
     module.__file__ = __file__
-    module.CONFIG = RoundConfig
     module.execute = lambda cfg: compress_step(cfg, technique("round"), report)
     module.main = entry_point(RoundConfig, module.execute)
     return module

@@ -1,4 +1,4 @@
-"""A saved model cannot choose the code that runs when it is loaded (shrinkflow.imports)."""
+"""A saved model cannot choose the code that runs when it is loaded (shrinkflow._imports)."""
 
 import logging
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from shrinkflow import Artifact, ShrinkflowError, imports, load_dataset, new_artifact
+from shrinkflow import Artifact, ShrinkflowError, _imports, load_dataset, new_artifact
 from shrinkflow.data import dataset_of
 from shrinkflow.zoo import build_model, describe
 
@@ -22,8 +22,8 @@ def small_factory(input_shape, num_classes):
 @pytest.fixture(autouse=True)
 def fresh_process(monkeypatch):
     """As in a new process: nothing the user named yet, no allowlist."""
-    monkeypatch.setattr(imports, "_TRUSTED_HERE", set())
-    monkeypatch.delenv(imports.TRUST_ENV, raising=False)
+    monkeypatch.setattr(_imports, "_TRUSTED_HERE", set())
+    monkeypatch.delenv(_imports.TRUST_ENV, raising=False)
 
 
 def _saved(tmp_path, description_edit=None, name="mlp"):
@@ -62,15 +62,15 @@ def test_a_user_factory_runs_when_named_here_or_allowed_by_the_environment(tmp_p
     model = build_model(arch)
     artifact = Artifact(model, {**new_artifact("mlp", data, seed=0).description, "architecture": arch})
     folder = artifact.save(tmp_path / "model")
-    monkeypatch.setattr(imports, "_TRUSTED_HERE", set())  # a later process, e.g. `evaluate --run-id`
+    monkeypatch.setattr(_imports, "_TRUSTED_HERE", set())  # a later process, e.g. `evaluate --run-id`
     with pytest.raises(ShrinkflowError, match="SHRINKFLOW_TRUST_CODE=test_trust:small_factory"):
         Artifact.load(folder)
     for allowed in (SPEC, "other:thing, test_trust:*"):
-        monkeypatch.setenv(imports.TRUST_ENV, allowed)
+        monkeypatch.setenv(_imports.TRUST_ENV, allowed)
         reloaded = Artifact.load(folder)
         x = torch.as_tensor(data.x_val[:4])
         torch.testing.assert_close(reloaded.model(x), model(x))
-    monkeypatch.setenv(imports.TRUST_ENV, "test_trust:other_factory,test_trus:*")
+    monkeypatch.setenv(_imports.TRUST_ENV, "test_trust:other_factory,test_trus:*")
     with pytest.raises(ShrinkflowError, match="trust"):
         Artifact.load(folder)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from shrinkflow import PruneSettings, ShrinkflowError, prune
-from shrinkflow.variational import LOG_ALPHA_THRESHOLD, VariationalWeights
+from shrinkflow._variational import LOG_ALPHA_THRESHOLD, VariationalWeights
 
 CPU = torch.device("cpu")
 

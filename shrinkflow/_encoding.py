@@ -18,7 +18,7 @@ A pruned tensor (one with exact zeros) is quantized with its set of ``kept`` wei
 stay exact zeros, coded apart from the codes (``Encoded.symbols``), and only they — the symmetric
 grid gives a kept weight the nearest non-zero level, k-means and α are fitted to kept weights
 only. Deep Compression quantizes the weights that survive pruning in the same way. How the codes
-are stored (packed k bits each, or entropy-coded) is ``shrinkflow.storage``'s business.
+are stored (packed k bits each, or entropy-coded) is ``shrinkflow._storage``'s business.
 """
 
 from __future__ import annotations

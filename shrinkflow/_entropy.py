@@ -100,12 +100,17 @@ def _table_decode(blob: bytes, alphabet: int) -> tuple[np.ndarray, int]:
 def _gamma_encode(values: np.ndarray) -> bytes:
     """Elias-gamma code of positive integers: ⌊log2 v⌋ zeros, then v's binary digits. A count
     table of mostly small or empty counts costs a few bits an entry instead of four bytes."""
-    bits: list[int] = []
-    for value in values.tolist():
-        digits = bin(value)[2:]
-        bits.extend([0] * (len(digits) - 1))
-        bits.extend(int(d) for d in digits)
-    return np.packbits(np.array(bits, dtype=np.uint8)).tobytes()
+    values = np.asarray(values, dtype=np.int64)
+    digits = np.zeros(len(values), dtype=np.int64)  # binary digits of each value
+    while (rest := values >> digits).any():
+        digits += rest > 0
+    ends = np.cumsum(2 * digits - 1)  # each code: digits - 1 zeros, then the digits
+    first_digit = ends - digits  # where each value's leading 1 goes
+    owner = np.repeat(np.arange(len(values)), digits)  # one entry a digit, most significant first
+    place = np.arange(int(digits.sum())) - np.repeat(np.cumsum(digits) - digits, digits)
+    bits = np.zeros(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
+    bits[first_digit[owner] + place] = (values[owner] >> (digits[owner] - 1 - place)) & 1
+    return np.packbits(bits).tobytes()
 
 
 def _gamma_decode(blob: bytes, count: int) -> tuple[np.ndarray, int]:

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from shrinkflow.encoding import Encoded, decode, pack_codes, unpack_codes
-from shrinkflow.entropy import decode_symbols, encode_symbols, entropy_bits
+from shrinkflow._encoding import Encoded, decode, pack_codes, unpack_codes
+from shrinkflow._entropy import decode_symbols, encode_symbols, entropy_bits
 
 __all__ = ["StoredTensor", "load_tensor", "store_tensor"]
 
