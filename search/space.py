@@ -45,6 +45,7 @@ BUILT_IN_SPACES = {
     "default": DEFAULT_SPACE,
     "latency": Path(__file__).resolve().parent / "latency_space.yaml",
     "auto_bits": Path(__file__).resolve().parent / "auto_bits_space.yaml",
+    "learned": Path(__file__).resolve().parent / "learned_space.yaml",
 }
 NO_METHOD = "none"  # a stage's method that turns the stage off
 _ENABLED = (True, False, "search")

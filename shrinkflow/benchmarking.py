@@ -43,15 +43,16 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def resolve_devices(text: str) -> tuple[torch.device, ...]:
-    """``auto`` = the CPU, plus the GPU when one is present."""
-    if text == "auto":
+    """``all`` = the CPU, plus the GPU when one is present (``auto``, its old name, is accepted:
+    elsewhere ``auto`` picks one device, ``runtime.resolve_device``)."""
+    if text in ("all", "auto"):
         return (torch.device("cpu"),) + ((torch.device("cuda"),) if torch.cuda.is_available() else ())
     devices = []
     for name in text.split(","):
         if name not in ("cpu", "cuda"):
-            raise ShrinkflowError(f"unknown benchmark device {name!r}: choose auto, cpu, cuda or cpu,cuda")
+            raise ShrinkflowError(f"unknown benchmark device {name!r}: choose all, cpu, cuda or cpu,cuda")
         if name == "cuda" and not torch.cuda.is_available():
-            raise ShrinkflowError("device 'cuda' requested but CUDA is not available: use cpu or auto")
+            raise ShrinkflowError("device 'cuda' requested but CUDA is not available: use cpu or all")
         devices.append(torch.device(name))
     return tuple(devices)
 
@@ -91,7 +92,7 @@ class BenchmarkSettings:
     repetitions: int = field(default=200, metadata={"help": "timed forward passes per batch size"})
     # One thread by default: the most repeatable CPU number, and the usual serving setting.
     threads: int = field(default=1, metadata={"help": "torch CPU threads during timing (recorded as a tag)"})
-    devices: str = field(default="auto", metadata={"help": "auto (CPU, plus CUDA when present), cpu, cuda or cpu,cuda"})
+    devices: str = field(default="all", metadata={"help": "all (CPU, plus CUDA when present), cpu, cuda or cpu,cuda"})
     target: str = field(default=TARGETS[0], metadata={"help": TARGET_HELP + "; or compiled (torch.compile)"})
     quantized_engine: str = field(
         default="auto",

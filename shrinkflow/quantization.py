@@ -17,6 +17,10 @@ then runs in float32: sizes are real, but these methods do not make the model co
   the first and last layers kept at 8 bits unless ``keep_first_last`` is false; STE fine-tuning;
 - ``kmeans``: Deep Compression weight sharing, 2^bits shared values per layer; fine-tuning
   refits each shared value to the mean of its weights after every step.
+- ``sws``: soft weight-sharing (Ullrich et al. 2017): ``epochs`` of retraining under a Gaussian
+  mixture prior (weight ``prior_weight``) whose 2^bits means, widths and shares are learned, plus
+  a component pinned at zero; then every weight takes its component's mean, the zero
+  component's weights pruned: one codebook for the whole model, stored as kmeans stores its own.
 
 int8 methods, stored as int8 weights (with the activations' scales), run PyTorch's int8 kernels
 (CPU only):
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +66,7 @@ from shrinkflow._encoding import (
     refit_codebook,
 )
 from shrinkflow._mixed_precision import AUTO_BITS, allocate_bits
+from shrinkflow._sws import MixturePrior, WithPrior
 from shrinkflow.artifact import Artifact
 from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies, check_method
 from shrinkflow.cost import NORMALIZATION_LAYERS, left_weights_line, storage_table, weight_tensors
@@ -90,6 +96,7 @@ _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.MultiheadAttention
 _SUPPORTED_NAMES = "Linear, Conv1d, Conv2d, LSTM, GRU, RNN, MultiheadAttention and Embedding"
 _EDGE_BITS = 8  # binary: precision of the first and last layers when they are kept
 AUTO_BITS_BUDGET = 0.1  # bits auto: validation loss may exceed the float model's by 10%
+SWS_PRIOR_WEIGHT = 0.005  # sws: tau, the prior's weight per training sample
 
 
 @dataclass
@@ -112,6 +119,7 @@ class QuantizationMethod:
     default_observer: str = ""
     calibrates: bool = False  # observes batches of the calibration split
     reads: tuple[str, ...] = ()  # the method-specific settings it reads (the others stay at their defaults)
+    prunes: bool = False  # may set kept weights to zero too (a pruned model's zeros stay zero)
 
     @property
     def minimal(self) -> dict[str, Any]:
@@ -143,11 +151,18 @@ class QuantizeSettings(FineTuneSettings):
 
     epochs: int = field(default=0, metadata={"help": "fine-tuning epochs (STE; kmeans: centroid refits); 0 = none"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
-    method: str = field(default="kbit", metadata={"help": "kbit, binary, kmeans, dynamic-int8, static-int8 or qat"})
+    method: str = field(
+        default="kbit", metadata={"help": "kbit, binary, kmeans, sws, dynamic-int8, static-int8 or qat"}
+    )
     bits: str = field(
         default="4",
         metadata={"help": 'bits 1-8: one value, JSON {"layer": bits, "*": bits}, or auto: each layer the fewest '
                   "bits (2-8) that keep validation loss within 10% of the float model's (auto:0.3: 30%)"},
+    )  # fmt: skip
+    prior_weight: float = field(
+        default=SWS_PRIOR_WEIGHT,
+        metadata={"help": "sws: weight tau of the mixture prior's term per training sample; larger shares and "
+                  "prunes more"},
     )  # fmt: skip
     keep_first_last: bool = field(default=True, metadata={"help": "binary: first and last layers at 8 bits"})
     observer: str = field(
@@ -177,7 +192,7 @@ class QuantizeSettings(FineTuneSettings):
         if method.fine_tuning == "none" and self.epochs:
             raise ShrinkflowError(f"{self.method} has no fine-tuning: set epochs 0 (quantization-aware training: qat)")
         if method.fine_tuning == "required" and not self.epochs:
-            raise ShrinkflowError(f"{self.method} fine-tunes with fake quantization: set epochs >= 1")
+            raise ShrinkflowError(f"{self.method} quantizes while it fine-tunes: set epochs >= 1")
         if self.observer != "auto" and self.observer not in OBSERVERS:
             raise ShrinkflowError(f"unknown observer {self.observer!r}: choose auto, {', '.join(OBSERVERS)}")
         if method.observers and self.observer_name() not in method.observers:
@@ -188,6 +203,12 @@ class QuantizeSettings(FineTuneSettings):
             raise ShrinkflowError(
                 f"unknown weight_scales {self.weight_scales!r}: choose auto, {', '.join(WEIGHT_SCALES)}"
             )
+        if self.method == "sws" and (self.auto_bits or set(self.bits_map()) != {"*"}):
+            raise ShrinkflowError(
+                f"sws shares one set of values across all layers: bits must be one value, got {self.bits!r}"
+            )
+        if not 0 <= self.prior_weight < math.inf:
+            raise ShrinkflowError(f"prior_weight must be >= 0, got {self.prior_weight}")
         if self.bias_bits not in (8, 32):
             raise ShrinkflowError(f"bias_bits must be 8 or 32, got {self.bias_bits}")
         if self.calibration_batches < 1:
@@ -467,6 +488,58 @@ def _at_8_bits_if_harmless(model: nn.Module, tensors: dict[str, nn.Parameter], d
 for _name, _reads in (("kbit", ("bits", "bias_bits")), ("binary", ("keep_first_last", "bias_bits")),
                       ("kmeans", ("bits", "bias_bits"))):  # fmt: skip
     quantization_method(_name, storage="packed", fine_tuning="optional", reads=_reads)(_quantize_weights)
+
+
+# --- soft weight-sharing -------------------------------------------------------------------------
+
+
+@quantization_method("sws", storage="packed", fine_tuning="required", reads=("bits", "bias_bits", "prior_weight"),
+                     prunes=True)  # fmt: skip
+def _soft_weight_sharing(model: nn.Module, settings: QuantizeSettings, data: DataSplits, device, on_epoch):
+    """Retrain under a mixture prior, then snap every weight to its component (``shrinkflow._sws``):
+    2^bits shared values for the whole model and the zero component's weights pruned, codes
+    stored as kmeans stores its own."""
+    layers = _weight_bits(model, settings)
+    tensors = _layer_params(model, layers, "weight")
+    kept = {name: kept_weights(getattr(module, param)) for name, (module, param, _) in tensors.items()}
+    bits = next(iter(layers.values()))
+
+    def weights() -> torch.Tensor:  # a pruned model's zeros too: they are weights the prior explains
+        return torch.cat([getattr(module, param).flatten() for module, param, _ in tensors.values()])
+
+    seed_everything(settings.seed)
+    start = weights().detach().cpu()
+    prior = MixturePrior(start, encode_codebook(start, bits, start != 0).scales)
+    samples = len(data.x_train)
+
+    def loss_fn(logits, targets, inputs):
+        fit_loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
+        return fit_loss + settings.prior_weight * prior.complexity(weights()) / samples
+
+    fit(WithPrior(model, prior), data.train, data.val, settings, device, on_epoch=on_epoch,
+        after_step=_holding_zeros(model), loss_fn=loss_fn)  # fmt: skip
+    model.cpu(), prior.cpu()
+    return Quantized(model, _snapped(tensors, kept, prior, bits, model, settings, data), layers)
+
+
+@torch.no_grad()
+def _snapped(tensors, kept, prior: MixturePrior, bits: int, model, settings, data) -> dict[str, Encoded]:
+    """Every weight set to its component's mean (the zero component's: pruned), as codebook codes."""
+    means = prior.means.detach().clone()
+    encodings = {}
+    for name, (module, param, _) in tensors.items():
+        weight = getattr(module, param)
+        component = prior.components_of(weight.flatten())
+        keep = component > 0 if kept[name] is None else (component > 0) & kept[name]
+        codes = torch.where(keep, component - 1, 0)
+        encodings[name] = Encoded("codebook", bits, tuple(weight.shape), codes, means, None if keep.all() else keep)
+        weight.copy_(decode(encodings[name]).reshape(weight.shape))
+    if settings.bias_bits == 8:
+        layers = {name.rpartition(".")[0]: bits for name in tensors}
+        biases = {n: getattr(module, p) for n, (module, p, _) in _layer_params(model, layers, "bias").items()}
+        encodings.update(_at_8_bits_if_harmless(model, biases, data))
+        encodings.update(_at_8_bits_if_harmless(model, _normalization_params(model), data))
+    return encodings
 
 
 # --- int8 methods: dynamic-int8, static-int8, qat ----------------------------------------------

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,19 @@ _LINEAGE_TAGS = ("shrinkflow.source_run_id", "shrinkflow.baseline_run_id", "mlfl
 _READY_STORES: set[str] = set()
 
 
+def _check_artifacts_writable(artifact_uri: str) -> None:
+    """A local artifact store on a read-only file system fails the step before its work, not
+    after a whole training (remote stores answer when written to)."""
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return
+    folder = Path(urllib.parse.unquote(parsed.path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise ShrinkflowError(f"cannot write the run's artifacts: {folder} is read-only (store {artifact_uri})")
+
+
 @contextlib.contextmanager
 def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) the step's run; nested inside an active run.
@@ -119,6 +133,7 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
             # "''"); logging a param twice with another spelling is an error: add only the missing.
             logged = mlflow.get_run(run.info.run_id).data.params
             mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+            _check_artifacts_writable(run.info.artifact_uri)
             yield run
         except KeyboardInterrupt as exc:
             # Under torchrun a SIGTERM means the job is torn down, mostly because another

@@ -1,7 +1,7 @@
-"""Quantize a logged model's weights — k-bit, binary or k-means shared — and store them packed.
+"""Quantize a logged model's weights — k-bit, binary, k-means or soft-weight shared — and store them packed.
 
 Consumes: the run id of a step that logged a model (a pruned one too: its zeros stay exactly zero,
-and no kept weight becomes zero, under every weight method).
+and no kept weight becomes zero, under every weight method but sws, which prunes as it shares).
 Produces: an MLflow run tagged ``shrinkflow.source_run_id`` with ``test_accuracy_before``,
 ``test_accuracy``, the static cost after (``cost_*``; ``cost_bops`` counts the weight bits) and
 before (``baseline_cost_*``), per-epoch fine-tuning
@@ -11,7 +11,7 @@ runs in float32: sizes are real, but these methods do not make the model compute
 ``dynamic-int8``, ``static-int8`` and ``qat`` are stored as int8 weights (with the activations'
 scales) and run int8 kernels (CPU only). The run id is the last line printed.
 
-Methods: ``shrinkflow.quantization`` (kbit, binary, kmeans, dynamic-int8, static-int8, qat).
+Methods: ``shrinkflow.quantization`` (kbit, binary, kmeans, sws, dynamic-int8, static-int8, qat).
 
 Example:
     python -m steps.quantize --run-id <run id> --method kbit --bits 4

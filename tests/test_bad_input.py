@@ -207,7 +207,7 @@ QUANTIZE = [
     (["--method", "static-int8", "--calibration-split", "dev"], "unknown calibration split 'dev'"),
     (["--method", "static-int8", "--calibration-batches", "0"], "calibration_batches must be >= 1"),
     (["--bias-bits", "16"], "bias_bits must be 8 or 32, got 16"),
-    (["--method", "qat", "--epochs", "0"], "qat fine-tunes with fake quantization: set epochs >= 1"),
+    (["--method", "qat", "--epochs", "0"], "qat quantizes while it fine-tunes: set epochs >= 1"),
     (["--epochs", "-2"], "epochs must be >= 0"),
 ]
 DISTILL = [
@@ -273,7 +273,7 @@ SEARCH = [
     (["--target", "fast"], "unknown target 'fast'"),
     (["--latency-batch-size", "0"], "latency needs batch_size, threads and repetitions >= 1"),
     (["--latency-threads", "0"], "latency needs batch_size, threads and repetitions >= 1"),
-    (["--space", "fastest"], "does not exist (built-in spaces: default, latency, auto_bits)"),
+    (["--space", "fastest"], "does not exist (built-in spaces: default, latency, auto_bits, learned)"),
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--dataset", f"{HERE}:one_class_val"], "the val split holds 1 class ('0': 10 samples)"),
     (["--space", "{dir}/gradual0.yaml"], "prune cannot run with sparsity=0.8, epochs=0, method=gradual"),
@@ -408,10 +408,10 @@ _NON_DEFAULT = {
     "sparsity": "0.5", "thresholds": "0.05", "layers": "layers.1", "norm": "l2", "initial_sparsity": "0.1",
     "ramp_epochs": "3", "bits": "8", "keep_first_last": "false", "observer": "minmax", "calibration_batches": "3",
     "calibration_split": "val", "bias_bits": "32", "min_layer_density": "0.2", "layer_sparsity": '{"layers.1": 0.5}',
-    "weight_scales": "per-tensor", "kl_weight": "0.5",
+    "weight_scales": "per-tensor", "kl_weight": "0.5", "prior_weight": "0.05",
 }  # fmt: skip
 _NEEDS = {"threshold": ["--thresholds", "0.05"], "gradual": ["--epochs", "1"], "qat": ["--epochs", "1"],
-          "variational": ["--epochs", "1"]}  # fmt: skip
+          "variational": ["--epochs", "1"], "sws": ["--epochs", "1"]}  # fmt: skip
 
 
 def _not_applicable():

@@ -149,7 +149,7 @@ class TestBadInput:
 
     def test_unknown_device(self, fails_with_bad_input, trained_run_id):
         line = fails_with_bad_input(benchmark.main, ["--run-id", trained_run_id, "--devices", "tpu"])
-        assert "unknown benchmark device 'tpu'" in line and "auto, cpu, cuda" in line
+        assert "unknown benchmark device 'tpu'" in line and "all, cpu, cuda" in line
 
     def test_compare_with_an_unknown_run(self, fails_with_bad_input, trained_run_id):
         assert "does not exist" in fails_with_bad_input(compare.main, ["--run-ids", f"{trained_run_id},{'e' * 32}"])
@@ -376,3 +376,12 @@ def test_a_model_that_cannot_run_in_the_target_falls_back_with_the_reason():
     assert common_form([_mlp()], example, "onnxruntime") == ("onnxruntime", "")
     form, reason = common_form([_mlp(), Eigenvalues()], example, "onnxruntime")  # one model drags both
     assert form == "traced" and reason.startswith("onnxruntime: cannot export this model to ONNX: ")
+
+
+def test_benchmark_devices_all_is_the_cpu_plus_cuda_where_present_and_auto_its_old_name():
+    from shrinkflow.benchmarking import resolve_devices
+
+    expected = (torch.device("cpu"),) + ((torch.device("cuda"),) if torch.cuda.is_available() else ())
+    assert resolve_devices("all") == resolve_devices("auto") == expected
+    with pytest.raises(ShrinkflowError, match="choose all, cpu, cuda or cpu,cuda"):
+        resolve_devices("gpu")

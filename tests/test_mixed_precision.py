@@ -60,7 +60,7 @@ def test_the_chosen_bits_are_recorded_and_the_model_round_trips(trained, digits,
     [
         ({"method": "kbit", "bits": "auto:-0.1"}, "bits auto:<share> takes a share >= 0"),
         ({"method": "kbit", "bits": "auto:much"}, "bits auto:<share> takes a share >= 0"),
-        ({"method": "binary", "bits": "auto"}, "bits applies to method kbit, kmeans only"),
+        ({"method": "binary", "bits": "auto"}, "bits applies to method kbit, kmeans, sws only"),
         ({"method": "kbit", "bits": "atuo"}, "bits must be an integer 1-8, a JSON object or auto"),
     ],
 )

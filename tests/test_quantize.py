@@ -542,7 +542,7 @@ def test_dynamic_int8_has_no_fine_tuning():
     "argv,message",
     [
         (["--method", "static-int8", "--observer", "max"], "unknown observer 'max': choose auto, histogram"),
-        (["--method", "qat"], "qat fine-tunes with fake quantization: set epochs >= 1"),
+        (["--method", "qat"], "qat quantizes while it fine-tunes: set epochs >= 1"),
         (["--method", "qat", "--epochs", "2", "--observer", "histogram"], "qat observes activations while training"),
         (["--method", "static-int8", "--epochs", "2"], "static-int8 has no fine-tuning"),
         (["--method", "static-int8", "--calibration-batches", "0"], "calibration_batches must be >= 1, got 0"),

@@ -200,3 +200,37 @@ def test_a_step_tags_the_run_mlflow_run_started_for_it_before_it_loads_anything(
     assert seen[tracking.HOST_TAG] and seen[tracking.PID_TAG] == str(os.getpid())
     assert watched == [os.getppid()]
     client.set_terminated(run_id, "KILLED")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only file system (a tmpfs mounted ro): root, which ignores permissions, cannot
+    write there either."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a read-only tmpfs needs root: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow  # a real step in its own process, on a read-only mount
+@pytest.mark.parametrize("where", ["tracking store", "artifact store"])
+def test_a_read_only_store_is_one_line_before_any_training(where, read_only_folder, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    if where == "tracking store":
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{read_only_folder / 'mlflow.db'}"
+    else:
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        mlflow.create_experiment("read-only artifacts", artifact_location=str(read_only_folder / "artifacts"))
+        env["MLFLOW_EXPERIMENT_NAME"] = "read-only artifacts"
+    argv = [sys.executable, "-m", "steps.train", "--epochs", "30", "--patience", "0", "--device", "cpu"]
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert lines[-1].startswith("error: ") and "read-only" in lines[-1].lower(), lines[-1]
+    if where == "artifact store":
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert run.info.status == "FAILED"
+        assert run.data.metrics == {}  # refused before the training (its epochs log metrics), not after it

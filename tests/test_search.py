@@ -432,10 +432,21 @@ def test_the_built_in_latency_space_searches_only_what_changes_dense_kernels():
     assert space.stages["distill"]["control"].fixed is False
     assert space.stages["quantize"]["enabled"].fixed is False
     assert load_space("default").stages == load_space("").stages
-    with pytest.raises(ShrinkflowError, match="built-in spaces: default, latency, auto_bits"):
+    with pytest.raises(ShrinkflowError, match="built-in spaces: default, latency, auto_bits, learned"):
         load_space("fastest")
     auto_bits = load_space("auto_bits").stages["quantize"]["bits"]
     assert "auto" in auto_bits.choices and not auto_bits.per_layer
+
+
+def test_the_built_in_learned_space_plans_every_pruning_and_sharing_method():
+    from search.trial import plan_trial
+
+    space, baseline = load_space("learned"), new_artifact("mlp", load_dataset("digits"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    planned = [plan_trial(study.ask(), baseline, space) for _ in range(40)]
+    pairs = {(plan["prune"].method, plan["quantize"].method) for plan in planned}
+    assert pairs == {(p, q) for p in ("gradual", "variational") for q in ("kmeans", "sws")}
+    assert all(plan["quantize"].epochs >= 1 for plan in planned if plan["quantize"].method == "sws")
 
 
 def test_a_repeated_relative_proposal_becomes_an_independent_draw():
@@ -593,7 +604,8 @@ def test_data_or_a_space_that_cannot_run_leaves_no_run_and_no_study(tmp_path, sm
 
 
 @pytest.mark.slow
-def test_a_sigkilled_searchs_helper_workers_end_with_it(trained_run_id, tmp_path):
+@pytest.mark.parametrize("engine", ["processes", "dask"])  # dask: a LocalCluster's worker processes
+def test_a_sigkilled_searchs_helper_workers_end_with_it(engine, trained_run_id, tmp_path):
     import psutil
 
     slower = tmp_path / "slower.yaml"
@@ -601,7 +613,7 @@ def test_a_sigkilled_searchs_helper_workers_end_with_it(trained_run_id, tmp_path
     cfg = _config(tmp_path, str(slower), trials=20)
     argv = [sys.executable, "-m", "search.main", "--run-id", trained_run_id, "--space", str(slower), "--trials", "20",
             "--storage", cfg.storage, "--study-name", cfg.study_name, "--max-accuracy-drop", "5", "--device", "cpu",
-            "--register-name", cfg.register_name, "--workers", "2"]  # fmt: skip
+            "--register-name", cfg.register_name, "--workers", "2", "--engine", engine]  # fmt: skip
     search_process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (_running(cfg) if _study_exists(cfg) else False):

@@ -93,7 +93,7 @@ def _weights(run_id: str) -> list[np.ndarray]:
 def test_the_built_in_techniques_are_registered_in_the_order_a_trial_runs_them():
     assert list(TECHNIQUES)[:3] == ["distill", "prune", "quantize"]
     assert technique("prune").applies["thresholds"] == ("threshold",)  # from the methods' registered reads
-    assert technique("quantize").applies["bits"] == ("kbit", "kmeans")
+    assert technique("quantize").applies["bits"] == ("kbit", "kmeans", "sws")
     with pytest.raises(ShrinkflowError, match="unknown technique 'fold': choose distill, prune, quantize"):
         technique("fold")
     with pytest.raises(ShrinkflowError, match="a technique named 'prune' is registered already"):
