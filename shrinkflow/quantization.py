@@ -590,10 +590,10 @@ def _static_int8(model: nn.Module, settings: QuantizeSettings, data: DataSplits,
         fit(prepared, data.train, data.val, settings, device, on_epoch=on_epoch, after_step=_holding_zeros(prepared))
         int8 = convert_int8(prepared)
     else:
-        batches = _calibration_batches(data, settings)
+        batches, observed = _calibration_batches(data, settings), []
 
         def calibrated(scales: str) -> nn.Module:
-            return _calibrated(copy.deepcopy(model).cpu(), data, settings, scales, batches)
+            return _calibrated(copy.deepcopy(model).cpu(), data, settings, scales, batches, observed)
 
         scales, int8 = _chosen_scales(calibrated, settings, data)
     return Quantized(int8, {}, {name: 8 for name, m in int8.named_modules() if is_int8_layer(m)}, scales)
@@ -611,11 +611,18 @@ def _prepared(model: nn.Module, data: DataSplits, settings: QuantizeSettings, sc
         ) from exc
 
 
-def _calibrated(model: nn.Module, data: DataSplits, settings: QuantizeSettings, scales: str, batches) -> nn.Module:
+def _calibrated(model: nn.Module, data: DataSplits, settings, scales: str, batches, observed: list) -> nn.Module:
+    """The int8 model calibrated on ``batches``. The activation observers see the same batches
+    whatever the weights' scales: the first calibration's observers (kept in ``observed``) serve
+    the second model of weight_scales auto, which is not run again."""
     prepared = _prepared(model, data, settings, scales)
-    with torch.no_grad():
-        for batch in batches:
-            prepared(batch)
+    if observed:
+        prepared.load_state_dict(observed[0])
+    else:
+        with torch.no_grad():
+            for batch in batches:
+                prepared(batch)
+        observed.append(copy.deepcopy(prepared.state_dict()))
     return convert_int8(prepared)
 
 

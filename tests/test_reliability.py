@@ -221,9 +221,9 @@ def test_a_read_only_store_is_one_line_before_any_training(where, read_only_fold
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     if where == "tracking store":
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{read_only_folder / 'mlflow.db'}"
-    else:
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        mlflow.create_experiment("read-only artifacts", artifact_location=str(read_only_folder / "artifacts"))
+    if where == "artifact store":
+        client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])  # not this process's store
+        client.create_experiment("read-only artifacts", artifact_location=str(read_only_folder / "artifacts"))
         env["MLFLOW_EXPERIMENT_NAME"] = "read-only artifacts"
     argv = [sys.executable, "-m", "steps.train", "--epochs", "30", "--patience", "0", "--device", "cpu"]
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -231,6 +231,6 @@ def test_a_read_only_store_is_one_line_before_any_training(where, read_only_fold
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert lines[-1].startswith("error: ") and "read-only" in lines[-1].lower(), lines[-1]
     if where == "artifact store":
-        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        (run,) = client.search_runs([client.get_experiment_by_name("read-only artifacts").experiment_id])
         assert run.info.status == "FAILED"
         assert run.data.metrics == {}  # refused before the training (its epochs log metrics), not after it
