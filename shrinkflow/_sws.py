@@ -36,9 +36,10 @@ class MixturePrior(nn.Module):
 
     def __init__(self, weights: torch.Tensor, centroids: torch.Tensor):
         super().__init__()
-        kept = int((weights.detach() != 0).sum())
-        # a pruned model's share of zeros is what the zero component explains already
-        self.zero_share = 1 - kept / weights.numel() if kept < weights.numel() else ZERO_SHARE
+        zeros = float((weights.detach() == 0).float().mean()) if weights.numel() else 0.0
+        # a pruned model's share of zeros is what the zero component explains already (at most
+        # ZERO_SHARE: the other components keep a share to learn)
+        self.zero_share = min(zeros, ZERO_SHARE) if zeros > 0 else ZERO_SHARE
         self.means = nn.Parameter(centroids.detach().float().clone())
         # every component starts at its hyperprior's mode; the widths and shares move _FAST times
         # the learning rate (a fine-tuning of a few hundred steps must be able to narrow them)

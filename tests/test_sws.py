@@ -34,6 +34,7 @@ def test_the_complexity_is_the_mixtures_negative_log_density_plus_the_hyperprior
     assert prior.components_of(weights).tolist() == [0, 0, 1, 2]  # 0.1 is within the zero component's reach
     pruned = MixturePrior(torch.tensor([0.0, 0.0, 0.0, 0.3]), torch.tensor([-0.3, 0.3]))
     assert pruned.zero_share == 0.75  # a pruned model's zeros: the zero component's share
+    assert MixturePrior(torch.zeros(4), torch.zeros(2)).zero_share == ZERO_SHARE  # at most
 
 
 def test_sws_shares_one_codebook_across_the_model_and_prunes_as_it_shares(digits_mlp):
