@@ -66,7 +66,7 @@ from shrinkflow._encoding import (
     refit_codebook,
 )
 from shrinkflow._mixed_precision import AUTO_BITS, allocate_bits
-from shrinkflow._sws import MixturePrior, WithPrior
+from shrinkflow._sws import MixturePrior, WithPrior, sampled
 from shrinkflow.artifact import Artifact
 from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies, check_method
 from shrinkflow.cost import NORMALIZATION_LAYERS, left_weights_line, storage_table, weight_tensors
@@ -151,19 +151,14 @@ class QuantizeSettings(FineTuneSettings):
 
     epochs: int = field(default=0, metadata={"help": "fine-tuning epochs (STE; kmeans: centroid refits); 0 = none"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of fine-tuning (cosine decay)"})
-    method: str = field(
-        default="kbit", metadata={"help": "kbit, binary, kmeans, sws, dynamic-int8, static-int8 or qat"}
-    )
+    method: str = field(default="kbit", metadata={"help": "kbit, binary, kmeans, sws, dynamic-int8, static-int8, qat"})
     bits: str = field(
         default="4",
         metadata={"help": 'bits 1-8: one value, JSON {"layer": bits, "*": bits}, or auto: each layer the fewest '
                   "bits (2-8) that keep validation loss within 10% of the float model's (auto:0.3: 30%)"},
     )  # fmt: skip
-    prior_weight: float = field(
-        default=SWS_PRIOR_WEIGHT,
-        metadata={"help": "sws: weight tau of the mixture prior's term per training sample; larger shares and "
-                  "prunes more"},
-    )  # fmt: skip
+    # sws: tau; larger shares and prunes more
+    prior_weight: float = field(default=SWS_PRIOR_WEIGHT, metadata={"help": "sws: weight of the prior per sample"})
     keep_first_last: bool = field(default=True, metadata={"help": "binary: first and last layers at 8 bits"})
     observer: str = field(
         default="auto",
@@ -513,17 +508,20 @@ def _soft_weight_sharing(model: nn.Module, settings: QuantizeSettings, data: Dat
     kept = {name: kept_weights(getattr(module, param)) for name, (module, param, _) in tensors.items()}
     bits = next(iter(layers.values()))
 
-    def weights() -> torch.Tensor:  # a pruned model's zeros too: they are weights the prior explains
-        return torch.cat([getattr(module, param).flatten() for module, param, _ in tensors.values()])
+    def kept_values() -> torch.Tensor:  # a pruned model's zeros are held at zero: the prior counts them apart
+        flat = {name: getattr(module, param).flatten() for name, (module, param, _) in tensors.items()}
+        return torch.cat([w if kept[n] is None else w[kept[n].to(w.device)] for n, w in flat.items()])
 
     seed_everything(settings.seed)
-    start = weights().detach().cpu()
-    prior = MixturePrior(start, encode_codebook(start, bits, start != 0).scales)
+    start = kept_values().detach().cpu()
+    zeros = sum(int((~mask).sum()) for mask in kept.values() if mask is not None)
+    prior = MixturePrior(start, encode_codebook(start, bits).scales, zeros)
     samples = len(data.x_train)
 
     def loss_fn(logits, targets, inputs):
         fit_loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
-        return fit_loss + settings.prior_weight * prior.complexity(weights()) / samples
+        values, scale = sampled(kept_values())
+        return fit_loss + settings.prior_weight * prior.complexity(values, zeros, scale) / samples
 
     fit(WithPrior(model, prior), data.train, data.val, settings, device, on_epoch=on_epoch,
         after_step=_holding_zeros(model), loss_fn=loss_fn)  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shrinkflow import QuantizeSettings, ShrinkflowError, quantize
-from shrinkflow._sws import ZERO_SHARE, MixturePrior
+from shrinkflow._sws import SAMPLED_WEIGHTS, ZERO_SHARE, MixturePrior, sampled
 
 CPU = torch.device("cpu")
 
@@ -34,6 +34,10 @@ def test_the_complexity_is_the_mixtures_negative_log_density_plus_the_hyperprior
     assert prior.components_of(weights).tolist() == [0, 0, 1, 2]  # 0.1 is within the zero component's reach
     pruned = MixturePrior(torch.tensor([0.0, 0.0, 0.0, 0.3]), torch.tensor([-0.3, 0.3]))
     assert pruned.zero_share == 0.75  # a pruned model's zeros: the zero component's share
+    apart = MixturePrior(torch.tensor([0.3]), torch.tensor([-0.3, 0.3]), zeros=3)  # its zeros counted apart
+    assert apart.zero_share == 0.75
+    together = pruned.complexity(torch.tensor([0.0, 0.0, 0.0, 0.3]))
+    assert float(apart.complexity(torch.tensor([0.3]), zeros=3)) == pytest.approx(float(together), rel=1e-6)
     assert MixturePrior(torch.zeros(4), torch.zeros(2)).zero_share == ZERO_SHARE  # at most
 
 
@@ -74,3 +78,14 @@ def test_a_heavier_prior_shares_and_prunes_more(digits_mlp):
 def test_bad_sws_settings_are_one_line(settings, message):
     with pytest.raises(ShrinkflowError, match=message):
         QuantizeSettings(**{"method": "sws", **settings})
+
+
+def test_the_prior_is_estimated_on_a_seeded_sample_of_a_large_models_weights():
+    few = torch.randn(SAMPLED_WEIGHTS)
+    assert sampled(few)[0] is few and sampled(few)[1] == 1.0
+    many = torch.arange(4 * SAMPLED_WEIGHTS, dtype=torch.float32)
+    torch.manual_seed(0)
+    first, scale = sampled(many)
+    torch.manual_seed(0)
+    assert torch.equal(sampled(many)[0], first) and scale == 4.0 and first.numel() == SAMPLED_WEIGHTS
+    assert float(first.mean()) == pytest.approx(float(many.mean()), rel=0.02)  # a fair sample
