@@ -36,8 +36,8 @@ def test_the_complexity_is_the_mixtures_negative_log_density_plus_the_hyperprior
     assert pruned.zero_share == 0.75  # a pruned model's zeros: the zero component's share
     apart = MixturePrior(torch.tensor([0.3]), torch.tensor([-0.3, 0.3]), zeros=3)  # its zeros counted apart
     assert apart.zero_share == 0.75
-    together = pruned.complexity(torch.tensor([0.0, 0.0, 0.0, 0.3]))
-    assert float(apart.complexity(torch.tensor([0.3]), zeros=3)) == pytest.approx(float(together), rel=1e-6)
+    together = float(pruned.complexity(torch.tensor([0.0, 0.0, 0.0, 0.3])).detach())
+    assert float(apart.complexity(torch.tensor([0.3]), zeros=3).detach()) == pytest.approx(together, rel=1e-6)
     assert MixturePrior(torch.zeros(4), torch.zeros(2)).zero_share == ZERO_SHARE  # at most
 
 
@@ -89,3 +89,16 @@ def test_the_prior_is_estimated_on_a_seeded_sample_of_a_large_models_weights():
     torch.manual_seed(0)
     assert torch.equal(sampled(many)[0], first) and scale == 4.0 and first.numel() == SAMPLED_WEIGHTS
     assert float(first.mean()) == pytest.approx(float(many.mean()), rel=0.02)  # a fair sample
+
+
+def test_the_written_out_gradients_of_the_log_density_are_autograds():
+    from shrinkflow._sws import _LogDensity
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = (
+        0.2 * torch.randn(40, generator=generator, dtype=torch.float64),
+        torch.randn(5, generator=generator, dtype=torch.float64),
+        torch.randn(5, generator=generator, dtype=torch.float64),
+        torch.log_softmax(torch.randn(5, generator=generator, dtype=torch.float64), 0),
+    )
+    assert torch.autograd.gradcheck(_LogDensity.apply, tuple(t.requires_grad_() for t in inputs))
