@@ -50,7 +50,7 @@ from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies,
 from shrinkflow.cost import left_weights_line, weight_tensors
 from shrinkflow.data import DataSplits
 from shrinkflow.runtime import seed_everything
-from shrinkflow.training import FineTuneSettings, FitResult, LossFn, fit, steps_per_epoch
+from shrinkflow.training import FineTuneSettings, FitResult, LossFn, fit, fit_loss, steps_per_epoch
 from shrinkflow.zoo import RESIZABLE, build_model, module_shapes
 
 __all__ = [
@@ -381,8 +381,8 @@ def _variational(model: nn.Module, settings: PruneSettings, data: DataSplits) ->
     ramp_steps, steps_done = settings.ramp() * steps_per_epoch(samples, settings.batch_size), 0
 
     def loss_fn(logits, targets, inputs):
-        fit_loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
-        return fit_loss + settings.kl_weight * min(1.0, steps_done / ramp_steps) * variational.kl() / samples
+        prior = settings.kl_weight * min(1.0, steps_done / ramp_steps) * variational.kl() / samples
+        return fit_loss(logits, targets, settings) + prior
 
     def after_step(step: int) -> None:
         nonlocal steps_done

@@ -72,7 +72,7 @@ from shrinkflow.config import ShrinkflowError, ShrinkflowWarning, check_applies,
 from shrinkflow.cost import NORMALIZATION_LAYERS, left_weights_line, storage_table, weight_tensors
 from shrinkflow.data import DataSplits
 from shrinkflow.runtime import seed_everything
-from shrinkflow.training import FineTuneSettings, fit, score
+from shrinkflow.training import FineTuneSettings, fit, fit_loss, score
 
 __all__ = [
     "CALIBRATION_SPLITS",
@@ -519,9 +519,9 @@ def _soft_weight_sharing(model: nn.Module, settings: QuantizeSettings, data: Dat
     samples = len(data.x_train)
 
     def loss_fn(logits, targets, inputs):
-        fit_loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
         values, scale = sampled(kept_values())
-        return fit_loss + settings.prior_weight * prior.complexity(values, zeros, scale) / samples
+        complexity = settings.prior_weight * prior.complexity(values, zeros, scale) / samples
+        return fit_loss(logits, targets, settings) + complexity
 
     fit(WithPrior(model, prior), data.train, data.val, settings, device, on_epoch=on_epoch,
         after_step=_holding_zeros(model), loss_fn=loss_fn)  # fmt: skip

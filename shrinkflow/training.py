@@ -27,6 +27,7 @@ __all__ = [
     "FitSettings",
     "TrainResult",
     "fit",
+    "fit_loss",
     "predict_logits",
     "score",
     "steps_per_epoch",
@@ -100,6 +101,11 @@ class FitSettings:
             )
         if not 0 <= self.label_smoothing < 1:
             raise ShrinkflowError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def fit_loss(logits: torch.Tensor, targets: torch.Tensor, settings: FitSettings) -> torch.Tensor:
+    """``fit``'s loss: label-smoothed cross-entropy (a ``loss_fn`` may add a term to it)."""
+    return nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -337,10 +343,7 @@ def _train_epoch(
             inputs = augment(inputs)
         with _autocast(device):
             logits = model(inputs).float()
-        if loss_fn is None:
-            loss = nn.functional.cross_entropy(logits, targets, label_smoothing=settings.label_smoothing)
-        else:
-            loss = loss_fn(logits, targets, inputs)
+        loss = fit_loss(logits, targets, settings) if loss_fn is None else loss_fn(logits, targets, inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
