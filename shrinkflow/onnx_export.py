@@ -29,6 +29,7 @@ from shrinkflow._encoding import (
     quantized_engine,
     repacked_int8,
 )
+from shrinkflow._onnx_graph import flatten_channels_last, float_input_convs, uniform_scales_as_scalars
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.training import predict_logits
 
@@ -68,67 +69,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     except Exception as exc:  # the exporter raises many types on operators it cannot express
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShrinkflowError(f"cannot export this model to ONNX: {first_line}") from exc
-    return _uniform_scales_as_scalars(exported.getvalue())
-
-
-def _constant_values(graph) -> dict:
-    """The values of the graph's constant tensors by name: initializers, Constant nodes, and the
-    exporter's zero points written as Cast(ConstantOfShape(constant shape))."""
-    from onnx import helper, numpy_helper
-
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif node.op_type == "ConstantOfShape" and node.input[0] in values:
-            fill = numpy_helper.to_array(node.attribute[0].t) if node.attribute else np.zeros(1, np.float32)
-            values[node.output[0]] = np.full(values[node.input[0]].astype(np.int64), fill.flat[0], fill.dtype)
-        elif node.op_type == "Cast" and node.input[0] in values:
-            values[node.output[0]] = values[node.input[0]].astype(helper.tensor_dtype_to_np_dtype(node.attribute[0].i))
-    return values
-
-
-def _uniform_scales_as_scalars(onnx_model: bytes) -> bytes:
-    """``onnx_model`` with every per-axis DequantizeLinear whose scales and zero points are each
-    one value (per-tensor int8 weights, which checkpoints keep per channel) given that value as a
-    scalar: the same numbers, and ONNX Runtime then fuses them into its per-tensor kernels."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load_from_string(onnx_model)
-    constants = _constant_values(model.graph)
-    changed = False
-    for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or not any(a.name == "axis" for a in node.attribute):
-            continue
-        values = [constants.get(name) for name in node.input[1:]]
-        if any(v is None or v.ndim != 1 or (v != v.flat[0]).any() for v in values):
-            continue
-        for index, value in enumerate(values, start=1):
-            name = f"{node.name or node.output[0]}_scalar_{index}"
-            model.graph.initializer.append(numpy_helper.from_array(value[:1].reshape(()), name))
-            node.input[index] = name
-        node.attribute.remove(next(a for a in node.attribute if a.name == "axis"))
-        changed = True
-    if not changed:
-        return onnx_model
-    _drop_unused_constants(model.graph)
-    return model.SerializeToString()
-
-
-def _drop_unused_constants(graph) -> None:
-    """The per-channel values replaced, and what computed them (ONNX Runtime warns of each one left)."""
-    while True:
-        used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
-        unused = [n for n in graph.node if n.op_type in ("Constant", "ConstantOfShape", "Cast")
-                  and n.output[0] not in used]  # fmt: skip
-        if not unused:
-            break
-        for node in unused:
-            graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    for tensor in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(tensor)
+    return flatten_channels_last(float_input_convs(uniform_scales_as_scalars(exported.getvalue())))
 
 
 def _exportable(model: nn.Module) -> nn.Module:

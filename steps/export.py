@@ -3,7 +3,9 @@
 Consumes: the run id of a step that logged a model. Every storage exports: static int8 and QAT as
 int8 ONNX (QuantizeLinear/DequantizeLinear around each int8 layer, with the model's own weight
 scales, per channel or per tensor, and activation scales, which ONNX Runtime fuses into
-QLinearConv/QGemm); dynamic int8 Linear layers as ONNX Runtime's dynamic int8 form of the same
+QLinearConv/QGemm; a first convolution with at most 32 products per output, such as 1 or 3 input
+channels of a 3x3 kernel, runs in float32 from its int8 weights dequantized exactly, since ONNX
+Runtime's int8 kernels are slower there); dynamic int8 Linear layers as ONNX Runtime's dynamic int8 form of the same
 int8 weights (DynamicQuantizeLinear, MatMulInteger); k-bit, k-means, binary and sparse models as
 their decoded float32 weights (tag ``shrinkflow.exported_as``: ``int8``, ``int8-dynamic`` or
 ``float32``). A dynamic-int8 LSTM has no ONNX form and is refused with the reason.
