@@ -11,8 +11,8 @@ import numpy as np
 
 # An int8 convolution that reads the model's input with this many products per output or fewer
 # (input channels x kernel size: 1 or 3 channels of a 3x3 kernel) runs faster in float32 in ONNX
-# Runtime: its int8 kernels spend the call padding a short reduction. Measured on 2 cores (AVX-512
-# VNNI), a 3x3 conv then a 32-channel one, images 8x8 and 28x28, batch 1 and 64: 1 input channel
+# Runtime: its int8 kernels spend the call padding a short reduction. Measured on 2 cores of an Intel
+# Xeon (AVX-512 VNNI), a 3x3 conv then a 32-channel one, images 8x8 and 28x28, batch 1 and 64: 1 input channel
 # 1.12-1.29x faster in float, 3 channels 1.02-1.15x, 8 channels 0.68-0.81x, 16 channels 0.60-0.80x.
 FLOAT_CONV_MAX_PRODUCTS = 32
 
