@@ -32,6 +32,7 @@ __all__ = [
     "sparsity_error",
     "structured_prune",
     "threshold_masks",
+    "unread_units",
 ]
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.MultiheadAttention, nn.Embedding)
@@ -163,6 +164,58 @@ def _output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
         for hook in hooks:
             hook.remove()
     return called[-1]
+
+
+# Leaf modules a unit's output may pass through on its way to the layers that read it: elementwise
+# activations, pooling, dropout, per-channel BatchNorm, flattening. A model with any other kind
+# (LayerNorm mixes channels; an RNN, attention or embedding has its own wiring) is left alone.
+_PASS_THROUGH = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Dropout, nn.Flatten, nn.Identity,
+                 nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d)  # fmt: skip
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Torch-Pruning's nodes for functional steps that move channels without reading them
+_MOVING_OPS = ("_ElementWiseOp", "_ReshapeOp", "_ConcatOp", "_SplitOp", "_UnbindOp")
+
+
+def unread_units(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{layer name: True for each output unit no later layer reads} for the Linear/Conv layers of
+    ``model`` but the output one: every Linear or Conv that takes the unit as input has all its
+    weights on it zero, and only elementwise, pooling, per-channel or reshaping steps lie between
+    (Torch-Pruning's dependency graph follows them, a flatten into a Linear included). Pruning
+    leaves many such units, hidden units whose outgoing weights were all removed: their biases
+    change nothing. A model with other kinds of layers, or grouped convolutions, gets {}."""
+    import torch_pruning as tp
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    if any(not isinstance(m, _WEIGHTED + _PASS_THROUGH) or getattr(m, "groups", 1) != 1 for m in leaves):
+        return {}
+    output = _output_layer(model, example)
+    with torch.enable_grad():  # the graph is traced through autograd
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    unread = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, _WEIGHTED) and layer is not output:
+            prune = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+            groups = [graph.get_pruning_group(layer, prune, idxs=[unit]) for unit in range(_width(layer))]
+            unread[name] = torch.tensor([_unread(group, layer) for group in groups], dtype=torch.bool)
+    return unread
+
+
+def _unread(group, layer: nn.Module) -> bool:
+    """Whether nothing in the dependency ``group`` of one output unit of ``layer`` reads it: the
+    layers taking it as input (there is one at least) have zero weights there."""
+    readers = 0
+    for item in group.items:
+        module, handler = item.dep.target.module, item.dep.handler.__name__
+        if module is layer or type(module).__name__ in _MOVING_OPS or isinstance(module, _PASS_THROUGH):
+            continue
+        if isinstance(module, _WEIGHTED) and handler == "prune_out_channels":
+            continue  # another layer's unit added to this one: read, if at all, further on
+        if not isinstance(module, _WEIGHTED) or handler != "prune_in_channels":
+            return False
+        if module.weight.detach()[:, list(item.idxs)].any():
+            return False
+        readers += 1
+    return readers > 0
 
 
 def _channel_norms(weight: torch.Tensor, p: int, units: int) -> torch.Tensor:

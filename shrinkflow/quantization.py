@@ -65,6 +65,7 @@ from shrinkflow._encoding import (
     prepare_static_int8,
     refit_codebook,
 )
+from shrinkflow._masks import unread_units
 from shrinkflow._mixed_precision import AUTO_BITS, allocate_bits
 from shrinkflow._sws import MixturePrior, WithPrior, sampled
 from shrinkflow.artifact import Artifact
@@ -429,13 +430,15 @@ def _quantize_weights(model: nn.Module, settings: QuantizeSettings, data: DataSp
             weight = getattr(module, param)
             encodings[name] = _encode(weight, bits, settings.method, kept[name])
             weight.copy_(decode(encodings[name]))
-    encodings.update(_biases_at_8_bits(model, layers, settings, data))
+    encodings.update(_compressed_biases(model, layers, settings, data))
     return Quantized(model, encodings, layers)
 
 
-def _biases_at_8_bits(model: nn.Module, layers: dict[str, int], settings, data: DataSplits) -> dict[str, Encoded]:
-    """With ``bias_bits`` 8: the biases of ``layers``, then the normalization scales, each group
-    at 8 bits where validation accuracy is unchanged."""
+def _compressed_biases(model: nn.Module, layers: dict[str, int], settings, data: DataSplits) -> dict[str, Encoded]:
+    """The biases of units no layer reads set to 0 (stored as pruned); then, with ``bias_bits``
+    8, the biases of ``layers`` and the normalization scales, each group at 8 bits where
+    validation accuracy is unchanged."""
+    _zero_unread_biases(model, data)
     if settings.bias_bits != 8:
         return {}
     biases = {name: getattr(module, p) for name, (module, p, _) in _layer_params(model, layers, "bias").items()}
@@ -443,6 +446,27 @@ def _biases_at_8_bits(model: nn.Module, layers: dict[str, int], settings, data: 
         **_at_8_bits_if_harmless(model, biases, data),
         **_at_8_bits_if_harmless(model, _normalization_params(model), data),
     }
+
+
+@torch.no_grad()
+def _zero_unread_biases(model: nn.Module, data: DataSplits) -> None:
+    """The biases of units no later layer reads (``_masks.unread_units``: their outgoing weights
+    are all zero, as pruning and sws leave most hidden units of a small network: 212 of 300 in the
+    digits mlp at 97% sparsity) set to 0. The logits stay the same, bit for bit (checked on the
+    validation split; were they not, the biases would be put back)."""
+    x = data.x_val if len(data.x_val) else data.x_train[:256]
+    training = model.training
+    model.eval()
+    before, saved = model(x), {}
+    for name, unread in unread_units(model, x[:1]).items():
+        bias = model.get_submodule(name).bias
+        if bias is not None and bias[unread].any():
+            saved[name] = bias.detach().clone()
+            bias[unread] = 0
+    if saved and not torch.equal(model(x), before):
+        for name, bias in saved.items():
+            model.get_submodule(name).bias.copy_(bias)
+    model.train(training)
 
 
 def _allocated_bits(model: nn.Module, layers: dict[str, int], kept, settings: QuantizeSettings, data: DataSplits):
@@ -527,7 +551,7 @@ def _soft_weight_sharing(model: nn.Module, settings: QuantizeSettings, data: Dat
         after_step=_holding_zeros(model), loss_fn=loss_fn)  # fmt: skip
     model.cpu()
     encodings = _snapped(tensors, kept, prior.cpu(), bits)
-    return Quantized(model, {**encodings, **_biases_at_8_bits(model, layers, settings, data)}, layers)
+    return Quantized(model, {**encodings, **_compressed_biases(model, layers, settings, data)}, layers)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 import mlflow
 import pytest
 import torch
+from torch import nn
 
 from shrinkflow import FitSettings, QuantizeSettings, new_artifact, quantize, train
 from shrinkflow._encoding import (
@@ -14,7 +15,7 @@ from shrinkflow._encoding import (
     pack_codes,
     unpack_codes,
 )
-from shrinkflow.checkpoint import load_checkpoint, save_checkpoint
+from shrinkflow.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from shrinkflow.config import ShrinkflowError
 from shrinkflow.cost import cost_summary
 from shrinkflow.data import load_dataset
@@ -156,6 +157,53 @@ def test_pruned_then_quantized_stores_bitmap_and_nonzero_codes(trained_mlp, digi
     table = quantization_table(Artifact(model, packed, encodings)).set_index("tensor")
     stored_biases = table.loc[[f"{name}.bias" for name in per_layer], "stored_bytes"].sum()
     assert cost["cost_size_bytes"] - stored_biases + 410 + 3 * 4 < 203_355 / 25
+
+
+def test_unread_units_are_those_whose_outgoing_weights_are_all_zero():
+    from shrinkflow._masks import unread_units
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        mlp[3].weight[:, [1, 4]] = 0  # hidden units 1 and 4 of the first layer: nothing reads them
+        mlp[3].weight[2, 0] = 0  # unit 0 is still read by the other four
+    unread = unread_units(mlp, torch.rand(1, 1, 4, 4))
+    assert set(unread) == {"1", "3"}  # the output layer's units are the classes
+    assert unread["1"].tolist() == [False, True, False, False, True, False] and not unread["3"].any()
+
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)
+    )
+    with torch.no_grad():
+        cnn[4].weight[:, 8:12] = 0  # channel 2's four positions, flattened
+    assert unread_units(cnn, torch.rand(1, 1, 4, 4))["0"].tolist() == [False, False, True, False]
+    normalized = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))  # LayerNorm reads every unit
+    assert unread_units(normalized, torch.rand(1, 4)) == {}
+
+
+def test_a_unit_nothing_reads_stores_a_zero_bias_and_the_logits_stay_the_same(
+    trained_mlp, digits, monkeypatch, tmp_path
+):
+    """Pruning leaves hidden units whose outgoing weights are all zero; their biases are stored as
+    zeros (pruned), which changes no logit and makes the file smaller."""
+    from shrinkflow import quantization
+
+    pruned = trained_mlp.copy()
+    with torch.no_grad():
+        pruned.model.layers[3].weight[:, :150] = 0  # half of the first hidden layer: read by nothing
+    at_8_bits = _quantize(pruned, digits, method="kmeans", bits="4")
+    bias = at_8_bits[1]["layers.1.bias"]  # its codes: the 150 zeros pruned, the others kept
+    assert not bias.kept[:150].any() and bias.kept[150:].any()
+    float_biases = {"method": "kmeans", "bits": "4", "bias_bits": 32}  # exact: the 8-bit scale depends on the max
+    zeroed = _quantize(pruned, digits, **float_biases)
+    monkeypatch.setattr(quantization, "_zero_unread_biases", lambda model, data: None)
+    as_trained = _quantize(pruned, digits, **float_biases)
+    assert (zeroed[0].layers[1].bias[:150] == 0).all() and as_trained[0].layers[1].bias[:150].all()
+    with torch.no_grad():
+        assert torch.equal(zeroed[0](digits.x_test), as_trained[0](digits.x_test))
+    folders = [save_checkpoint(model, description, tmp_path / str(index), encodings)
+               for index, (model, encodings, _, description) in enumerate((zeroed, as_trained))]  # fmt: skip
+    assert checkpoint_bytes(folders[1]) - checkpoint_bytes(folders[0]) >= 150 * 4 * 0.9  # their float32 values
 
 
 def test_binary_weights_take_one_bit(trained_mlp, digits):
