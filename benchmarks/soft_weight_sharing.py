@@ -1,14 +1,16 @@
 """Soft weight-sharing (``sws``) against k-means sharing, alone and after learned pruning.
 
-For the digits ``mlp`` (default training, seeds 0-2): ``sws`` at 4 bits on the trained model (60
-epochs); then after ``variational`` pruning (60 epochs, ``kl_weight`` 0.3 and 1: the
-learned_compression benchmark's best rows) ``kmeans`` (no fine-tuning) beside ``sws`` (30
-epochs) at 4 and 3 bits; ``prior_weight`` at its default. Bytes of the saved checkpoint against
-the float32 baseline's, validation accuracy (what defaults are chosen on) and test accuracy
-(reported), the entropy bound, seconds an epoch of the last stage.
-Results: benchmarks/results/soft_weight_sharing.csv, summarized in the README.
+For the digits ``mlp`` and ``cnn`` and the MNIST-1D ``cnn1d`` (default training, seeds 0-2; name
+some of them to run only those): ``sws`` at 4 bits on the trained model (60 epochs); then after
+``variational`` pruning (60 epochs, ``kl_weight`` 0.3 and 1: the learned_compression benchmark's
+best rows) ``kmeans`` (no fine-tuning) beside ``sws`` (30 epochs) at 4 and 3 bits;
+``prior_weight`` at its default. Bytes of the saved checkpoint against the float32 baseline's,
+validation accuracy (what defaults are chosen on) and test accuracy (reported), the entropy
+bound, seconds an epoch of the last stage.
+Results: benchmarks/results/soft_weight_sharing.csv (the rows of the models run replace their
+earlier rows), summarized in the README.
 
-    python -m benchmarks.soft_weight_sharing
+    python -m benchmarks.soft_weight_sharing [mlp] [cnn] [cnn1d]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from benchmarks.learned_compression import _row
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soft_weight_sharing.csv"
 CPU = torch.device("cpu")
-CASE = ("digits", "mlp")
+CASES = {"mlp": ("digits", "mlp"), "cnn": ("digits", "cnn"), "cnn1d": ("mnist1d", "cnn1d")}
 
 
 def _timed(make):
@@ -35,17 +37,17 @@ def _timed(make):
     return artifact, time.perf_counter() - began
 
 
-def _rows(seed: int, folder: Path) -> list[dict]:
-    data = sf.load_dataset(CASE[0])
-    trained = sf.train(sf.new_artifact(CASE[1], data, seed=seed), data, sf.FitSettings(seed=seed), CPU).artifact
+def _rows(case: tuple[str, str], seed: int, folder: Path) -> list[dict]:
+    data = sf.load_dataset(case[0])
+    trained = sf.train(sf.new_artifact(case[1], data, seed=seed), data, sf.FitSettings(seed=seed), CPU).artifact
     float_bytes = sf.cost(trained)["cost_size_bytes"]
-    rows = [_row(CASE, seed, "none", "float32", trained, data, float_bytes, 0.0, folder)]
+    rows = [_row(case, seed, "none", "float32", trained, data, float_bytes, 0.0, folder)]
 
     def add(pruning: str, start, method: str, bits: str, epochs: int) -> None:
         settings = sf.QuantizeSettings(method=method, bits=bits, epochs=epochs, seed=seed)
         made, seconds = _timed(lambda: sf.quantize(start, data, settings, CPU).artifact)
         rows.append(
-            _row(CASE, seed, pruning, f"{method} {bits}", made, data, float_bytes, seconds / max(epochs, 1), folder)
+            _row(case, seed, pruning, f"{method} {bits}", made, data, float_bytes, seconds / max(epochs, 1), folder)
         )
         print(rows[-1], file=sys.stderr, flush=True)
 
@@ -59,13 +61,19 @@ def _rows(seed: int, folder: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    rows = []
+def main(argv: list[str] | None = None) -> None:
+    names = (sys.argv[1:] if argv is None else argv) or list(CASES)
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        raise SystemExit(f"unknown model {unknown[0]!r}: choose from {', '.join(CASES)}")
+    earlier = pd.read_csv(RESULTS) if RESULTS.exists() else pd.DataFrame(columns=["model"])
+    rows = earlier[~earlier["model"].isin(names)].to_dict("records")
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in (0, 1, 2):
-            rows += _rows(seed, Path(tmp))
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(rows).to_csv(RESULTS, index=False)  # what is done so far survives an interruption
+        for name in names:
+            for seed in (0, 1, 2):
+                rows += _rows(CASES[name], seed, Path(tmp))
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(rows).to_csv(RESULTS, index=False)  # what is done so far survives an interruption
     print(f"wrote {RESULTS}", file=sys.stderr)
 
 
