@@ -25,7 +25,8 @@ techniques and their method registries), ``techniques`` (the registry of the tec
 steps, search and recipes read), ``distributed`` (torchrun), ``tracking`` (the one module that
 talks to MLflow; not imported here) and ``cli`` (the steps' error handling). Modules whose name
 starts with ``_`` (``_storage``, ``_entropy``, ``_encoding``, ``_masks``, ``_variational``,
-``_mixed_precision``, ``_imports``) are the implementation: no stable interface.
+``_sws``, ``_mixed_precision``, ``_imports``, ``_onnx_graph``) are the implementation: no stable
+interface.
 """
 
 from shrinkflow.artifact import Artifact, new_artifact
