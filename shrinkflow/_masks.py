@@ -188,9 +188,14 @@ def unread_units(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Ten
     leaves = [m for m in model.modules() if not list(m.children())]
     if any(not isinstance(m, _WEIGHTED + _PASS_THROUGH) or getattr(m, "groups", 1) != 1 for m in leaves):
         return {}
-    output = _output_layer(model, example)
-    with torch.enable_grad():  # the graph is traced through autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    training = model.training
+    model.eval()  # both look-ups run the model: BatchNorm must not update its statistics
+    try:
+        output = _output_layer(model, example)
+        with torch.enable_grad():  # the graph is traced through autograd
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    finally:
+        model.train(training)
     unread = {}
     for name, layer in model.named_modules():
         if isinstance(layer, _WEIGHTED) and layer is not output:

@@ -124,7 +124,6 @@ def test_static_int8_cnn_flattens_channels_last_with_the_same_logits(static_cnn_
     transpose = next(node for node in graph.node if flatten.input[0] in node.output)
     assert transpose.op_type == "Transpose" and list(transpose.attribute[0].ints) == [0, 2, 3, 1]
 
-    monkeypatch.setattr(_onnx_graph, "flatten_channels_last", lambda onnx_model: onnx_model)
     monkeypatch.setattr("shrinkflow.onnx_export.flatten_channels_last", lambda onnx_model: onnx_model)
     channels_first = export_onnx(model, data.x_test[:2])
     weights = _onnx_graph.constant_values(onnx.load_from_string(channels_first).graph)

@@ -177,6 +177,12 @@ def test_unread_units_are_those_whose_outgoing_weights_are_all_zero():
     with torch.no_grad():
         cnn[4].weight[:, 8:12] = 0  # channel 2's four positions, flattened
     assert unread_units(cnn, torch.rand(1, 1, 4, 4))["0"].tolist() == [False, False, True, False]
+    batch_normed = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)).train()
+    with torch.no_grad():
+        batch_normed[3].weight[:, 1] = 0  # per channel, BatchNorm passes unit 1 on to no one
+    statistics = batch_normed[1].running_mean.clone()
+    assert unread_units(batch_normed, torch.rand(2, 4))["0"].tolist() == [False, True, False]
+    assert batch_normed.training and torch.equal(batch_normed[1].running_mean, statistics)  # looked, not trained
     normalized = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))  # LayerNorm reads every unit
     assert unread_units(normalized, torch.rand(1, 4)) == {}
 
