@@ -103,17 +103,22 @@ def flatten_channels_last(onnx_model: bytes) -> bytes:
     import onnx
     from onnx import helper, numpy_helper, shape_inference
 
-    model = shape_inference.infer_shapes(onnx.load_from_string(onnx_model))
+    model = onnx.load_from_string(onnx_model)
     graph = model.graph
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
-    constants = constant_values(graph)
     producers = {output: node for node in graph.node for output in node.output}
+    int8_flattens = [node for node in graph.node if node.op_type == "Flatten"
+                     and getattr(producers.get(node.input[0]), "op_type", "") == "DequantizeLinear"]  # fmt: skip
+    if not int8_flattens:  # a float model: nothing to infer shapes for
+        return onnx_model
+    inferred = shape_inference.infer_shapes(model).graph.value_info  # read only: the model keeps none
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred}
+    constants = constant_values(graph)
     consumers = _consumers(graph)
     changed = False
-    for flatten in [node for node in graph.node if node.op_type == "Flatten"]:
-        source, shape = producers.get(flatten.input[0]), shapes.get(flatten.input[0], [])
+    for flatten in int8_flattens:
+        shape = shapes.get(flatten.input[0], [])
         gemm = _int8_reader(flatten.output[0], consumers, "Gemm")
-        if source is None or source.op_type != "DequantizeLinear" or len(shape) != 4 or 0 in shape[1:] or not gemm:
+        if len(shape) != 4 or 0 in shape[1:] or not gemm:
             continue
         weight = producers.get(gemm.input[1])
         if not _permutable_weight(weight, gemm, constants):
@@ -129,7 +134,6 @@ def flatten_channels_last(onnx_model: bytes) -> bytes:
         changed = True
     if not changed:
         return onnx_model
-    del model.graph.value_info[:]  # inferred here, not part of the model
     _drop_dead_nodes(graph)
     _sort_topologically(graph)
     return model.SerializeToString()
@@ -166,9 +170,10 @@ def _float_conv_parameters(conv, producers: dict, constants: dict, model_input: 
         quantized = producers.get(quantized.input[0])
     if quantized is None or quantized.op_type != "QuantizeLinear" or quantized.input[0] != model_input:
         return None
+    has_bias = len(conv.input) > 2 and bool(conv.input[2])
     weight = _dequantized(producers.get(conv.input[1]), constants)
-    bias = _dequantized(producers.get(conv.input[2]), constants) if len(conv.input) > 2 and conv.input[2] else None
-    if weight is None or (len(conv.input) > 2 and conv.input[2] and bias is None):
+    bias = _dequantized(producers.get(conv.input[2]), constants) if has_bias else None
+    if weight is None or (has_bias and bias is None):
         return None
     if int(np.prod(weight.shape[1:])) > FLOAT_CONV_MAX_PRODUCTS:
         return None

@@ -45,10 +45,10 @@ class MixturePrior(nn.Module):
     def __init__(self, weights: torch.Tensor, centroids: torch.Tensor, zeros: int = 0):
         super().__init__()
         total = weights.numel() + zeros
-        zeros = (int((weights.detach() == 0).sum()) + zeros) / total if total else 0.0
+        zero_fraction = (int((weights.detach() == 0).sum()) + zeros) / total if total else 0.0
         # a pruned model's share of zeros is what the zero component explains already (at most
         # ZERO_SHARE: the other components keep a share to learn)
-        self.zero_share = min(zeros, ZERO_SHARE) if zeros > 0 else ZERO_SHARE
+        self.zero_share = min(zero_fraction, ZERO_SHARE) if zero_fraction > 0 else ZERO_SHARE
         self.means = nn.Parameter(centroids.detach().float().clone())
         # every component starts at its hyperprior's mode; the widths and shares move _FAST times
         # the learning rate (a fine-tuning of a few hundred steps must be able to narrow them)
@@ -76,8 +76,7 @@ class MixturePrior(nn.Module):
     def _joint(self, weights: torch.Tensor) -> torch.Tensor:
         """log π_j + log N(w | μ_j, 1/λ_j) for every weight (rows) and component (columns)."""
         means, log_precision, log_mixing = self._components()
-        squared = (weights.reshape(-1, 1) - means) ** 2
-        return log_mixing + 0.5 * (log_precision - _LOG_2PI) - 0.5 * log_precision.exp() * squared
+        return _log_joint(weights.reshape(-1, 1) - means, log_precision, log_mixing)
 
     def complexity(self, weights: torch.Tensor, zeros: int = 0, scale: float = 1.0) -> torch.Tensor:
         """-log p(weights) - log p(precisions): the term the prior adds to the loss. ``zeros``
@@ -105,6 +104,11 @@ def sampled(weights: torch.Tensor) -> tuple[torch.Tensor, float]:
     return weights[chosen], weights.numel() / SAMPLED_WEIGHTS
 
 
+def _log_joint(offset: torch.Tensor, log_precision: torch.Tensor, log_mixing: torch.Tensor) -> torch.Tensor:
+    """log π_j + log N(w_i | μ_j, 1/λ_j) from the offsets w_i - μ_j (weights x components)."""
+    return log_mixing + 0.5 * (log_precision - _LOG_2PI) - 0.5 * log_precision.exp() * offset.square()
+
+
 class _LogDensity(torch.autograd.Function):
     """Σ_i log Σ_j π_j N(w_i | μ_j, 1/λ_j) with its gradients written out (through each weight's
     responsibilities r_ij): autograd's chain over the weights × components tensors cost ~3x."""
@@ -112,7 +116,7 @@ class _LogDensity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weights, means, log_precision, log_mixing):
         offset = weights[:, None] - means
-        joint = log_mixing + 0.5 * (log_precision - _LOG_2PI) - 0.5 * log_precision.exp() * offset.square()
+        joint = _log_joint(offset, log_precision, log_mixing)
         total = torch.logsumexp(joint, 1)
         responsibility = joint.sub_(total[:, None]).exp_()
         ctx.save_for_backward(offset, responsibility, log_precision)
