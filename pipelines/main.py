@@ -30,11 +30,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.recipe import Recipe, Stage, code_version, load_recipe, makes_model, step_module
 from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, config_to_params
+from shrinkflow.cost import format_bytes
 from shrinkflow.runtime import file_lock
 
 __all__ = ["PipelineConfig", "execute", "main", "stage_table"]
@@ -121,8 +123,10 @@ def execute(cfg: PipelineConfig) -> str:
         tracking.log_metrics({"stages_run": int((~table["reused"]).sum()), "stages_reused": int(table["reused"].sum())})
         if pd.notna(first.get("test_accuracy")):
             last = table.dropna(subset=["test_accuracy"]).iloc[-1]
-            tracking.log_metrics({"test_accuracy": last["test_accuracy"], "cost_size_bytes": last["cost_size_bytes"]})
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=sys.stderr)
+            tracking.log_metrics({"test_accuracy": last["test_accuracy"], "cost_size_bytes": last["size_bytes"]})
+        print(printable(table), file=sys.stderr)
+        print(f"(latency: median of interleaved rounds, {table['timed_form'].iloc[0]}, 1 CPU thread; "
+              "faster_bs1: against the first stage, with its 95% interval)", file=sys.stderr)  # fmt: skip
         return run.info.run_id
 
 
@@ -136,35 +140,65 @@ def _model_of(stage: Stage, run_id: str, models: dict[str, str]) -> str:
     return stage.params.get("run_id", run_id)
 
 
-# What each stage contributes to the table, first found wins (benchmark's latency over the
-# compression steps' quick before/after timing).
-_LATENCY_KEYS = ("latency_cpu_bs1_ms_p50", "latency_bs1_ms_after")
-
-
 def stage_table(recipe: Recipe, runs: dict, models: dict, reused: dict) -> pd.DataFrame:
-    """One row per stage: its run, whether it was reused, the accuracy, bytes, MACs and CPU
-    batch-1 latency of its model, and ratios to the first stage's model."""
+    """One row per stage: its run, whether it was reused, the accuracy, bytes and effective MACs
+    of its model, its CPU batch-1 latency, and ratios to the first stage's model. The models are
+    reloaded and timed here, all together in interleaved rounds (``interleaved_latency``), so
+    every row's ``speedup_bs1`` (first stage's time ÷ its own, with a 95% interval) is a ratio
+    timed in one process."""
     from shrinkflow import tracking
 
     rows = []
     for stage in recipe.stages:
-        own = tracking.run_metrics(runs[stage.name])
-        model = tracking.run_metrics(models[stage.name])
-        metrics = {**model, **own}
-        latency = next((metrics[k] for k in _LATENCY_KEYS if k in metrics), float("nan"))
+        metrics = {**tracking.run_metrics(models[stage.name]), **tracking.run_metrics(runs[stage.name])}
         rows.append({
             "stage": stage.name, "step": stage.step, "run_id": runs[stage.name], "reused": reused[stage.name],
             "test_accuracy": metrics.get("test_accuracy", float("nan")),
-            "cost_size_bytes": metrics.get("cost_size_bytes", float("nan")),
-            "cost_macs": metrics.get("cost_macs_effective", metrics.get("cost_macs", float("nan"))),
-            "latency_bs1_ms": latency,
+            "size_bytes": metrics.get("cost_size_bytes", float("nan")),
+            "macs_effective": metrics.get("cost_macs_effective", metrics.get("cost_macs", float("nan"))),
         })  # fmt: skip
     table = pd.DataFrame(rows)
     base = table.iloc[0]
     table["accuracy_delta_pp"] = (table["test_accuracy"] - base["test_accuracy"]) * 100
-    table["size_reduction"] = base["cost_size_bytes"] / table["cost_size_bytes"]
-    table["macs_reduction"] = base["cost_macs"] / table["cost_macs"]
+    table["size_reduction"] = base["size_bytes"] / table["size_bytes"]
+    table["macs_reduction"] = base["macs_effective"] / table["macs_effective"]
+    return _with_latency(table, [models[stage.name] for stage in recipe.stages])
+
+
+def _with_latency(table: pd.DataFrame, model_runs: list[str]) -> pd.DataFrame:
+    """``table`` with each row's model timed: ``latency_bs1_ms``, ``speedup_bs1`` (+ ``_low``,
+    ``_high``) against the first row's, and the form they ran in (``timed_form``)."""
+    from shrinkflow import tracking
+    from shrinkflow.latency import interleaved_latency, speedup
+
+    loaded = {run_id: tracking.load_model(run_id)[0] for run_id in dict.fromkeys(model_runs)}
+    first = loaded[model_runs[0]]
+    data = tracking.dataset_of_run(model_runs[0], first.description)
+    timed, form, _ = interleaved_latency({run_id: a.model for run_id, a in loaded.items()}, data.x_test)
+    table["latency_bs1_ms"] = [float(np.median(timed[run_id])) for run_id in model_runs]
+    ratios = [speedup(timed[model_runs[0]], timed[run_id]) for run_id in model_runs]
+    table["speedup_bs1"] = [r.median for r in ratios]
+    table["speedup_bs1_low"] = [r.low for r in ratios]
+    table["speedup_bs1_high"] = [r.high for r in ratios]
+    table["timed_form"] = form
     return table
+
+
+def printable(table: pd.DataFrame) -> str:
+    """The stage table as a person reads it: sizes in KB/MB, ratios with their unit, each row
+    labelled by its stage and run id."""
+    shown = pd.DataFrame({
+        "stage": table["stage"], "step": table["step"], "run_id": table["run_id"],
+        "reused": table["reused"].map({True: "yes", False: "no"}),
+        "test_accuracy": table["test_accuracy"].map(lambda v: f"{v:.2%}" if pd.notna(v) else "-"),
+        "size": table["size_bytes"].map(lambda v: format_bytes(v) if pd.notna(v) else "-"),
+        "smaller": table["size_reduction"].map(lambda v: f"{v:.1f}x" if pd.notna(v) else "-"),
+        "effective_macs": table["macs_effective"].map(lambda v: f"{v:,.0f}" if pd.notna(v) else "-"),
+        "latency_bs1": table["latency_bs1_ms"].map(lambda v: f"{v * 1000:.1f} us"),
+        "faster_bs1": [f"{m:.2f}x ({lo:.2f}-{hi:.2f})" for m, lo, hi in
+                       zip(table["speedup_bs1"], table["speedup_bs1_low"], table["speedup_bs1_high"], strict=True)],
+    })  # fmt: skip
+    return shown.to_string(index=False)
 
 
 def _plot(table: pd.DataFrame, name: str):
@@ -177,8 +211,8 @@ def _plot(table: pd.DataFrame, name: str):
     accuracy_axis.plot(table["stage"], table["test_accuracy"] * 100, "o-", color="tab:blue")
     accuracy_axis.set_ylabel("test accuracy (%)", color="tab:blue")
     size_axis = accuracy_axis.twinx()
-    size_axis.bar(table["stage"], table["cost_size_bytes"] / 1024, alpha=0.3, color="tab:orange")
-    size_axis.set_ylabel("artifact size (KiB)", color="tab:orange")
+    size_axis.bar(table["stage"], table["size_bytes"] / 1000, alpha=0.3, color="tab:orange")
+    size_axis.set_ylabel("artifact size (KB)", color="tab:orange")
     accuracy_axis.set_title(f"recipe {name}: accuracy and size per stage")
     figure.tight_layout()
     return figure

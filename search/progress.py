@@ -10,8 +10,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.study import ACCURACY, REPEAT_OF, done_trials
+from shrinkflow.cost import format_bytes
 
-__all__ = ["MAX_REPEATS_IN_A_ROW", "SpaceExhausted", "TrialLines", "format_cost", "format_bytes"]
+__all__ = ["MAX_REPEATS_IN_A_ROW", "SpaceExhausted", "TrialLines", "format_cost"]
 
 # A worker whose draws keep landing on configurations already tried has exhausted the space (a
 # space of a few choices) or its sampler has converged; drawing on forever would never end.
@@ -21,13 +22,6 @@ _COST_NAMES = {"size": "size", "macs": "MACs", "bops": "BOPs", "latency": "laten
 
 class SpaceExhausted(Exception):  # noqa: N818 (a signal, not an error)
     """Raised when a worker's last ``MAX_REPEATS_IN_A_ROW`` draws were all repeats."""
-
-
-def format_bytes(size: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.3g} {unit}" if size / scale < 100 else f"{size / scale:.0f} {unit}"
-    return f"{size:.0f} B"
 
 
 def format_cost(name: str, value: float) -> str:

@@ -103,6 +103,10 @@ def _trial_params(trial: FrozenTrial) -> dict[str, object]:
     return settings_params(trial.user_attrs.get("record", {}).get("stages", {}))
 
 
+_PLOT_UNITS = {"size": (1000, "size on disk, KB"), "macs": (1, "effective MACs"), "bops": (1, "bit operations"),
+               "latency": (1, "latency, ms")}  # fmt: skip
+
+
 def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig, floor: float):
     import matplotlib
 
@@ -110,14 +114,20 @@ def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig, fl
     import matplotlib.pyplot as plt
 
     cost = cfg.cost_names()[0]
+    scale, unit = _PLOT_UNITS[cost]
+
+    def point(trial) -> tuple[float, float]:  # the exact accuracy, not the tie-broken objective
+        return trial.values[1] / scale, trial.user_attrs.get("record", {}).get(ACCURACY, trial.values[0])
+
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     figure, axes = plt.subplots(figsize=(6, 4.5))
-    axes.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=14, c="0.7", label="trials")
-    best = sorted(members, key=lambda t: t.values[1])
-    axes.plot([t.values[1] for t in best], [t.values[0] for t in best], "o-", c="tab:blue", label="Pareto front")
-    axes.scatter([base[COST_METRICS[cost]]], [base[ACCURACY]], marker="*", s=120, c="tab:red", label="baseline")
+    axes.scatter(*zip(*map(point, done), strict=True), s=14, c="0.7", label="trials")
+    axes.plot(*zip(*map(point, sorted(members, key=lambda t: t.values[1])), strict=True), "o-", c="tab:blue",
+              label="Pareto front")  # fmt: skip
+    axes.scatter([base[COST_METRICS[cost]] / scale], [base[ACCURACY]], marker="*", s=120, c="tab:red", label="baseline")
     axes.axhline(floor, ls="--", c="tab:red", lw=0.8, label="accuracy floor")
-    axes.set(xscale="log", xlabel=cost, ylabel="validation accuracy", title=f"study {study.study_name}")
+    axes.set(xscale="log", xlabel=f"{unit} (log scale)", ylabel="validation accuracy",
+             title=f"study {study.study_name}")  # fmt: skip
     axes.legend(loc="lower right")
     figure.tight_layout()
     return figure

@@ -58,6 +58,7 @@ __all__ = [
     "before_after_metrics",
     "cost",
     "cost_summary",
+    "format_bytes",
     "layer_costs",
     "layer_table",
     "model_parameters",
@@ -351,3 +352,11 @@ def before_after_metrics(
         **{f"baseline_{k}": v for k, v in costs_before.items()},
         **costs_after,
     }
+
+
+def format_bytes(size: float) -> str:
+    """``size`` bytes as a person reads it: ``4.9 KB``, ``203 KB``, ``1.2 MB`` (SI units, 3 digits)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}" if size / scale < 100 else f"{size / scale:.0f} {unit}"
+    return f"{size:.0f} B"

@@ -41,6 +41,7 @@ __all__ = [
     "common_form",
     "fallback_forms",
     "fallback_warning",
+    "interleaved_latency",
     "interleaved_rounds",
     "latency_warnings",
     "median_interval",
@@ -566,6 +567,26 @@ def before_after_latency(
             metrics.update(speedup(timed["before"], timed["after"]).metrics(f"speedup_bs{size}"))
     warnings = [fallback_warning(f"the {what} model or its source", target, form, reason)] if reason else []
     return LatencyCheck(metrics, form, warnings + latency_warnings(metrics, what, form))
+
+
+def interleaved_latency(
+    models: dict[str, nn.Module], x: torch.Tensor, target: str = TARGETS[0], batch_size: int = 1
+) -> tuple[dict[str, np.ndarray], str, str]:
+    """Per model, its milliseconds per call of ``batch_size`` first samples of ``x`` in each of
+    ``CHECK_ROUNDS`` interleaved rounds, all in the first form of ``target``'s fallbacks that runs
+    them all, one thread; also that form and why the ones before it were passed over. Ratios of
+    these (``speedup``) are speed-ups timed as Shrinkflow times them."""
+    names, example = list(models), first_samples(x, batch_size)
+    with torch_threads(1), torch.no_grad(), contextlib.ExitStack() as stack:
+        form, reason, runnables = _common_deployables([models[n].eval() for n in names], example, target)
+        engines = {}
+        if form != "onnxruntime":  # int8 models in PyTorch: each with its fastest engine
+            runs = [stack.enter_context(deployed(models[n], example, form)) for n in names]
+            runnables = [run.runnable for run in runs]
+            engines = {name: run.engine for name, run in zip(names, runs, strict=True)}
+        timeable = dict(zip(names, runnables, strict=True))
+        calls = calls_within(timeable, example, CHECK_ROUND_S, CHECK_CALLS, engines)
+        return interleaved_rounds(timeable, example, CHECK_ROUNDS, calls, CHECK_WARMUP, engines), form, reason
 
 
 def noisy_warning(what: str, measured: Speedup) -> str | None:

@@ -147,6 +147,12 @@ class FitResult:
     best_val_accuracy: float
     stopped_early: bool
 
+    def describe(self, epochs: int) -> str:
+        """``best epoch 35, stopped early at 35 of 150``, or ``best epoch 140 of 150``."""
+        if self.stopped_early:
+            return f"best epoch {self.best_epoch}, stopped early at {self.epochs_run} of {epochs}"
+        return f"best epoch {self.best_epoch} of {self.epochs_run}"
+
 
 def fit(
     model: nn.Module,

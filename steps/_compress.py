@@ -21,7 +21,7 @@ from shrinkflow import distributed
 from shrinkflow.artifact import Artifact
 from shrinkflow.cli import about_run
 from shrinkflow.config import check_run_id, config_to_params
-from shrinkflow.cost import before_after_metrics, cost
+from shrinkflow.cost import before_after_metrics, cost, format_bytes
 from shrinkflow.data import DataSplits
 from shrinkflow.latency import TARGET_HELP, TARGETS, before_after_latency, fallback_forms
 from shrinkflow.runtime import resolve_device
@@ -80,7 +80,7 @@ class Outcome:
         before, size = self.source_costs["cost_size_bytes"], self.costs["cost_size_bytes"]
         return ", ".join([
             f"{made_by}: test_accuracy {self.accuracy_before:.4f} -> {self.test['accuracy']:.4f}",
-            f"size {before:.0f} -> {size} bytes ({before / size:.2f}x smaller)", *details,
+            f"size {format_bytes(before)} -> {format_bytes(size)} ({before / size:.2f}x smaller)", *details,
         ])  # fmt: skip
 
 

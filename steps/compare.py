@@ -30,6 +30,7 @@ import torch
 
 from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, config_to_params
+from shrinkflow.cost import format_bytes
 from shrinkflow.data import SPLITS
 from shrinkflow.latency import (
     ENGINE_CHOICES,
@@ -50,7 +51,7 @@ from shrinkflow.latency import (
 )  # fmt: skip
 from shrinkflow.training import score
 
-__all__ = ["CompareConfig", "comparison_table", "main"]
+__all__ = ["CompareConfig", "comparison_table", "main", "printable"]
 
 # Columns of the comparison table that get a ratio to the baseline (baseline / model: > 1 is better)
 _RATIO_COLUMNS = {"size_bytes": "size_reduction", "macs_effective": "macs_reduction"}
@@ -106,6 +107,21 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
     for column, ratio in _RATIO_COLUMNS.items():
         table[ratio] = base[column] / table[column]
     return table
+
+
+def printable(table: pd.DataFrame) -> str:
+    """The comparison as a person reads it: each row labelled by its run id, sizes in KB/MB."""
+    shown = pd.DataFrame({
+        "run_id": table["run_id"], "model": table["model"], "storage": table["storage"],
+        "accuracy": table["accuracy"].map("{:.2%}".format),
+        "size": table["size_bytes"].map(format_bytes), "smaller": table["size_reduction"].map("{:.1f}x".format),
+        "effective_macs": table["macs_effective"].map("{:,.0f}".format),
+        "latency": table["latency_ms_p50"].map(lambda ms: f"{ms * 1000:.1f} us"),
+        "faster": [f"{m:.2f}x ({lo:.2f}-{hi:.2f})" for m, lo, hi in
+                   zip(table["speedup"], table["speedup_low"], table["speedup_high"], strict=True)],
+    })  # fmt: skip
+    with pd.option_context("display.width", 250, "display.max_columns", None):
+        return shown.to_string(index=False)
 
 
 def _loaded(run_id: str) -> tuple:
@@ -194,8 +210,10 @@ def execute(cfg: CompareConfig) -> str:
         verdict = ("accuracy_delta_pp", *_RATIO_COLUMNS.values(), "speedup", "speedup_low", "speedup_high")
         tracking.log_metrics({name: float(last[name]) for name in verdict})
         tracking.log_table(table, "comparison")
-        with pd.option_context("display.width", 200, "display.max_columns", None):
-            print(table.drop(columns=["run_id"]).to_string(index=False, float_format="%.4g"), file=sys.stderr)
+        print(printable(table), file=sys.stderr)
+        print(f"(accuracy on {cfg.split}; latency: median of {cfg.rounds} interleaved rounds at batch "
+              f"{cfg.batch_size}, {form}, {cfg.threads} CPU thread(s); faster: against the first row, with its "
+              "95% interval)", file=sys.stderr)  # fmt: skip
         return run.info.run_id
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params
+from shrinkflow.cost import format_bytes
 from shrinkflow.onnx_export import FLOAT_TOLERANCE, INT8_TOLERANCE, check_onnx, default_tolerance, export_onnx
 
 __all__ = ["ExportConfig", "main"]
@@ -85,7 +86,7 @@ def execute(cfg: ExportConfig) -> str:
         }
         tracking.log_metrics(metrics)
         print(
-            f"ONNX (exported as {exported_as}, {len(onnx_model)} bytes): same class as PyTorch on "
+            f"ONNX (exported as {exported_as}, {format_bytes(len(onnx_model))}): same class as PyTorch on "
             f"{round(check.argmax_agreement * check.samples)}/{check.samples} test samples"
             f"{' (the others: ties within the tolerance)' if check.changed_margins else ''}, logits within "
             f"{check.max_abs_logit_diff:.2g} "

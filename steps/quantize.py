@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from shrinkflow.cli import entry_point
+from shrinkflow.cost import format_bytes
 from shrinkflow.quantization import QuantizeSettings, quantization_table
 from shrinkflow.techniques import technique
 from steps._compress import Outcome, SourceOptions, compress_step
@@ -41,7 +42,7 @@ def _report(outcome: Outcome) -> dict[str, float]:
     table = quantization_table(outcome.artifact)
     outcome.tables["quantization"] = table
     print(table.to_string(index=False), file=sys.stderr)
-    bound = f"entropy bound {metrics['cost_size_entropy_bytes']:.0f} bytes"
+    bound = f"entropy bound {format_bytes(metrics['cost_size_entropy_bytes'])}"
     print(outcome.summary(f"{outcome.cfg.method} quantization", bound), file=sys.stderr)
     return metrics
 

@@ -23,7 +23,7 @@ from shrinkflow import distributed
 from shrinkflow.artifact import new_artifact
 from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, config_to_params
-from shrinkflow.cost import cost
+from shrinkflow.cost import cost, format_bytes
 from shrinkflow.data import load_dataset
 from shrinkflow.runtime import resolve_device
 from shrinkflow.training import Execution, FitSettings, score, train
@@ -111,8 +111,8 @@ def execute(cfg: TrainConfig) -> str:
         print(
             f"{cfg.model} on {data.name}: test_accuracy={test['accuracy']:.4f} "
             f"val_accuracy={result.fit.best_val_accuracy:.4f} "
-            f"(best epoch {result.fit.best_epoch}/{result.fit.epochs_run}), "
-            f"{costs['cost_size_bytes']} bytes, model {model_id}",
+            f"({result.fit.describe(cfg.epochs)}), "
+            f"{format_bytes(costs['cost_size_bytes'])}, model {model_id}",
             file=sys.stderr,
         )
         tracking.set_tags({"shrinkflow.model_id": model_id})

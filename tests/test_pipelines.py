@@ -59,6 +59,10 @@ def test_a_recipe_chains_its_stages_under_one_parent(small_recipe):
     assert mlflow.get_run(stages["quantized"].run_id).data.tags["shrinkflow.source_run_id"] == pruned.info.run_id
     assert mlflow.get_run(stages["evaluated"].run_id).data.tags["shrinkflow.source_run_id"] == pruned.info.run_id
     assert stages["quantized"].size_reduction > 4  # 4 bits of an 80%-sparse model
+    # every row's model timed in one process against the first: the first is 1x, each has an interval
+    assert stages["trained"].speedup_bs1 == 1.0 and stages["trained"].latency_bs1_ms > 0
+    assert all(row.speedup_bs1_low <= row.speedup_bs1 <= row.speedup_bs1_high for row in stages.values())
+    assert stages["evaluated"].latency_bs1_ms == stages["pruned"].latency_bs1_ms  # one model, timed once
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(parent_id)}
     assert {"stages.json", "stages.csv", "stages.png"} <= files
 
@@ -103,7 +107,7 @@ def test_a_cached_stage_whose_checkpoint_was_damaged_runs_again_with_those_after
     assert f"stage pruned (prune): not reusing run {first['pruned'].run_id}" in line and reason in line
     # the new table is the model's own: the same training seed gives the same pruned model
     assert again["pruned"].test_accuracy == first["pruned"].test_accuracy
-    assert again["quantized"].cost_size_bytes == first["quantized"].cost_size_bytes
+    assert again["quantized"].size_bytes == first["quantized"].size_bytes
     assert all(row.reused for row in _run(small_recipe).values())  # the new runs are reusable
 
 

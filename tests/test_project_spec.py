@@ -59,3 +59,14 @@ def test_conda_yaml_pins_match_requirements():
 def test_every_requirement_is_pinned():
     for line in _requirement_lines((REPO_ROOT / "requirements.txt").read_text()):
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.]+", line), line
+
+
+def test_the_package_depends_on_the_pinned_requirements():
+    """``pip install .`` gets what ``pip install -r requirements.txt`` gets, less the dev tools."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    pinned = _requirement_lines((REPO_ROOT / "requirements.txt").read_text())
+    assert project["dependencies"] + project["optional-dependencies"]["dev"] == pinned
+    assert not {"pytest", "ruff"} & {line.split("==")[0] for line in project["dependencies"]}
+    assert project["requires-python"] == ">=3.11"
