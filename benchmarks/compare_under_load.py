@@ -6,8 +6,8 @@ times them with compare's interleaved timer at its defaults (20 rounds of 50 cal
 reversed every other round) at batch 1 and 64, alternately on a quiet machine and with one
 busy-loop process beside it (a pure-Python spin, as another tenant's job would be). Written:
 benchmarks/results/compare_under_load.csv (one row per trial, load and batch size: the median
-speed-up, its 95% interval, whether compare would warn that it is too noisy), summarized in the
-README with the busy median over the quiet one.
+speed-up, its 95% interval, whether compare would warn that it is too noisy), shown in
+docs/benchmarks.md with the busy median over the quiet one.
 
     python -m benchmarks.compare_under_load [--trials 3]
 """

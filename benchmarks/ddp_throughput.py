@@ -8,7 +8,7 @@ included):
 Samples per second = epochs x training samples / seconds. On a 2-core machine two processes
 compete for the same two cores that one process with 2 threads already uses: data parallelism
 pays across machines or GPUs, not across the cores of one small CPU.
-Results: benchmarks/results/ddp_throughput.csv, summarized in the README.
+Results: benchmarks/results/ddp_throughput.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.ddp_throughput
 """

@@ -11,7 +11,7 @@ Every size is the checkpoint the stage saves, measured on disk after a save; acc
 on the reloaded checkpoint. ``entropy_ratio`` is stored bytes ÷ the entropy bound of the tensors
 (``cost_size_entropy_bytes``): how close the storage comes to the information it holds. Load time
 is the median of 20 ``Artifact.load`` calls of the stage's checkpoint.
-Results: benchmarks/results/deep_compression.csv, summarized in the README.
+Results: benchmarks/results/deep_compression.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.deep_compression
 """

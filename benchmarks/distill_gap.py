@@ -5,7 +5,7 @@ into ``cnn1d`` width 0.4, depth 4 (1,300 of 5,210 parameters) with the library's
 once with the step's defaults and once with function matching (T 1, α 1,
 ``input_noise`` 0.2, 600 epochs); each run also trains its from-scratch control. CPU, 1 thread.
 Results: benchmarks/results/distill_gap.csv (one row per seed and recipe, then the means),
-summarized in the README. Takes about 7 minutes.
+shown in docs/benchmarks.md. Takes about 7 minutes.
 
     python -m benchmarks.distill_gap
 """

@@ -5,7 +5,7 @@ as checkpoints, and times them in one process (1 thread, 50 warm-up passes, 1,00
 at batch 1 and 300 at batch 256), eager and traced-and-frozen, the int8 model with each of
 PyTorch's int8 engines (x86, fbgemm, qnnpack, onednn). Weights do not change the speed of
 dense kernels, so no training is needed. Results: benchmarks/results/int8_speedup.csv,
-summarized in the README.
+shown in docs/benchmarks.md.
 
     python -m benchmarks.int8_speedup
 """

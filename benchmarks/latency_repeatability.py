@@ -2,7 +2,7 @@
 
 For every zoo model and batch size, two back-to-back measurements (the benchmark step's
 defaults: 20 warm-up passes, 200 timed passes, 1 thread) and the ratio of their medians.
-Results: benchmarks/results/latency_repeatability.csv, summarized in the README.
+Results: benchmarks/results/latency_repeatability.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.latency_repeatability
 """

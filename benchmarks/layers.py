@@ -11,7 +11,7 @@ on the reloaded checkpoint (test split; nothing here is chosen on it). ``float_s
 share of the weights the technique left in float32 (its warning line), ``macs`` the cost model's
 MACs per sample (40 steps × 3 gates × 128 × (1 + 128) + 128 × 10, computed by hand in the test of
 the cost model for a smaller GRU).
-Results: benchmarks/results/layers.csv, summarized in the README.
+Results: benchmarks/results/layers.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.layers
 """

@@ -6,7 +6,7 @@ the ``deep_compression`` recipe's stages (gradual pruning to 92% over 60 epochs,
 4 bits and at ``bits auto``. Bytes of the saved checkpoint against the float32 baseline's,
 validation accuracy (what defaults are chosen on) and test accuracy (reported), the entropy
 bound of what is stored, and the seconds an epoch of each pruning method takes.
-Results: benchmarks/results/learned_compression.csv, summarized in the README.
+Results: benchmarks/results/learned_compression.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.learned_compression
 """

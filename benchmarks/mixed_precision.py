@@ -5,7 +5,7 @@ For the digits ``mlp`` and ``cnn`` (default training, seeds 0-2), dense and afte
 ``kmeans`` at a uniform 3 and 4 bits and at ``auto`` with budgets 5-30%: bytes of the saved
 checkpoint, validation accuracy (what a default is chosen on) and test accuracy (reported).
 No fine-tuning after quantization, so the rows compare the allocations alone.
-Results: benchmarks/results/mixed_precision.csv, summarized in the README.
+Results: benchmarks/results/mixed_precision.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.mixed_precision
 """

@@ -13,7 +13,7 @@ with Shrinkflow's interleaved timer (rounds alternate the models, order reversed
 round); each speed-up is the median ratio of paired rounds with its 95% interval. Accuracy: the
 test split, through the runtime that is timed. Bytes: the ONNX file; Shrinkflow's models also
 their checkpoint. Results: benchmarks/results/peers.csv (one row per model and batch size) and
-benchmarks/results/peers_head_to_head.csv (the issue's comparisons), summarized in the README.
+benchmarks/results/peers_head_to_head.csv (the issue's comparisons), shown in docs/benchmarks.md.
 
     python -m benchmarks.peers [--rounds 30] [--calls 200]
 """

@@ -26,7 +26,7 @@ time in compression and measurement.
 
 Everything runs in a temporary MLflow store and Optuna SQLite file; each baseline (the train
 step's defaults) is trained once. Results: benchmarks/results/search_samplers.csv (the rows of
-the parts run replace their earlier rows), summarized in the README. All five parts take about
+the parts run replace their earlier rows), shown in docs/benchmarks.md. All five parts take about
 45 minutes on 2 cores.
 
     python -m benchmarks.search_samplers [quick] [samplers] [cnn] [workers] [fidelity]

@@ -8,7 +8,7 @@ best rows) ``kmeans`` (no fine-tuning) beside ``sws`` (30 epochs) at 4 and 3 bit
 validation accuracy (what defaults are chosen on) and test accuracy (reported), the entropy
 bound, seconds an epoch of the last stage.
 Results: benchmarks/results/soft_weight_sharing.csv (the rows of the models run replace their
-earlier rows), summarized in the README.
+earlier rows), shown in docs/benchmarks.md.
 
     python -m benchmarks.soft_weight_sharing [mlp] [cnn] [cnn1d]
 """

@@ -5,7 +5,7 @@ calibrated on 10 batches of 100 random images: ranges change the scales, not the
 and reloads both as checkpoints, and times them in one process (1 thread, 50 warm-up passes,
 1,000 timed passes at batch 1 and 300 at batch 64), eager and traced-and-frozen, the int8 model
 with each of PyTorch's int8 engines (x86, fbgemm, qnnpack, onednn). Results:
-benchmarks/results/static_int8_speedup.csv, summarized in the README.
+benchmarks/results/static_int8_speedup.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.static_int8_speedup
 """

@@ -5,7 +5,7 @@ by ``structured_prune``, saves and reloads both as checkpoints, and times both i
 (1 thread, 50 warm-up and 1,000 timed passes at batch 1, 200 at batch 64) in every execution
 form: eager, TorchScript-traced-and-frozen, and ONNX Runtime. Weights do not change latency, so
 no training is needed.
-Results: benchmarks/results/structured_speedup.csv, summarized in the README.
+Results: benchmarks/results/structured_speedup.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.structured_speedup
 """

@@ -1,7 +1,7 @@
 """The zoo ``transformer`` on digits through the techniques, and whether the pruned one runs faster.
 
 The baseline is the train step's defaults (seed 0, CPU) with ``patience 0`` (all 150 epochs; the
-default patience stops a transformer in its long plateau: see the README). Then, each from the
+default patience stops a transformer in its long plateau: see docs/data-and-models.md). Then, each from the
 trained model:
 - ``kbit`` 4 bits (no fine-tuning, and 5 epochs of straight-through fine-tuning),
 - ``gradual`` to 90% sparsity (60 epochs), then ``kmeans`` 4 bits,
@@ -13,7 +13,7 @@ share of the weights the technique left in float32 (its warning line).
 The structured model and the baseline, both reloaded, are timed in the deploy form (their ONNX
 exports in ONNX Runtime, 1 thread) interleaved in one process: 20 alternating rounds at batch 1
 and 64, the speed-up the median of the rounds' ratios with its 95% interval.
-Results: benchmarks/results/transformer.csv and transformer_speedup.csv, summarized in the README.
+Results: benchmarks/results/transformer.csv and transformer_speedup.csv, shown in docs/benchmarks.md.
 
     python -m benchmarks.transformer
 """

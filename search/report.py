@@ -120,14 +120,22 @@ def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig, fl
         return trial.values[1] / scale, trial.user_attrs.get("record", {}).get(ACCURACY, trial.values[0])
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    # the axis spans the floor's neighbourhood; trials far below it (stopped early) sit on its edge
+    bottom = floor - max(0.05, 3 * (base[ACCURACY] - floor))
+    inside = [point(t) for t in done if point(t)[1] >= bottom]
+    below = [(cost_value, bottom) for cost_value, accuracy in map(point, done) if accuracy < bottom]
     figure, axes = plt.subplots(figsize=(6, 4.5))
-    axes.scatter(*zip(*map(point, done), strict=True), s=14, c="0.7", label="trials")
+    if inside:
+        axes.scatter(*zip(*inside, strict=True), s=14, c="0.7", label="trials")
+    if below:
+        axes.scatter(*zip(*below, strict=True), s=18, c="0.7", marker="v", label=f"trials below {bottom:.2f}")
     axes.plot(*zip(*map(point, sorted(members, key=lambda t: t.values[1])), strict=True), "o-", c="tab:blue",
               label="Pareto front")  # fmt: skip
     axes.scatter([base[COST_METRICS[cost]] / scale], [base[ACCURACY]], marker="*", s=120, c="tab:red", label="baseline")
     axes.axhline(floor, ls="--", c="tab:red", lw=0.8, label="accuracy floor")
     axes.set(xscale="log", xlabel=f"{unit} (log scale)", ylabel="validation accuracy",
              title=f"study {study.study_name}")  # fmt: skip
+    axes.set_ylim(bottom - 0.005, max(1.0, base[ACCURACY]) + 0.005)
     axes.legend(loc="lower right")
     figure.tight_layout()
     return figure

@@ -190,7 +190,7 @@ class Deployed(NamedTuple):
 
 
 # Where a model that cannot run in its target goes instead, in order: the deployment targets a
-# user picks from (``target``), the first being the default (see the README's "deploy form").
+# user picks from (``target``), the first being the default (see docs/steps/benchmark.md, "The deploy form").
 TARGETS = ("onnxruntime", "traced", "eager")
 
 

@@ -114,10 +114,10 @@ def pruning_method(
 
 # Ranked globally, a small layer can lose nearly all its weights; every layer keeps this share at
 # least. 2% never binds on the zoo mlp at 95% (its smallest layer keeps 3%; a floor that binds
-# there lowered validation accuracy) and still allows 98% sparsity: README, "prune".
+# there lowered validation accuracy) and still allows 98% sparsity: docs/steps/prune.md.
 MIN_LAYER_DENSITY = 0.02
 # variational: the prior's weight. 1 is the evidence lower bound; on a few thousand samples the
-# prior outweighs the data and prunes what accuracy needs (README, "prune").
+# prior outweighs the data and prunes what accuracy needs (docs/steps/prune.md).
 KL_WEIGHT = 0.1
 
 

@@ -1,6 +1,7 @@
 """`mlflow run` on this project, as a user types it (subprocesses, a few seconds each)."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -97,6 +98,9 @@ def test_quick_start_main_job_is_a_short_search_ending_with_a_model_run_id(tmp_p
     assert [line.split(" (")[0] for line in printed if line.startswith("trial ")] == [
         f"trial {n}/20" for n in range(1, 21)
     ]
+    # what a person reads: sizes in KB, no library warnings (PyTorch's, Python's) among the lines
+    assert all(re.search(r" size \d+(\.\d+)? (B|KB|MB)", line) for line in printed if line.startswith("trial "))
+    assert not [line for line in printed if re.search(r"\w+Warning\b|warnings\.warn", line)]
     labels = ("search run:", "baseline run:", "champion run:")
     labelled = {line.split(":")[0]: line.split()[-1] for line in printed if line.startswith(labels)}
     champion = mlflow.get_run(result.stdout.strip().splitlines()[-1])
