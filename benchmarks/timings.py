@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     new = pd.DataFrame(rows)
     if RESULTS.exists():
         new = pd.concat([(old := pd.read_csv(RESULTS))[~old["part"].isin(chosen)], new], ignore_index=True)
+    for column in ("exit", "first_bytes", "last_bytes"):  # whole numbers, blank where a part has none
+        if column in new:
+            new[column] = new[column].astype("Int64")
     new["order"] = new["part"].map(PARTS.index)
     new = new.sort_values("order", kind="stable").drop(columns="order")
     new.to_csv(RESULTS, index=False)

@@ -57,6 +57,7 @@ __all__ = [
     "LayerCost",
     "before_after_metrics",
     "cost",
+    "cost_line",
     "cost_summary",
     "format_bytes",
     "layer_costs",
@@ -360,3 +361,15 @@ def format_bytes(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.3g} {unit}" if size / scale < 100 else f"{size / scale:.0f} {unit}"
     return f"{size:.0f} B"
+
+
+def cost_line(costs: Mapping[str, float]) -> str:
+    """``cost``'s numbers as a person reads them: ``size 4.9 KB (entropy bound 4.5 KB), 4,325 of
+    50,610 weights nonzero (91.5% sparse), MACs 50,200 (effective 4,016), BOPs 6.43e+06``."""
+    return (
+        f"size {format_bytes(costs['cost_size_bytes'])} "
+        f"(entropy bound {format_bytes(costs['cost_size_entropy_bytes'])}), "
+        f"{costs['cost_nonzero_params']:,.0f} of {costs['cost_params']:,.0f} weights nonzero "
+        f"({costs['cost_sparsity']:.1%} sparse), MACs {costs['cost_macs']:,.0f} "
+        f"(effective {costs['cost_macs_effective']:,.0f}), BOPs {costs['cost_bops']:.3g}"
+    )

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from shrinkflow.benchmarking import BenchmarkSettings, benchmark, latency_metrics, latency_table, parse_prices
 from shrinkflow.cli import entry_point
 from shrinkflow.config import check_run_id, config_to_params
-from shrinkflow.cost import layer_costs, layer_table
+from shrinkflow.cost import cost_line, layer_costs, layer_table
 from shrinkflow.data import dataset_of
 from shrinkflow.latency import fallback_warning, hardware_tags
 
@@ -74,7 +74,7 @@ def execute(cfg: BenchmarkConfig) -> str:
         tracking.log_table(table, "benchmark")
         tracking.log_table(layers, "layers")
         print(table.to_string(index=False, float_format="%.4f"), file=sys.stderr)
-        print(" ".join(f"{k}={v:g}" for k, v in costs.items()), file=sys.stderr)
+        print(cost_line(costs), file=sys.stderr)
         return run.info.run_id
 
 

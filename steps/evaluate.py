@@ -23,7 +23,7 @@ import torch
 from shrinkflow.checkpoint import runs_on_cpu_only
 from shrinkflow.cli import entry_point
 from shrinkflow.config import ShrinkflowError, check_run_id, config_to_params
-from shrinkflow.cost import layer_costs, layer_table
+from shrinkflow.cost import cost_line, layer_costs, layer_table
 from shrinkflow.data import SPLITS
 from shrinkflow.evaluation import evaluate, plot_confusion
 from shrinkflow.runtime import resolve_device
@@ -68,8 +68,7 @@ def execute(cfg: EvaluateConfig) -> str:
         tracking.log_figure(figure, f"confusion_{cfg.split}.png")
         print(result.per_class.to_string(index=False, float_format="%.3f"), file=sys.stderr)
         print(
-            f"{cfg.split}_accuracy={result.accuracy:.4f} {cfg.split}_loss={result.loss:.4f} "
-            + " ".join(f"{k}={v:g}" for k, v in costs.items()),
+            f"{cfg.split}_accuracy={result.accuracy:.4f} {cfg.split}_loss={result.loss:.4f}, {cost_line(costs)}",
             file=sys.stderr,
         )
         return run.info.run_id

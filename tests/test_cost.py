@@ -248,3 +248,16 @@ def encoder_factory(input_shape, num_classes):
     model = _Encoder()
     model.head = nn.Linear(16, num_classes)
     return model
+
+
+def test_costs_print_as_a_person_reads_them():
+    from shrinkflow.cost import cost_line, format_bytes
+
+    assert [format_bytes(n) for n in (512, 4896, 202_574, 1_234_567)] == ["512 B", "4.9 KB", "203 KB", "1.23 MB"]
+    costs = {"cost_params": 50610, "cost_nonzero_params": 4325, "cost_sparsity": 0.914543, "cost_macs": 50200,
+             "cost_macs_effective": 4016, "cost_bops": 6.4256e06, "cost_size_entropy_bytes": 4504,
+             "cost_size_bytes": 4896}  # fmt: skip
+    assert cost_line(costs) == (
+        "size 4.9 KB (entropy bound 4.5 KB), 4,325 of 50,610 weights nonzero (91.5% sparse), "
+        "MACs 50,200 (effective 4,016), BOPs 6.43e+06"
+    )
