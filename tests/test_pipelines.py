@@ -221,3 +221,22 @@ def test_two_identical_recipes_started_at_once_run_each_stage_once(small_recipe,
     assert run_ids[0] == run_ids[1]
     for name in tables[0]:  # one ran it, the other reused it
         assert sorted([tables[0][name].reused, tables[1][name].reused]) == [False, True]
+
+
+def test_a_stage_table_whose_models_cannot_be_loaded_keeps_its_rows_without_latency(monkeypatch, capsys):
+    import pandas as pd
+
+    from shrinkflow import tracking
+    from shrinkflow.config import ShrinkflowError
+
+    def no_model(run_id):
+        raise ShrinkflowError(f"run {run_id!r} has no model")
+
+    monkeypatch.setattr(tracking, "load_model", no_model)
+    table = pd.DataFrame({"stage": ["trained"], "step": ["train"], "run_id": ["r1"], "reused": [False],
+                          "test_accuracy": [0.98], "size_bytes": [202574.0], "macs_effective": [50200.0],
+                          "size_reduction": [1.0]})  # fmt: skip
+    timed = pipeline._with_latency(table, ["r1"])
+    assert timed["latency_bs1_ms"].isna().all() and timed["speedup_bs1"].isna().all()
+    assert "warning: the stage table has no latency: run 'r1' has no model" in capsys.readouterr().err
+    assert "203 KB" in pipeline.printable(timed)
