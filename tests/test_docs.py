@@ -179,6 +179,7 @@ def test_a_table_edited_by_hand_is_caught(tmp_path, monkeypatch):
     assert tables.stale_tables() == []
 
 
+@pytest.mark.slow  # .ci/run builds the site before the suites; this also checks the API page
 def test_the_site_builds_strict(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
