@@ -180,7 +180,8 @@ def _with_latency(table: pd.DataFrame, model_runs: list[str]) -> pd.DataFrame:
         table[["latency_bs1_ms", "speedup_bs1", "speedup_bs1_low", "speedup_bs1_high"]] = float("nan")
         table["timed_form"] = ""
         return table
-    timed, form, _ = interleaved_latency({run_id: a.model for run_id, a in loaded.items()}, data.x_test)
+    by_size, form, _ = interleaved_latency({run_id: a.model for run_id, a in loaded.items()}, data.x_test)
+    timed = by_size[1]
     table["latency_bs1_ms"] = [float(np.median(timed[run_id])) for run_id in model_runs]
     ratios = [speedup(timed[model_runs[0]], timed[run_id]) for run_id in model_runs]
     table["speedup_bs1"] = [r.median for r in ratios]

@@ -122,8 +122,9 @@ def _pareto_plot(study: optuna.Study, members, base: dict, cfg: SearchConfig, fl
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     # the axis spans the floor's neighbourhood; trials far below it (stopped early) sit on its edge
     bottom = floor - max(0.05, 3 * (base[ACCURACY] - floor))
-    inside = [point(t) for t in done if point(t)[1] >= bottom]
-    below = [(cost_value, bottom) for cost_value, accuracy in map(point, done) if accuracy < bottom]
+    points = [point(t) for t in done]
+    inside = [(cost_value, accuracy) for cost_value, accuracy in points if accuracy >= bottom]
+    below = [(cost_value, bottom) for cost_value, accuracy in points if accuracy < bottom]
     figure, axes = plt.subplots(figsize=(6, 4.5))
     if inside:
         axes.scatter(*zip(*inside, strict=True), s=14, c="0.7", label="trials")

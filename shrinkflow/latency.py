@@ -547,46 +547,39 @@ def before_after_latency(
     first samples of ``x``, for each ``CHECK_BATCH_SIZES``, both in the first form of ``target``'s
     fallbacks that runs both; a model with int8 layers runs with its fastest int8 engine at that
     batch size. ``what`` names the new model in the warnings."""
+    timed, form, reason = interleaved_latency({"before": before, "after": after}, x, target, CHECK_BATCH_SIZES)
     metrics = {}
-    with torch_threads(1), torch.no_grad():
-        form, reason, runnables = _common_deployables([before.eval(), after.eval()], first_samples(x, 1), target)
-        sessions = dict(zip(("before", "after"), runnables, strict=True))  # onnxruntime: any batch size
-        for size in CHECK_BATCH_SIZES:
-            example = first_samples(x, size)
-            with contextlib.ExitStack() as stack:
-                if form == "onnxruntime":
-                    models, engines = sessions, {}
-                else:
-                    old, new = (stack.enter_context(deployed(m, example, form)) for m in (before, after))
-                    models = {"before": old.runnable, "after": new.runnable}
-                    engines = {"before": old.engine, "after": new.engine}
-                calls = calls_within(models, example, CHECK_ROUND_S, CHECK_CALLS, engines)
-                timed = interleaved_rounds(models, example, CHECK_ROUNDS, calls, CHECK_WARMUP, engines)
-            metrics[f"latency_bs{size}_ms_before"] = float(np.median(timed["before"]))
-            metrics[f"latency_bs{size}_ms_after"] = float(np.median(timed["after"]))
-            metrics.update(speedup(timed["before"], timed["after"]).metrics(f"speedup_bs{size}"))
+    for size, rounds in timed.items():
+        metrics[f"latency_bs{size}_ms_before"] = float(np.median(rounds["before"]))
+        metrics[f"latency_bs{size}_ms_after"] = float(np.median(rounds["after"]))
+        metrics.update(speedup(rounds["before"], rounds["after"]).metrics(f"speedup_bs{size}"))
     warnings = [fallback_warning(f"the {what} model or its source", target, form, reason)] if reason else []
     return LatencyCheck(metrics, form, warnings + latency_warnings(metrics, what, form))
 
 
 def interleaved_latency(
-    models: dict[str, nn.Module], x: torch.Tensor, target: str = TARGETS[0], batch_size: int = 1
-) -> tuple[dict[str, np.ndarray], str, str]:
-    """Per model, its milliseconds per call of ``batch_size`` first samples of ``x`` in each of
-    ``CHECK_ROUNDS`` interleaved rounds, all in the first form of ``target``'s fallbacks that runs
-    them all, one thread; also that form and why the ones before it were passed over. Ratios of
-    these (``speedup``) are speed-ups timed as Shrinkflow times them."""
-    names, example = list(models), first_samples(x, batch_size)
-    with torch_threads(1), torch.no_grad(), contextlib.ExitStack() as stack:
-        form, reason, runnables = _common_deployables([models[n].eval() for n in names], example, target)
-        engines = {}
-        if form != "onnxruntime":  # int8 models in PyTorch: each with its fastest engine
-            runs = [stack.enter_context(deployed(models[n], example, form)) for n in names]
-            runnables = [run.runnable for run in runs]
-            engines = {name: run.engine for name, run in zip(names, runs, strict=True)}
-        timeable = dict(zip(names, runnables, strict=True))
-        calls = calls_within(timeable, example, CHECK_ROUND_S, CHECK_CALLS, engines)
-        return interleaved_rounds(timeable, example, CHECK_ROUNDS, calls, CHECK_WARMUP, engines), form, reason
+    models: dict[str, nn.Module], x: torch.Tensor, target: str = TARGETS[0], batch_sizes: tuple[int, ...] = (1,)
+) -> tuple[dict[int, dict[str, np.ndarray]], str, str]:
+    """Per batch size and model, its milliseconds per call of that many first samples of ``x`` in
+    each of ``CHECK_ROUNDS`` interleaved rounds, all in the first form of ``target``'s fallbacks
+    that runs them all, one thread; a model with int8 layers runs with its fastest int8 engine at
+    that batch size. Also that form and why the ones before it were passed over. Ratios of these
+    (``speedup``) are speed-ups timed as Shrinkflow times them."""
+    names, timed = list(models), {}
+    with torch_threads(1), torch.no_grad():
+        form, reason, runnables = _common_deployables([models[n].eval() for n in names], first_samples(x, 1), target)
+        sessions = dict(zip(names, runnables, strict=True))  # onnxruntime: any batch size
+        for size in batch_sizes:
+            example = first_samples(x, size)
+            with contextlib.ExitStack() as stack:
+                timeable, engines = sessions, {}
+                if form != "onnxruntime":
+                    runs = {name: stack.enter_context(deployed(models[name], example, form)) for name in names}
+                    timeable = {name: run.runnable for name, run in runs.items()}
+                    engines = {name: run.engine for name, run in runs.items()}
+                calls = calls_within(timeable, example, CHECK_ROUND_S, CHECK_CALLS, engines)
+                timed[size] = interleaved_rounds(timeable, example, CHECK_ROUNDS, calls, CHECK_WARMUP, engines)
+    return timed, form, reason
 
 
 def noisy_warning(what: str, measured: Speedup) -> str | None:
